@@ -1,0 +1,167 @@
+//! Turning stored stacks into the stacks a user sees: symbolized, filtered for the chosen
+//! view, with optional thread and process roots, merged and counted.
+
+use std::collections::HashMap;
+
+use super::Profile;
+use crate::symbolize::{Frame, FrameKind, SymbolTable};
+
+/// What the user asked to see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ViewOptions {
+    /// Interleave every native frame instead of only those below the innermost Python frame.
+    pub native: bool,
+    /// Add a `thread TID (name)` root frame.
+    pub threads: bool,
+    /// Add a `process PID (comm)` root frame (automatic with more than one process).
+    pub processes: bool,
+}
+
+/// One distinct stack of the view, root first, as indices into [`View::frames`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewStack {
+    pub frames: Vec<u32>,
+    pub count: u64,
+    pub pid: u32,
+    pub tid: u32,
+}
+
+/// A profile ready for export.
+#[derive(Debug, Default)]
+pub struct View {
+    pub frames: Vec<Frame>,
+    pub stacks: Vec<ViewStack>,
+    pub total: u64,
+}
+
+impl View {
+    pub fn frame(&self, index: u32) -> &Frame {
+        &self.frames[index as usize]
+    }
+
+    /// Folded text of a stack, `;`-separated, root first.
+    pub fn folded(&self, stack: &ViewStack) -> String {
+        let mut out = String::new();
+        for (i, &f) in stack.frames.iter().enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            // `;` separates frames and a newline ends the record, so neither may appear inside.
+            out.extend(self.frame(f).text.chars().map(|c| if c == ';' || c == '\n' { ':' } else { c }));
+        }
+        out
+    }
+}
+
+/// Keeps the frames of the default view: every Python frame, and below the innermost one the
+/// native frames of the C code it called (without CPython's call plumbing). A stack without
+/// any Python frame is shown whole, so non-Python targets still get native stacks.
+fn default_view(frames: Vec<&Frame>) -> Vec<&Frame> {
+    let Some(innermost) = frames.iter().rposition(|f| f.kind == FrameKind::Python) else {
+        return frames;
+    };
+    frames
+        .into_iter()
+        .enumerate()
+        .filter(|(i, f)| match f.kind {
+            FrameKind::Python | FrameKind::Marker | FrameKind::Kernel => true,
+            FrameKind::Native => *i > innermost && !f.interpreter_plumbing,
+        })
+        .map(|(_, f)| f)
+        .collect()
+}
+
+pub fn build(profile: &Profile, symbols: &SymbolTable, options: ViewOptions) -> View {
+    let mut view = View::default();
+    let mut frame_ids: HashMap<Frame, u32> = HashMap::new();
+    let mut stack_ids: HashMap<(Vec<u32>, u32, u32), usize> = HashMap::new();
+    let process_roots = options.processes || profile.process_count() > 1;
+
+    let mut intern = |frame: &Frame, view: &mut View| -> u32 {
+        if let Some(&id) = frame_ids.get(frame) {
+            return id;
+        }
+        let id = view.frames.len() as u32;
+        view.frames.push(frame.clone());
+        frame_ids.insert(frame.clone(), id);
+        id
+    };
+
+    let mut samples: Vec<_> = profile.samples().collect();
+    samples.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    for (owner, keys, count) in samples {
+        // Stored leaf first; each key expands outermost-inline first.
+        let mut frames: Vec<&Frame> = keys.iter().rev().flat_map(|k| symbols.frames(k)).collect();
+        if !options.native {
+            frames = default_view(frames);
+        }
+        let mut roots = Vec::new();
+        if process_roots {
+            let comm = profile.process_names.get(&owner.pid).map_or("?", String::as_str);
+            roots.push(Frame::marker(format!("process {} ({comm})", owner.pid)));
+        }
+        if options.threads {
+            let name = profile.thread_names.get(&(owner.pid, owner.tid)).map_or("?", String::as_str);
+            roots.push(Frame::marker(format!("thread {} ({name})", owner.tid)));
+        }
+        let mut ids: Vec<u32> = roots.iter().map(|f| intern(f, &mut view)).collect();
+        ids.extend(frames.into_iter().map(|f| intern(f, &mut view)));
+        let key = (ids, owner.pid.0, owner.tid.0);
+        match stack_ids.get(&key) {
+            Some(&i) => view.stacks[i].count += count,
+            None => {
+                stack_ids.insert(key.clone(), view.stacks.len());
+                view.stacks.push(ViewStack { frames: key.0, count, pid: key.1, tid: key.2 });
+            }
+        }
+        view.total += count;
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn py(name: &str) -> Frame {
+        Frame {
+            text: name.into(),
+            kind: FrameKind::Python,
+            function: name.into(),
+            file: "a.py".into(),
+            interpreter_plumbing: false,
+        }
+    }
+
+    fn native(name: &str, plumbing: bool) -> Frame {
+        Frame {
+            text: format!("{name} [lib]"),
+            kind: FrameKind::Native,
+            function: name.into(),
+            file: "lib".into(),
+            interpreter_plumbing: plumbing,
+        }
+    }
+
+    #[test]
+    fn default_view_keeps_python_and_leaf_natives() {
+        let frames = [
+            native("_start", false),
+            native("Py_RunMain", false),
+            py("<module>"),
+            native("_PyEval_EvalFrameDefault", true),
+            py("work"),
+            native("_PyEval_EvalFrameDefault", true),
+            native("builtin_sum", false),
+            native("PyNumber_Add", false),
+        ];
+        let kept: Vec<&str> = default_view(frames.iter().collect()).iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(kept, ["<module>", "work", "builtin_sum", "PyNumber_Add"]);
+    }
+
+    #[test]
+    fn stacks_without_python_stay_whole() {
+        let frames = [native("main", false), native("spin", false)];
+        assert_eq!(default_view(frames.iter().collect()).len(), 2);
+    }
+}

@@ -1,0 +1,181 @@
+//! The command line, as clap derive types, and its translation into plain config.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::aggregate::view::ViewOptions;
+use crate::export::Format;
+use crate::perf::SamplingConfig;
+use crate::process::Pid;
+use crate::record::{RecordConfig, Targets};
+
+/// The kernel copies at most this much user stack per sample.
+pub const MAX_STACK_BYTES: u32 = 65528;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ember-agent",
+    version,
+    about = "Profiles Python 3.12+ processes with complete Python and native stacks"
+)]
+pub struct Cli {
+    /// Log filter, e.g. `info` or `ember_agent=debug` (also EMBER_LOG).
+    #[arg(long, global = true, env = "EMBER_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample a running process (--pid) or a command (-- CMD ARGS…) and write one profile.
+    Record(RecordArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Attach to this running process (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with = "command")]
+    pub pids: Vec<u32>,
+    /// Stop after this long: `30`, `30s`, `500ms`, `2m`. Default: until the targets exit or Ctrl-C.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Samples per second per thread.
+    #[arg(short, long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub rate: u64,
+    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8).
+    #[arg(long, default_value_t = 32768, value_parser = parse_stack_bytes)]
+    pub stack_bytes: u32,
+    /// Add kernel frames.
+    #[arg(long)]
+    pub kernel: bool,
+    /// Show every native frame, interleaved with the Python frames.
+    #[arg(long)]
+    pub native: bool,
+    /// Add a root frame per thread.
+    #[arg(long)]
+    pub threads: bool,
+    /// Follow child processes (fork and exec), each under a `process PID (comm)` root.
+    #[arg(long)]
+    pub subprocesses: bool,
+    /// Write the profile here; the format follows the extension (.svg, .folded, .json, .pb.gz).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Output format: svg, collapsed, speedscope or pprof.
+    #[arg(short, long)]
+    pub format: Option<Format>,
+    /// Ring buffer per CPU, in KiB.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
+    pub ring_kib: u64,
+    /// The command to launch and profile, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| format!("{s:?} is not a duration like 30, 30s, 500ms or 2m"))?;
+    if !value.is_finite() || value <= 0.0 {
+        return Err(format!("duration must be positive, got {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+fn parse_stack_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n == 0 || n > MAX_STACK_BYTES || n % 8 != 0 {
+        return Err(format!("--stack-bytes must be a multiple of 8 between 8 and {MAX_STACK_BYTES}, got {n}"));
+    }
+    Ok(n)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("nothing to profile: give --pid PID, or a command after `--` (ember-agent record -- python3.12 app.py)")]
+    NoTarget,
+    #[error("cannot tell the format of {0:?} from its extension; add --format ({formats})", formats = Format::NAMES)]
+    UnknownExtension(PathBuf),
+}
+
+impl RecordArgs {
+    pub fn into_config(self) -> Result<RecordConfig, CliError> {
+        let targets = if !self.pids.is_empty() {
+            Targets::Pids(self.pids.iter().map(|&p| Pid(p)).collect())
+        } else if !self.command.is_empty() {
+            Targets::Command(self.command)
+        } else {
+            return Err(CliError::NoTarget);
+        };
+        let format = match (self.format, &self.output) {
+            (Some(f), _) => f,
+            (None, None) => Format::Collapsed,
+            (None, Some(path)) => Format::from_path(path).ok_or_else(|| CliError::UnknownExtension(path.clone()))?,
+        };
+        Ok(RecordConfig {
+            targets,
+            duration: self.duration,
+            sampling: SamplingConfig {
+                rate_hz: self.rate,
+                stack_bytes: self.stack_bytes,
+                kernel: self.kernel,
+                follow_children: self.subprocesses,
+                ring_bytes: (self.ring_kib * 1024) as usize,
+            },
+            view: ViewOptions { native: self.native, threads: self.threads, processes: false },
+            output: self.output,
+            format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(args: &[&str]) -> Result<RecordConfig, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        let Command::Record(r) = cli.command;
+        r.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn format_follows_the_extension_and_defaults_to_collapsed() {
+        let c = record(&["ember-agent", "record", "-o", "cpu.svg", "--", "python3.12", "x.py"]).expect("valid");
+        assert_eq!(c.format, Format::Svg);
+        assert!(matches!(c.targets, Targets::Command(ref cmd) if cmd == &["python3.12", "x.py"]));
+        let c = record(&["ember-agent", "record", "--pid", "1"]).expect("valid");
+        assert_eq!(c.format, Format::Collapsed);
+        let e = record(&["ember-agent", "record", "--pid", "1", "-o", "x.dat"]).expect_err("unknown ext");
+        assert!(e.contains("--format"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(record(&["ember-agent", "record"]).expect_err("no target").contains("nothing to profile"));
+        assert!(record(&["ember-agent", "record", "--pid", "1", "--stack-bytes", "70000"]).is_err());
+        assert!(record(&["ember-agent", "record", "--pid", "1", "--rate", "0"]).is_err());
+        assert!(record(&["ember-agent", "record", "--pid", "1", "--", "python3"]).is_err(), "pid and command conflict");
+    }
+}

@@ -1,0 +1,16 @@
+//! ember-agent: samples Python 3.12+ processes with `perf_event_open`, unwinds every sample
+//! through native code and CPython's perf trampolines, and writes complete mixed stacks.
+//!
+//! The pipeline, one module per stage (see ARCHITECTURE.md):
+//! [`perf`] → [`process`] → [`unwind`] → [`symbolize`] → [`aggregate`] → [`export`].
+//! [`record`] drives it for the `record` command.
+
+pub mod aggregate;
+pub mod cli;
+pub mod export;
+pub mod intern;
+pub mod perf;
+pub mod process;
+pub mod record;
+pub mod symbolize;
+pub mod unwind;

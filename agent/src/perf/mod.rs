@@ -1,0 +1,8 @@
+//! Stage 1, **perf**: opens cpu-clock events with user registers and a user-stack copy,
+//! and decodes the records the kernel writes into the per-CPU ring buffers.
+
+pub mod event;
+pub mod session;
+
+pub use event::{Decoder, MmapEvent, PerfEvent, SampleEvent, UserRegs};
+pub use session::{PerfError, SamplingConfig, SamplingSession};

@@ -1,0 +1,180 @@
+//! The few `/proc` and `/sys` reads ember needs. Parsers take text so they can be tested
+//! without a live process.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use super::ids::{NsPid, Pid, Tid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcfsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot parse {path}: {what}")]
+    Parse { path: PathBuf, what: &'static str },
+}
+
+fn read(path: PathBuf) -> Result<String, ProcfsError> {
+    fs::read_to_string(&path).map_err(|source| ProcfsError::Read { path, source })
+}
+
+/// CPUs that are online, from `/sys/devices/system/cpu/online` ("0-3,6").
+pub fn online_cpus() -> Result<Vec<usize>, ProcfsError> {
+    let path = PathBuf::from("/sys/devices/system/cpu/online");
+    let text = read(path.clone())?;
+    parse_cpu_list(&text).ok_or(ProcfsError::Parse { path, what: "CPU list" })
+}
+
+pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
+pub fn process_exists(pid: Pid) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // A zombie has exited; only its exit status is left.
+        Ok(stat) => stat_state(&stat).is_some_and(|s| s != 'Z' && s != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// The state letter from `/proc/PID/stat`; the command name may contain spaces and ')'.
+pub fn stat_state(stat: &str) -> Option<char> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.trim_start().chars().next()
+}
+
+pub fn threads(pid: Pid) -> Result<Vec<Tid>, ProcfsError> {
+    let path = PathBuf::from(format!("/proc/{pid}/task"));
+    let entries = fs::read_dir(&path).map_err(|source| ProcfsError::Read { path, source })?;
+    let mut tids: Vec<Tid> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok().map(Tid)).collect();
+    tids.sort();
+    Ok(tids)
+}
+
+pub fn comm(pid: Pid, tid: Tid) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|s| s.trim_end().to_string())
+}
+
+pub fn exe(pid: Pid) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/exe")).ok()
+}
+
+pub fn cmdline(pid: Pid) -> Option<Vec<String>> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
+}
+
+/// The PID as the process sees itself: the last `NSpid:` field of `/proc/PID/status`.
+pub fn ns_pid(pid: Pid) -> Result<NsPid, ProcfsError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let text = read(path.clone())?;
+    parse_ns_pid(&text).ok_or(ProcfsError::Parse { path, what: "NSpid line" })
+}
+
+pub fn parse_ns_pid(status: &str) -> Option<NsPid> {
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok().map(NsPid)
+}
+
+pub fn perf_event_paranoid() -> String {
+    fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// A path inside the target's mount namespace, reached from the host.
+pub fn in_root(pid: Pid, path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{path}"))
+}
+
+/// One line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsLine {
+    pub start: u64,
+    pub end: u64,
+    pub readable: bool,
+    pub executable: bool,
+    pub offset: u64,
+    pub dev_inode: Option<(u32, u32, u64)>,
+    pub path: String,
+}
+
+pub fn maps(pid: Pid) -> Result<Vec<MapsLine>, ProcfsError> {
+    Ok(parse_maps(&read(PathBuf::from(format!("/proc/{pid}/maps")))?))
+}
+
+pub fn parse_maps(text: &str) -> Vec<MapsLine> {
+    text.lines().filter_map(parse_maps_line).collect()
+}
+
+fn parse_maps_line(line: &str) -> Option<MapsLine> {
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?.as_bytes();
+    let offset = u64::from_str_radix(fields.next()?, 16).ok()?;
+    let (maj, min) = fields.next()?.split_once(':')?;
+    let inode: u64 = fields.next()?.parse().ok()?;
+    let path = fields.next().unwrap_or("").trim_start().to_string();
+    let dev_inode = (inode != 0)
+        .then(|| Some((u32::from_str_radix(maj, 16).ok()?, u32::from_str_radix(min, 16).ok()?, inode)))
+        .flatten();
+    Some(MapsLine {
+        start: u64::from_str_radix(start, 16).ok()?,
+        end: u64::from_str_radix(end, 16).ok()?,
+        readable: perms.first() == Some(&b'r'),
+        executable: perms.get(2) == Some(&b'x'),
+        offset,
+        dev_inode,
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(parse_cpu_list("0,2-3,7"), Some(vec![0, 2, 3, 7]));
+        assert_eq!(parse_cpu_list("x"), None);
+    }
+
+    #[test]
+    fn ns_pid_is_last_field() {
+        assert_eq!(parse_ns_pid("Name:\tpython\nNSpid:\t4242\t7\n"), Some(NsPid(7)));
+        assert_eq!(parse_ns_pid("NSpid:\t4242\n"), Some(NsPid(4242)));
+        assert_eq!(parse_ns_pid("Name: x\n"), None);
+    }
+
+    #[test]
+    fn stat_state_survives_odd_comm() {
+        assert_eq!(stat_state("12 (a) b) R 1 2"), Some('R'));
+        assert_eq!(stat_state("12 (x) Z 1"), Some('Z'));
+    }
+
+    #[test]
+    fn maps_lines() {
+        let text = "7f0e00000000-7f0e00001000 r-xp 00002000 fd:01 1234   /usr/lib/libpython3.12.so.1.0\n\
+                    7f0e00002000-7f0e00012000 r-xp 00000000 00:00 0 \n\
+                    7ffd0000-7ffe0000 rw-p 00000000 00:00 0                          [stack]\n";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 3);
+        assert_eq!(maps[0].offset, 0x2000);
+        assert_eq!(maps[0].dev_inode, Some((0xfd, 1, 1234)));
+        assert!(maps[0].executable);
+        assert_eq!(maps[0].path, "/usr/lib/libpython3.12.so.1.0");
+        assert_eq!(maps[1].path, "");
+        assert_eq!(maps[1].dev_inode, None);
+        assert_eq!(maps[2].path, "[stack]");
+        assert!(!maps[2].executable);
+    }
+}

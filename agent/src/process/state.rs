@@ -1,0 +1,285 @@
+//! Everything ember tracks about one target process: its threads, its executable
+//! mappings (with their unwind modules) and its perf map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use framehop::Unwinder;
+
+use super::ids::{NsPid, Pid, Tid};
+use super::python::{self, Runtime};
+use super::{memory, procfs};
+use crate::intern::{Interner, StrId};
+use crate::symbolize::perf_map::{PerfMapReader, PerfMapTable};
+use crate::unwind::{ElfCache, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache};
+
+/// Largest anonymous region read to check trampolines (CPython's arenas are 64 KiB).
+const MAX_ARENA_READ: u64 = 1 << 20;
+
+/// An executable mapping.
+#[derive(Debug, Clone)]
+pub struct Mapping {
+    pub end: u64,
+    pub pgoff: u64,
+    pub path: String,
+    pub image: Option<ImageId>,
+}
+
+/// What a sampled address is, before symbolization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameKey {
+    /// A perf-map symbol: a Python function (`py::…`) or another JIT's code.
+    MapSymbol(StrId),
+    /// Code in an ELF file, by file offset of the looked-up address.
+    Native {
+        image: ImageId,
+        file_offset: u64,
+    },
+    /// Code with nothing to name it by: an address in a region (`[anon]`, `[vdso]`, a path).
+    Unknown {
+        region: StrId,
+        addr: u64,
+    },
+    Kernel(u64),
+    /// Root marker for stacks whose outer frames could not be recovered.
+    Truncated,
+}
+
+pub struct ProcessState {
+    pub pid: Pid,
+    pub ns_pid: NsPid,
+    pub comm: String,
+    pub runtime: Runtime,
+    pub threads: HashMap<Tid, String>,
+    mappings: BTreeMap<u64, Mapping>,
+    pub unwinder: NativeUnwinder,
+    pub cache: UnwindCache,
+    pub perf_map: PerfMapTable,
+    pub perf_map_reader: PerfMapReader,
+    pub completer: StackCompleter,
+    arena_bytes: HashMap<u64, Option<Vec<u8>>>,
+    pub exited: bool,
+}
+
+impl std::fmt::Debug for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessState")
+            .field("pid", &self.pid)
+            .field("comm", &self.comm)
+            .field("runtime", &self.runtime)
+            .field("mappings", &self.mappings.len())
+            .field("perf_map", &self.perf_map.len())
+            .finish()
+    }
+}
+
+impl ProcessState {
+    /// Starts tracking a live process from `/proc`.
+    pub fn from_proc(pid: Pid, elf: &mut ElfCache) -> Result<Self, procfs::ProcfsError> {
+        let ns_pid = procfs::ns_pid(pid)?;
+        let comm = procfs::comm(pid, Tid(pid.0)).unwrap_or_default();
+        let mut state = Self::empty(pid, ns_pid, comm);
+        state.refresh_maps(elf)?;
+        let exe = procfs::exe(pid).map(|p| p.display().to_string());
+        state.runtime = python::detect(exe.as_deref(), state.mappings.values().map(|m| m.path.as_str()));
+        Ok(state)
+    }
+
+    fn empty(pid: Pid, ns_pid: NsPid, comm: String) -> Self {
+        let map_path = procfs::in_root(pid, &format!("/tmp/perf-{ns_pid}.map"));
+        Self {
+            pid,
+            ns_pid,
+            comm,
+            runtime: Runtime::NotPython,
+            threads: HashMap::new(),
+            mappings: BTreeMap::new(),
+            unwinder: NativeUnwinder::new(),
+            cache: UnwindCache::new(),
+            perf_map: PerfMapTable::default(),
+            perf_map_reader: PerfMapReader::new(map_path),
+            completer: StackCompleter::default(),
+            arena_bytes: HashMap::new(),
+            exited: false,
+        }
+    }
+
+    /// A forked child: same address space as the parent at fork time. Frames that were on
+    /// the stack at the fork return into the parent's trampolines, which only the parent's
+    /// map names, so the child starts from the parent's table and adds its own map on top.
+    pub fn forked_from(parent: &ProcessState, pid: Pid, elf: &mut ElfCache) -> Self {
+        let ns_pid = procfs::ns_pid(pid).unwrap_or(NsPid(pid.0));
+        let mut child = Self::empty(pid, ns_pid, parent.comm.clone());
+        child.runtime = parent.runtime;
+        child.perf_map = parent.perf_map.clone();
+        for (&start, m) in &parent.mappings {
+            child.insert_mapping(start, m.clone());
+            if let Some(image) = m.image.and_then(|id| elf.get(id)) {
+                child.unwinder.add_module(crate::unwind::stack::native_module(image, start, m.end, m.pgoff));
+            }
+        }
+        // The child may already have mapped more than the parent had.
+        let _ = child.refresh_maps(elf);
+        child
+    }
+
+    /// Forget the old address space after `exec`.
+    pub fn exec(&mut self, elf: &mut ElfCache) {
+        let pid = self.pid;
+        let ns_pid = self.ns_pid;
+        let threads = std::mem::take(&mut self.threads);
+        *self = Self::empty(pid, ns_pid, self.comm.clone());
+        self.threads = threads;
+        let _ = self.refresh_maps(elf);
+        let exe = procfs::exe(pid).map(|p| p.display().to_string());
+        self.runtime = python::detect(exe.as_deref(), self.mappings.values().map(|m| m.path.as_str()));
+        // The map is read from the start again: lines of the program before exec are stale
+        // but harmless, because the new program's own lines replace any they overlap, and
+        // only verified trampoline addresses are unwound through.
+    }
+
+    pub fn mapped_paths(&self) -> impl Iterator<Item = &str> {
+        self.mappings.values().map(|m| m.path.as_str())
+    }
+
+    fn insert_mapping(&mut self, start: u64, mapping: Mapping) {
+        let end = mapping.end;
+        let overlapping: Vec<u64> =
+            self.mappings.range(..end).rev().take_while(|(_, m)| m.end > start).map(|(&s, _)| s).collect();
+        for s in overlapping {
+            self.mappings.remove(&s);
+            self.unwinder.remove_module(s);
+        }
+        self.mappings.insert(start, mapping);
+    }
+
+    /// Records a new executable mapping and loads its unwind tables.
+    pub fn add_mapping(
+        &mut self,
+        start: u64,
+        end: u64,
+        pgoff: u64,
+        path: &str,
+        dev_inode: Option<(u32, u32, u64)>,
+        elf: &mut ElfCache,
+    ) {
+        if let Some(existing) = self.mappings.get(&start) {
+            if existing.end == end && existing.pgoff == pgoff && existing.path == path {
+                return;
+            }
+        }
+        let is_file = path.starts_with('/') && !path.starts_with("//anon");
+        let image = if path == "[vdso]" {
+            // The vDSO is the same code in every process of this kernel; read it once from
+            // the target's memory so its CFI and symbols work like a file's.
+            let pid = self.pid;
+            elf.load_bytes(FileIdentity::Path("[vdso]".into()), "[vdso]", || {
+                memory::read(pid, start, (end - start) as usize)
+            })
+        } else if is_file {
+            let identity = match dev_inode {
+                Some((maj, min, ino)) if ino != 0 => FileIdentity::DevInode(maj, min, ino),
+                _ => FileIdentity::Path(format!("{}:{path}", self.pid)),
+            };
+            let open_path = procfs::in_root(self.pid, path);
+            let fallback = format!("/proc/{}/map_files/{start:x}-{end:x}", self.pid);
+            elf.load(identity.clone(), path, &open_path).or_else(|| elf.load(identity, path, Path::new(&fallback)))
+        } else {
+            None
+        };
+        self.insert_mapping(start, Mapping { end, pgoff, path: path.to_string(), image: image.as_ref().map(|i| i.id) });
+        if let Some(image) = image {
+            if image.has_cfi() || image.text.is_some() {
+                self.unwinder.add_module(crate::unwind::stack::native_module(&image, start, end, pgoff));
+            }
+        }
+    }
+
+    /// Adds executable mappings from `/proc/PID/maps` that the perf records have not told us
+    /// about (mappings made before attach, or records still in another CPU's buffer).
+    pub fn refresh_maps(&mut self, elf: &mut ElfCache) -> Result<(), procfs::ProcfsError> {
+        for line in procfs::maps(self.pid)? {
+            if line.executable {
+                self.add_mapping(line.start, line.end, line.offset, &line.path, line.dev_inode, elf);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn mapping_at(&self, addr: u64) -> Option<(u64, &Mapping)> {
+        let (&start, m) = self.mappings.range(..=addr).next_back()?;
+        (addr < m.end).then_some((start, m))
+    }
+
+    /// Reads new perf-map lines and checks the bytes behind them. Returns the lines added.
+    pub fn poll_perf_map(&mut self, strings: &mut Interner, elf: &mut ElfCache) -> usize {
+        let added = match self.perf_map_reader.poll(&mut self.perf_map, strings) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(pid = %self.pid, "perf map read failed: {e}");
+                0
+            }
+        };
+        if added > 0 {
+            self.verify_trampolines(elf);
+        }
+        added
+    }
+
+    /// Decides, for every new perf-map entry, whether it is a trampoline and which variant,
+    /// by reading the code at its address from the target.
+    fn verify_trampolines(&mut self, elf: &mut ElfCache) {
+        let pending: Vec<(u64, u64)> = self.perf_map.unverified().map(|(s, e)| (s, e.end - s)).collect();
+        if pending.iter().any(|&(start, _)| self.mapping_at(start).is_none()) {
+            let _ = self.refresh_maps(elf);
+        }
+        let alive = procfs::process_exists(self.pid);
+        for (start, size) in pending {
+            let kind = match self.mapping_at(start).map(|(s, m)| (s, m.end, m.image.is_none())) {
+                Some((arena_start, arena_end, true)) => {
+                    let bytes = self.arena(arena_start, arena_end);
+                    match bytes {
+                        Some(bytes) => bytes
+                            .get((start - arena_start) as usize..)
+                            .and_then(TrampolineKind::detect)
+                            .filter(|k| k.len() == size),
+                        // The target is gone: trust the size of the line.
+                        None if !alive => TrampolineKind::from_len(size),
+                        None => None,
+                    }
+                }
+                // Not in any anonymous executable region: not a trampoline of this process
+                // (a stale line from an earlier process with the same PID, or other JIT code).
+                Some(_) => None,
+                None if !alive => TrampolineKind::from_len(size),
+                None => None,
+            };
+            self.perf_map.set_trampoline(start, kind);
+        }
+    }
+
+    fn arena(&mut self, start: u64, end: u64) -> Option<&Vec<u8>> {
+        let pid = self.pid;
+        self.arena_bytes
+            .entry(start)
+            .or_insert_with(|| memory::read(pid, start, (end - start).min(MAX_ARENA_READ) as usize))
+            .as_ref()
+    }
+
+    /// Classifies an address of this process.
+    pub fn frame_key(&self, addr: u64, lookup_addr: u64, strings: &mut Interner) -> FrameKey {
+        if let Some((_, entry)) = self.perf_map.lookup(addr) {
+            return FrameKey::MapSymbol(entry.name);
+        }
+        match self.mapping_at(lookup_addr) {
+            Some((start, m)) => match m.image {
+                Some(image) => FrameKey::Native { image, file_offset: lookup_addr - start + m.pgoff },
+                None => {
+                    let region = if m.path.is_empty() || m.path.starts_with("//anon") { "[anon]" } else { &m.path };
+                    FrameKey::Unknown { region: strings.intern(region), addr }
+                }
+            },
+            None => FrameKey::Unknown { region: strings.intern("[unknown]"), addr },
+        }
+    }
+}

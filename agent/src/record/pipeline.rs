@@ -1,0 +1,205 @@
+//! Feeds decoded perf events through process tracking, unwinding and stack completion into
+//! the aggregated profile.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::aggregate::{Profile, SampleOwner};
+use crate::perf::{PerfEvent, SampleEvent};
+use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
+use crate::unwind::{unwind_stack, ElfCache, StackEnd};
+
+use super::stats::Stats;
+
+#[derive(Debug)]
+pub struct Pipeline {
+    processes: HashMap<Pid, ProcessState>,
+    pub elf: ElfCache,
+    pub profile: Profile,
+    pub stats: Stats,
+    follow_children: bool,
+    /// Perf-map length before a launched command started; earlier lines are stale.
+    launched_map_offsets: HashMap<Pid, u64>,
+    threads_seen: HashSet<(Pid, Tid)>,
+    keys: Vec<FrameKey>,
+}
+
+impl Pipeline {
+    pub fn new(follow_children: bool) -> Self {
+        Self {
+            processes: HashMap::new(),
+            elf: ElfCache::default(),
+            profile: Profile::default(),
+            stats: Stats::default(),
+            follow_children,
+            launched_map_offsets: HashMap::new(),
+            threads_seen: HashSet::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    pub fn process(&self, pid: Pid) -> Option<&ProcessState> {
+        self.processes.get(&pid)
+    }
+
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessState> {
+        self.processes.values()
+    }
+
+    /// Starts tracking a running process.
+    pub fn track(&mut self, pid: Pid) -> Result<&ProcessState, procfs::ProcfsError> {
+        if !self.processes.contains_key(&pid) {
+            let mut state = ProcessState::from_proc(pid, &mut self.elf)?;
+            if let Some(offset) = self.launched_map_offsets.remove(&pid) {
+                state.perf_map_reader.start_at(offset);
+            }
+            state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
+            self.profile.process_names.insert(pid, state.comm.clone());
+            self.stats.processes += 1;
+            self.processes.insert(pid, state);
+        }
+        self.processes.get(&pid).ok_or(procfs::ProcfsError::Parse { path: "/proc".into(), what: "process" })
+    }
+
+    /// Remembers a launched command whose state is created once it has exec'd.
+    pub fn expect_launched(&mut self, pid: Pid, perf_map_len: u64) {
+        self.launched_map_offsets.insert(pid, perf_map_len);
+    }
+
+    fn is_expected(&self, pid: Pid) -> bool {
+        self.launched_map_offsets.contains_key(&pid)
+    }
+
+    /// Reads what every perf map gained since the last call. Called before each batch of
+    /// events, so every sample's trampolines are named by the time it is processed.
+    pub fn poll_perf_maps(&mut self) {
+        for state in self.processes.values_mut() {
+            state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
+        }
+    }
+
+    pub fn handle(&mut self, event: PerfEvent) {
+        match event {
+            PerfEvent::Sample(sample) => self.on_sample(sample),
+            PerfEvent::Mmap(m) => {
+                if let Some(state) = self.processes.get_mut(&m.pid) {
+                    state.add_mapping(m.start, m.start + m.len, m.pgoff, &m.path, m.dev_inode, &mut self.elf);
+                }
+            }
+            PerfEvent::Comm { pid, tid, name, exec, .. } => {
+                if exec {
+                    if let Some(state) = self.processes.get_mut(&pid) {
+                        state.exec(&mut self.elf);
+                        state.comm = name.clone();
+                        self.profile.process_names.insert(pid, name.clone());
+                    }
+                }
+                if pid.0 == tid.0 {
+                    if let Some(state) = self.processes.get_mut(&pid) {
+                        state.comm = name.clone();
+                    }
+                    self.profile.process_names.insert(pid, name.clone());
+                }
+                self.profile.thread_names.insert((pid, tid), name);
+            }
+            PerfEvent::Fork { pid, ppid, .. } => {
+                if pid != ppid && self.follow_children && !self.processes.contains_key(&pid) {
+                    if let Some(parent) = self.processes.get(&ppid) {
+                        tracing::debug!(%pid, %ppid, "following forked child");
+                        let child = ProcessState::forked_from(parent, pid, &mut self.elf);
+                        self.profile.process_names.insert(pid, child.comm.clone());
+                        self.stats.processes += 1;
+                        self.processes.insert(pid, child);
+                    }
+                }
+            }
+            PerfEvent::Exit { pid, tid, .. } => {
+                if let Some(state) = self.processes.get_mut(&pid) {
+                    if pid.0 == tid.0 {
+                        state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
+                        state.exited = true;
+                    } else {
+                        state.completer.forget_thread(tid);
+                    }
+                }
+            }
+            PerfEvent::Lost { count, .. } => self.stats.lost_records += count,
+        }
+    }
+
+    /// Finds the state for a sample's process, creating it for a launched command after its
+    /// exec, or for a child whose fork record is still in another CPU's buffer.
+    fn ensure_state(&mut self, pid: Pid) -> bool {
+        if self.processes.contains_key(&pid) {
+            return true;
+        }
+        let adopt = self.is_expected(pid) || (self.follow_children && self.parent_tracked(pid));
+        tracing::debug!(%pid, adopt, "sample from a process not tracked yet");
+        adopt && self.track(pid).is_ok()
+    }
+
+    fn parent_tracked(&self, pid: Pid) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().parse::<u32>().ok())))
+            .flatten()
+            .is_some_and(|ppid| self.processes.contains_key(&Pid(ppid)))
+    }
+
+    fn on_sample(&mut self, sample: SampleEvent) {
+        let pid = sample.pid;
+        let tid = sample.tid;
+        if !self.ensure_state(pid) {
+            self.stats.untracked_samples += 1;
+            return;
+        }
+        let Self { processes, profile, stats, keys, threads_seen, .. } = self;
+        let Some(state) = processes.get_mut(&pid) else { return };
+        keys.clear();
+        let mut unwound = unwind_stack(
+            &state.unwinder,
+            &mut state.cache,
+            &state.perf_map,
+            sample.regs,
+            &sample.stack,
+            sample.stack_filled,
+        );
+        let mut complete = true;
+        match unwound.end {
+            StackEnd::Complete => state.completer.remember(tid, &unwound.frames),
+            StackEnd::Truncated | StackEnd::Failed(_) => {
+                if unwound.end == StackEnd::Truncated {
+                    stats.truncated += 1;
+                } else {
+                    stats.unwind_failures += 1;
+                }
+                if state.completer.complete(tid, &mut unwound.frames) {
+                    if unwound.end == StackEnd::Truncated {
+                        stats.completed += 1;
+                    }
+                    state.completer.remember(tid, &unwound.frames);
+                } else {
+                    complete = false;
+                }
+            }
+        }
+        keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
+        for (i, frame) in unwound.frames.iter().enumerate() {
+            keys.push(state.frame_key(frame.addr, frame.lookup_addr(i == 0), &mut profile.strings));
+        }
+        if !complete || keys.is_empty() {
+            keys.push(FrameKey::Truncated);
+        }
+        if threads_seen.insert((pid, tid)) {
+            stats.threads += 1;
+            profile.thread_names.entry((pid, tid)).or_insert_with(|| procfs::comm(pid, tid).unwrap_or_default());
+        }
+        stats.samples += 1;
+        profile.add(SampleOwner { pid, tid }, keys);
+    }
+
+    /// Final reads once sampling has stopped.
+    pub fn finish(&mut self) {
+        self.poll_perf_maps();
+        self.stats.corrupt_map_lines = self.processes.values().map(|p| p.perf_map_reader.corrupt_lines).sum();
+    }
+}

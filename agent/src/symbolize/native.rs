@@ -1,0 +1,81 @@
+//! Native and kernel symbols through blazesym: `.symtab`/`.dynsym`, demangled, with DWARF
+//! inline frames where debug info exists.
+
+use blazesym::symbolize::source::{Elf, Kernel, Source};
+use blazesym::symbolize::{Input, Symbolized, Symbolizer};
+
+use crate::unwind::ElfImage;
+
+/// One function of a symbolized address; an address inside inlined code yields several,
+/// outermost first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeName {
+    pub function: String,
+    pub inlined: bool,
+}
+
+#[derive(Debug)]
+pub struct NativeSymbolizer {
+    inner: Symbolizer,
+}
+
+impl Default for NativeSymbolizer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NativeSymbolizer {
+    pub fn new() -> Self {
+        let inner =
+            Symbolizer::builder().enable_code_info(true).enable_inlined_fns(true).enable_demangling(true).build();
+        Self { inner }
+    }
+
+    /// Symbolizes file offsets of one image; one entry per offset, empty when unknown.
+    pub fn symbolize_image(&self, image: &ElfImage, file_offsets: &[u64]) -> Vec<Vec<NativeName>> {
+        let src = Source::Elf(Elf::new(image.fd_path()));
+        match self.inner.symbolize(&src, Input::FileOffset(file_offsets)) {
+            Ok(results) => results.into_iter().map(|r| names(&r)).collect(),
+            Err(e) => {
+                tracing::debug!(module = %image.path, "symbolization failed: {e}");
+                vec![Vec::new(); file_offsets.len()]
+            }
+        }
+    }
+
+    /// Symbolizes kernel addresses from `/proc/kallsyms`.
+    pub fn symbolize_kernel(&self, addrs: &[u64]) -> Vec<Option<String>> {
+        let src = Source::Kernel(Kernel::default());
+        match self.inner.symbolize(&src, Input::AbsAddr(addrs)) {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| match r {
+                    Symbolized::Sym(sym) => Some(sym.name.into_owned()),
+                    Symbolized::Unknown(_) => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!("kernel symbolization failed: {e}");
+                vec![None; addrs.len()]
+            }
+        }
+    }
+}
+
+fn names(result: &Symbolized<'_>) -> Vec<NativeName> {
+    match result {
+        Symbolized::Sym(sym) => {
+            let mut out = vec![NativeName { function: sym.name.to_string(), inlined: false }];
+            for f in sym.inlined.iter() {
+                // DWARF sometimes reports a function as inlined into itself; show it once.
+                if out.last().is_some_and(|prev| prev.function == f.name) {
+                    continue;
+                }
+                out.push(NativeName { function: f.name.to_string(), inlined: true });
+            }
+            out
+        }
+        Symbolized::Unknown(_) => Vec::new(),
+    }
+}

@@ -1,0 +1,100 @@
+//! Completing stacks that were cut off by the kernel's user-stack copy limit.
+//!
+//! perf copies at most 65528 bytes of stack and a Python frame costs about 528 bytes of C
+//! stack, so deep Python stacks lose their outermost frames. The outer frames of a thread
+//! change slowly, though: if a truncated sample's outermost unwound frame has the same return
+//! address and stack pointer as a frame of an earlier complete sample of the same thread,
+//! both are the same activation, and the earlier sample's frames beyond it are the missing
+//! part.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::stack::RawFrame;
+use crate::process::ids::Tid;
+
+/// How many complete stacks to remember per thread.
+const REFERENCES_PER_THREAD: usize = 16;
+
+#[derive(Debug, Default)]
+pub struct StackCompleter {
+    references: HashMap<Tid, VecDeque<Arc<[RawFrame]>>>,
+}
+
+impl StackCompleter {
+    /// Remembers a complete (or completed) stack, newest first.
+    pub fn remember(&mut self, tid: Tid, frames: &[RawFrame]) {
+        let refs = self.references.entry(tid).or_default();
+        refs.push_front(Arc::from(frames));
+        refs.truncate(REFERENCES_PER_THREAD);
+    }
+
+    /// Extends a truncated stack (leaf first) with the outer frames of a remembered stack of
+    /// the same thread. Returns whether it found a frame both agree on.
+    pub fn complete(&self, tid: Tid, frames: &mut Vec<RawFrame>) -> bool {
+        let Some(last) = frames.last().copied() else { return false };
+        let Some(refs) = self.references.get(&tid) else { return false };
+        for reference in refs {
+            if let Some(at) = reference.iter().position(|f| *f == last) {
+                frames.extend_from_slice(&reference[at + 1..]);
+                return true;
+            }
+        }
+        false
+    }
+
+    pub fn forget_thread(&mut self, tid: Tid) {
+        self.references.remove(&tid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(addr: u64, sp: u64) -> RawFrame {
+        RawFrame { addr, sp }
+    }
+
+    #[test]
+    fn splices_at_the_agreeing_frame() {
+        let mut c = StackCompleter::default();
+        let tid = Tid(7);
+        // A complete shallow stack: leaf .. root.
+        c.remember(tid, &[f(0x10, 100), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
+        // A deeper sample, cut off after reaching the frame (0x20, 200).
+        let mut truncated = vec![f(0x99, 10), f(0x98, 50), f(0x20, 200)];
+        assert!(c.complete(tid, &mut truncated));
+        assert_eq!(truncated, vec![f(0x99, 10), f(0x98, 50), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
+    }
+
+    #[test]
+    fn same_address_at_another_depth_does_not_match() {
+        let mut c = StackCompleter::default();
+        c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
+        let mut truncated = vec![f(0x99, 10), f(0x20, 250)];
+        assert!(!c.complete(Tid(1), &mut truncated));
+        assert_eq!(truncated.len(), 2);
+    }
+
+    #[test]
+    fn other_threads_are_never_used() {
+        let mut c = StackCompleter::default();
+        c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
+        let mut truncated = vec![f(0x20, 200)];
+        assert!(!c.complete(Tid(2), &mut truncated));
+    }
+
+    #[test]
+    fn chains_through_completed_stacks() {
+        let mut c = StackCompleter::default();
+        let tid = Tid(3);
+        c.remember(tid, &[f(1, 10), f(2, 20), f(3, 30)]);
+        let mut middle = vec![f(5, 1), f(2, 20)];
+        assert!(c.complete(tid, &mut middle));
+        c.remember(tid, &middle);
+        let mut deep = vec![f(9, 0), f(5, 1)];
+        assert!(c.complete(tid, &mut deep));
+        assert_eq!(deep, vec![f(9, 0), f(5, 1), f(2, 20), f(3, 30)]);
+    }
+}
