@@ -7,10 +7,11 @@
 
 pub mod aggregate;
 pub mod cli;
-pub mod export;
 pub mod intern;
 pub mod perf;
 pub mod process;
 pub mod record;
 pub mod symbolize;
 pub mod unwind;
+
+pub use ember_profile::export;

@@ -26,9 +26,7 @@ fn no_such_pid() {
 #[test]
 fn no_permission_explains_paranoid_and_capabilities() {
     let _serial = serial();
-    let target =
-        Target::spawn(Command::new(python312()).arg(fixture("serve.py")).arg("30").env("PYTHONPERFSUPPORT", "1"));
-    target.wait_for("ready", Duration::from_secs(20));
+    let target = serve_target("30", true);
     // An unprivileged user may not profile root's process.
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -62,9 +60,7 @@ fn python_older_than_3_12_is_profiled_natively_with_a_warning() {
 #[test]
 fn python_3_12_without_the_trampoline_says_how_to_turn_it_on() {
     let _serial = serial();
-    let target =
-        Target::spawn(Command::new(python312()).arg(fixture("serve.py")).arg("30").env_remove("PYTHONPERFSUPPORT"));
-    target.wait_for("ready", Duration::from_secs(20));
+    let target = serve_target("30", false);
     let out = run(ember().args(["record", "--duration", "1", "--pid", &target.pid().to_string()]));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -77,9 +73,7 @@ fn python_3_12_without_the_trampoline_says_how_to_turn_it_on() {
 #[test]
 fn a_target_that_exits_during_recording_still_gives_its_profile() {
     let _serial = serial();
-    let target =
-        Target::spawn(Command::new(python312()).arg(fixture("serve.py")).arg("1.5").env("PYTHONPERFSUPPORT", "1"));
-    target.wait_for("ready", Duration::from_secs(20));
+    let target = serve_target("1.5", true);
     let started = std::time::Instant::now();
     let out = run(ember().args(["record", "--duration", "60", "--pid", &target.pid().to_string()]));
     let err = stderr(&out);
@@ -155,9 +149,7 @@ fn no_target_and_bad_flags_are_usage_errors() {
 #[test]
 fn ctrl_c_stops_and_writes_the_output() {
     let _serial = serial();
-    let target =
-        Target::spawn(Command::new(python312()).arg(fixture("serve.py")).arg("60").env("PYTHONPERFSUPPORT", "1"));
-    target.wait_for("ready", Duration::from_secs(20));
+    let target = serve_target("60", true);
     let dir = tempfile::tempdir().expect("tempdir");
     let svg = dir.path().join("cpu.svg");
     let svg_arg = svg.display().to_string();

@@ -130,9 +130,7 @@ fn a_forked_child_keeps_the_frames_from_before_the_fork() {
 #[test]
 fn attaching_to_a_running_process() {
     let _serial = serial();
-    let target =
-        Target::spawn(Command::new(python312()).arg(fixture("serve.py")).arg("30").env("PYTHONPERFSUPPORT", "1"));
-    target.wait_for("ready", Duration::from_secs(20));
+    let target = serve_target("30", true);
     let out = run(ember().args(["record", "--duration", "2", "--pid", &target.pid().to_string()]));
     assert!(out.status.success(), "{}", stderr(&out));
     let folded = Folded::from_output(&out);

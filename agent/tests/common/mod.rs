@@ -245,3 +245,17 @@ impl Drop for RunningAgent {
         }
     }
 }
+
+/// `serve.py` running for `seconds`, with the perf trampoline on or off, ready to be attached to.
+pub fn serve_target(seconds: &str, trampoline: bool) -> Target {
+    let mut cmd = Command::new(python312());
+    cmd.arg(fixture("serve.py")).arg(seconds);
+    if trampoline {
+        cmd.env("PYTHONPERFSUPPORT", "1");
+    } else {
+        cmd.env_remove("PYTHONPERFSUPPORT");
+    }
+    let target = Target::spawn(&mut cmd);
+    target.wait_for("ready", Duration::from_secs(20));
+    target
+}

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::ExportError;
-use crate::aggregate::view::View;
+use crate::view::View;
 
 /// The folded lines, sorted so output is stable.
 pub fn lines(view: &View) -> Vec<String> {

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::str::FromStr;
 
-use crate::aggregate::view::View;
+use crate::view::View;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

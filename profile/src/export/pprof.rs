@@ -9,7 +9,7 @@ use flate2::Compression;
 use prost::Message;
 
 use super::{ExportError, Meta};
-use crate::aggregate::view::View;
+use crate::view::View;
 
 struct Strings {
     table: Vec<String>,

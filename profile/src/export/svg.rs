@@ -5,7 +5,7 @@ use std::io::Write;
 use inferno::flamegraph::{self, Options};
 
 use super::{collapsed, ExportError, Meta};
-use crate::aggregate::view::View;
+use crate::view::View;
 
 pub fn write(view: &View, meta: &Meta, out: &mut dyn Write) -> Result<(), ExportError> {
     let lines = collapsed::lines(view);

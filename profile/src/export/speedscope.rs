@@ -7,7 +7,7 @@ use std::io::Write;
 use serde::Serialize;
 
 use super::{ExportError, Meta};
-use crate::aggregate::view::View;
+use crate::view::View;
 
 #[derive(Serialize)]
 struct File<'a> {

@@ -1,0 +1,76 @@
+//! Targets in other namespaces, and kernel frames.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The host PID of the only child of `pid`.
+fn only_child(pid: u32) -> u32 {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let mut child = None;
+    wait_until(Duration::from_secs(10), "the namespaced child to start", || {
+        child = std::fs::read_to_string(&path).ok().and_then(|s| s.split_whitespace().next()?.parse().ok());
+        child.is_some()
+    });
+    child.unwrap_or_default()
+}
+
+#[test]
+fn a_target_in_its_own_pid_and_mount_namespace() {
+    let _serial = serial();
+    // Like a container: the target is PID 1 of a new PID namespace and has a private /tmp,
+    // so its perf map is /tmp/perf-1.map inside, invisible at the host's /tmp.
+    let script = format!(
+        "mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 {} {} 30",
+        python312().display(),
+        fixture("serve.py").display()
+    );
+    let wrapper = Target::spawn(Command::new("unshare").args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    let ready = wrapper.wait_for("ready", Duration::from_secs(20));
+    assert_eq!(ready, "ready 1", "the target sees itself as PID 1");
+    let host_pid = only_child(wrapper.pid());
+    assert!(!std::path::Path::new(&format!("/tmp/perf-{host_pid}.map")).exists());
+
+    let out = run(ember().args(["record", "--duration", "2", "--pid", &host_pid.to_string()]));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("trampoline is off"), "the map was found through /proc/PID/root: {err}");
+    let folded = Folded::from_output(&out);
+    let named = folded.share(|s| {
+        let names: Vec<&str> = s.iter().map(|f| function(f)).collect();
+        names.starts_with(&["<module>", "main", "handle_request", "compute"])
+    });
+    assert!(named >= 90.0, "{named:.1}% of samples with the full Python stack\n{err}");
+}
+
+#[test]
+fn kernel_frames_with_kernel_flag() {
+    let _serial = serial();
+    let code = "import time\nend = time.monotonic() + 1.5\nf = open('/dev/urandom', 'rb', buffering=0)\n\
+                def read_random():\n    return f.read(1 << 16)\n\
+                while time.monotonic() < end:\n    read_random()\n";
+    let out = run(ember().args(["record", "--kernel", "--"]).arg(python312()).args(["-c", code]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let folded = Folded::from_output(&out);
+    let in_kernel = folded.share(|s| {
+        has_frame(s, "read_random")
+            && s.last().is_some_and(|leaf| leaf.ends_with(" [kernel]"))
+            && function(&s[0]) == "<module>"
+    });
+    assert!(in_kernel >= 50.0, "{in_kernel:.1}% of samples end in kernel frames under read_random");
+    // Without --kernel there are no kernel frames.
+    let out = run(ember().args(["record", "--"]).arg(python312()).args(["-c", code]));
+    assert_eq!(Folded::from_output(&out).count(|s| s.iter().any(|f| f.ends_with("[kernel]"))), 0);
+}
