@@ -1,6 +1,8 @@
 //! A profile ready to show or export: a frame table and distinct stacks with counts.
 
-use crate::Frame;
+use std::collections::HashMap;
+
+use crate::{Frame, FrameKind};
 
 /// One distinct stack of the view, root first, as indices into [`View::frames`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,5 +37,70 @@ impl View {
             out.extend(self.frame(f).text.chars().map(|c| if c == ';' || c == '\n' { ':' } else { c }));
         }
         out
+    }
+}
+
+/// Keeps the frames of the default view: every Python frame, and below the innermost one the
+/// native frames of the C code it called (without CPython's call plumbing). A stack without
+/// any Python frame is shown whole, so non-Python targets still get native stacks.
+pub fn default_view(frames: Vec<&Frame>) -> Vec<&Frame> {
+    let Some(innermost) = frames.iter().rposition(|f| f.kind == FrameKind::Python) else {
+        return frames;
+    };
+    frames
+        .into_iter()
+        .enumerate()
+        .filter(|(i, f)| match f.kind {
+            FrameKind::Python | FrameKind::Marker | FrameKind::Kernel => true,
+            FrameKind::Native => *i > innermost && !f.interpreter_plumbing,
+        })
+        .map(|(_, f)| f)
+        .collect()
+}
+
+/// Builds a [`View`]: interns frames and merges identical stacks of the same thread.
+#[derive(Debug, Default)]
+pub struct ViewBuilder {
+    view: View,
+    frame_ids: HashMap<Frame, u32>,
+    stack_ids: HashMap<(Vec<u32>, u32, u32), usize>,
+}
+
+impl ViewBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn intern(&mut self, frame: &Frame) -> u32 {
+        if let Some(&id) = self.frame_ids.get(frame) {
+            return id;
+        }
+        let id = self.view.frames.len() as u32;
+        self.view.frames.push(frame.clone());
+        self.frame_ids.insert(frame.clone(), id);
+        id
+    }
+
+    /// Adds `count` samples of a stack given as frame ids, root first.
+    pub fn add_ids(&mut self, frames: Vec<u32>, count: u64, pid: u32, tid: u32) {
+        let key = (frames, pid, tid);
+        match self.stack_ids.get(&key) {
+            Some(&i) => self.view.stacks[i].count += count,
+            None => {
+                self.stack_ids.insert(key.clone(), self.view.stacks.len());
+                self.view.stacks.push(ViewStack { frames: key.0, count, pid: key.1, tid: key.2 });
+            }
+        }
+        self.view.total += count;
+    }
+
+    /// Adds `count` samples of a stack of frames, root first.
+    pub fn add<'a>(&mut self, frames: impl IntoIterator<Item = &'a Frame>, count: u64, pid: u32, tid: u32) {
+        let ids = frames.into_iter().map(|f| self.intern(f)).collect();
+        self.add_ids(ids, count, pid, tid);
+    }
+
+    pub fn finish(self) -> View {
+        self.view
     }
 }

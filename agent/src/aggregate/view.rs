@@ -1,11 +1,9 @@
 //! Turning stored stacks into the stacks a user sees: symbolized, filtered for the chosen
 //! view, with optional thread and process roots, merged and counted.
 
-use std::collections::HashMap;
-
 use super::Profile;
-use crate::symbolize::{Frame, FrameKind, SymbolTable};
-pub use ember_profile::view::{View, ViewStack};
+use crate::symbolize::{Frame, SymbolTable};
+pub use ember_profile::view::{default_view, View, ViewBuilder, ViewStack};
 
 /// What the user asked to see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,40 +16,9 @@ pub struct ViewOptions {
     pub processes: bool,
 }
 
-/// Keeps the frames of the default view: every Python frame, and below the innermost one the
-/// native frames of the C code it called (without CPython's call plumbing). A stack without
-/// any Python frame is shown whole, so non-Python targets still get native stacks.
-fn default_view(frames: Vec<&Frame>) -> Vec<&Frame> {
-    let Some(innermost) = frames.iter().rposition(|f| f.kind == FrameKind::Python) else {
-        return frames;
-    };
-    frames
-        .into_iter()
-        .enumerate()
-        .filter(|(i, f)| match f.kind {
-            FrameKind::Python | FrameKind::Marker | FrameKind::Kernel => true,
-            FrameKind::Native => *i > innermost && !f.interpreter_plumbing,
-        })
-        .map(|(_, f)| f)
-        .collect()
-}
-
 pub fn build(profile: &Profile, symbols: &SymbolTable, options: ViewOptions) -> View {
-    let mut view = View::default();
-    let mut frame_ids: HashMap<Frame, u32> = HashMap::new();
-    let mut stack_ids: HashMap<(Vec<u32>, u32, u32), usize> = HashMap::new();
+    let mut builder = ViewBuilder::new();
     let process_roots = options.processes || profile.process_count() > 1;
-
-    let mut intern = |frame: &Frame, view: &mut View| -> u32 {
-        if let Some(&id) = frame_ids.get(frame) {
-            return id;
-        }
-        let id = view.frames.len() as u32;
-        view.frames.push(frame.clone());
-        frame_ids.insert(frame.clone(), id);
-        id
-    };
-
     let mut samples: Vec<_> = profile.samples().collect();
     samples.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(b.1)));
     for (owner, keys, count) in samples {
@@ -69,24 +36,15 @@ pub fn build(profile: &Profile, symbols: &SymbolTable, options: ViewOptions) -> 
             let name = profile.thread_names.get(&(owner.pid, owner.tid)).map_or("?", String::as_str);
             roots.push(Frame::marker(format!("thread {} ({name})", owner.tid)));
         }
-        let mut ids: Vec<u32> = roots.iter().map(|f| intern(f, &mut view)).collect();
-        ids.extend(frames.into_iter().map(|f| intern(f, &mut view)));
-        let key = (ids, owner.pid.0, owner.tid.0);
-        match stack_ids.get(&key) {
-            Some(&i) => view.stacks[i].count += count,
-            None => {
-                stack_ids.insert(key.clone(), view.stacks.len());
-                view.stacks.push(ViewStack { frames: key.0, count, pid: key.1, tid: key.2 });
-            }
-        }
-        view.total += count;
+        builder.add(roots.iter().chain(frames), count, owner.pid.0, owner.tid.0);
     }
-    view
+    builder.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbolize::FrameKind;
 
     fn py(name: &str) -> Frame {
         Frame {

@@ -1,0 +1,125 @@
+//! Command-line flags of `ember-collector`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::server::{ServerConfig, TlsFiles};
+
+#[derive(Debug, Parser)]
+#[command(name = "ember-collector", version, about = "Stores profiles from ember agents and serves flame graphs")]
+pub struct Cli {
+    /// Where the embedded store lives.
+    #[arg(long, default_value = "./ember-data")]
+    pub data_dir: PathBuf,
+    /// gRPC address agents send to.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub grpc_listen: String,
+    /// HTTP address of the API (and web view).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub http_listen: String,
+    /// How long profiles are kept: `7d`, `12h`, `30m`.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// How long exact sample times are kept (for timelines).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub raw_retention: Duration,
+    /// How often retention runs.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub retention_interval: Duration,
+    /// Stop accepting batches when the store is larger than this: `500MB`, `10GB`.
+    #[arg(long, value_parser = parse_size)]
+    pub max_disk: Option<u64>,
+    /// Agents must send `authorization: Bearer <token>`.
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Serve gRPC over TLS with this certificate (PEM)...
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require agents to present a certificate signed by this CA (mTLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Largest batch accepted, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_batch_bytes: usize,
+    /// Log filter, e.g. `info` or `ember_collector=debug` (also EMBER_LOG).
+    #[arg(long, env = "EMBER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::query::parse_duration_ms(s).and_then(|ms| {
+        if ms <= 0 {
+            Err(format!("{s:?} must be positive"))
+        } else {
+            Ok(Duration::from_millis(ms as u64))
+        }
+    })
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_uppercase();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a size like 500MB or 10GB"))?;
+    let scale: u64 = match unit.trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit; use K, M, G or T")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+impl Cli {
+    pub fn into_config(self) -> ServerConfig {
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: self.tls_client_ca }),
+            _ => None,
+        };
+        ServerConfig {
+            data_dir: self.data_dir,
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            retention: self.retention,
+            raw_retention: self.raw_retention,
+            retention_interval: self.retention_interval,
+            max_disk: self.max_disk,
+            token: self.token.filter(|t| !t.is_empty()),
+            tls,
+            max_batch_bytes: self.max_batch_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("500MB"), Ok(500 << 20));
+        assert_eq!(parse_size("10g"), Ok(10 << 30));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = Cli::try_parse_from(["ember-collector"]).expect("defaults parse");
+        let c = cli.into_config();
+        assert_eq!(c.grpc_listen, "127.0.0.1:7070");
+        assert_eq!(c.http_listen, "127.0.0.1:7080");
+        assert_eq!(c.retention, Duration::from_secs(7 * 86400));
+        assert!(c.tls.is_none());
+        assert!(Cli::try_parse_from(["ember-collector", "--tls-cert", "x"]).is_err(), "cert needs a key");
+    }
+}

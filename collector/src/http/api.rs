@@ -1,0 +1,239 @@
+//! `/api/v1/*`, `/metrics`, `/healthz`, `/readyz`. Documented in `docs/API.md`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ember_profile::export::{self, Format, Meta};
+use ember_profile::view::{default_view, View, ViewBuilder};
+use serde::Serialize;
+
+use super::error::ApiError;
+use crate::metrics::Metrics;
+use crate::query::{self, parse_duration_ms, parse_range, Selector, TimeRange};
+use crate::store::{StackCounts, Store, BUCKET_MS};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("disk_bytes", &self.store.disk_bytes()).finish()
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params.get(name).map(String::as_str).filter(|v| !v.is_empty())
+}
+
+fn selector(params: &HashMap<String, String>, name: &'static str) -> Result<Selector, ApiError> {
+    Selector::parse(param(params, name).unwrap_or("")).map_err(|e| ApiError::bad(name, format!("invalid selector: {e}")))
+}
+
+fn range(params: &HashMap<String, String>, from: &'static str, to: &'static str) -> Result<TimeRange, ApiError> {
+    parse_range(param(params, from), param(params, to), query::now_ms()).map_err(|(which, message)| {
+        ApiError::bad(if which == "from" { from } else { to }, message)
+    })
+}
+
+fn flag(params: &HashMap<String, String>, name: &'static str) -> Result<bool, ApiError> {
+    match param(params, name) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::bad(name, format!("{other:?} is not true or false"))),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Unavailable(format!("query task failed: {e}")))?.map_err(ApiError::from)
+}
+
+/// The view users see: the default view unless `native` is set.
+pub fn build_view(counts: &StackCounts, native: bool) -> View {
+    let mut builder = ViewBuilder::new();
+    for (ids, count) in &counts.stacks {
+        let frames: Vec<_> = ids.iter().map(|&i| &counts.frames[i as usize]).collect();
+        let frames = if native { frames } else { default_view(frames) };
+        builder.add(frames, *count, 0, 0);
+    }
+    builder.finish()
+}
+
+#[derive(Serialize)]
+struct Target {
+    labels: BTreeMap<String, String>,
+    first_seen_ms: i64,
+    last_seen_ms: i64,
+    samples: u64,
+}
+
+pub async fn targets(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let selector = selector(&params, "query")?;
+    let range = range(&params, "from", "to")?;
+    let store = state.store.clone();
+    let mut series = blocking(move || store.series(&selector, range)).await?;
+    series.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+    let targets: Vec<Target> = series
+        .into_iter()
+        .map(|s| Target { labels: s.labels, first_seen_ms: s.first_seen_ms, last_seen_ms: s.last_seen_ms, samples: s.samples })
+        .collect();
+    state.metrics.observe_query("targets", started.elapsed().as_secs_f64());
+    Ok(Json(serde_json::json!({ "targets": targets })).into_response())
+}
+
+fn format_param(params: &HashMap<String, String>, allowed: &[&str]) -> Result<String, ApiError> {
+    let format = param(params, "format").unwrap_or("json");
+    if allowed.contains(&format) {
+        Ok(format.to_string())
+    } else {
+        Err(ApiError::bad("format", format!("unknown format {format:?}; choose one of {}", allowed.join(", "))))
+    }
+}
+
+fn rate_param(params: &HashMap<String, String>) -> Result<u64, ApiError> {
+    match param(params, "rate_hz") {
+        None => Ok(99),
+        Some(v) => v.parse().ok().filter(|&r| r > 0).ok_or_else(|| ApiError::bad("rate_hz", "must be a positive integer")),
+    }
+}
+
+fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response, ApiError> {
+    let mut body = Vec::new();
+    export::write(format, view, meta, &mut body).map_err(|e| ApiError::Unavailable(format!("rendering failed: {e}")))?;
+    let (content_type, disposition) = match format {
+        Format::Svg => ("image/svg+xml", None),
+        Format::Collapsed => ("text/plain; charset=utf-8", None),
+        Format::Speedscope => ("application/json", Some("attachment; filename=\"profile.speedscope.json\"")),
+        Format::Pprof => ("application/octet-stream", Some("attachment; filename=\"profile.pb.gz\"")),
+    };
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    if let Some(d) = disposition {
+        if let Ok(value) = d.parse() {
+            response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
+        }
+    }
+    Ok(response)
+}
+
+pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let selector = selector(&params, "query")?;
+    let range = range(&params, "from", "to")?;
+    let format = format_param(&params, &["json", "collapsed", "svg", "pprof", "speedscope"])?;
+    let native = flag(&params, "native")?;
+    let rate_hz = rate_param(&params)?;
+    let store = state.store.clone();
+    let counts = blocking(move || store.stack_counts(&selector, range)).await?;
+    let view = build_view(&counts, native);
+    let response = if format == "json" {
+        Json(serde_json::json!({
+            "from": range.from_ms,
+            "to": range.to_ms,
+            "total": view.total,
+            "tree": query::tree::tree(&view),
+        }))
+        .into_response()
+    } else {
+        let format: Format = format.parse().map_err(|e: String| ApiError::bad("format", e))?;
+        let meta = Meta {
+            target: param(&params, "query").unwrap_or("{}").to_string(),
+            duration_secs: range.duration_ms() as f64 / 1000.0,
+            rate_hz,
+            start_unix_nanos: range.from_ms.saturating_mul(1_000_000),
+        };
+        export_response(format, &view, &meta)?
+    };
+    state.metrics.observe_query("profile", started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+pub async fn series(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let selector = selector(&params, "query")?;
+    let range = range(&params, "from", "to")?;
+    let step_ms = match param(&params, "step") {
+        Some(s) => s.parse::<i64>().map(|v| v * 1000).or_else(|_| parse_duration_ms(s)).map_err(|e| ApiError::bad("step", e))?,
+        None => range.duration_ms() / 240,
+    };
+    if step_ms <= 0 {
+        return Err(ApiError::bad("step", "must be positive"));
+    }
+    // Whole buckets only, and never more than 10,000 points.
+    let step_ms = (step_ms.max(range.duration_ms() / 10_000) + BUCKET_MS - 1) / BUCKET_MS * BUCKET_MS;
+    let store = state.store.clone();
+    let points = blocking(move || store.timeseries(&selector, range, step_ms)).await?;
+    state.metrics.observe_query("series", started.elapsed().as_secs_f64());
+    Ok(Json(serde_json::json!({ "step_ms": step_ms, "points": points })).into_response())
+}
+
+pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let selector_now = selector(&params, "query")?;
+    let range_now = range(&params, "from", "to")?;
+    let selector_base = match param(&params, "base_query") {
+        Some(_) => selector(&params, "base_query")?,
+        None => selector_now.clone(),
+    };
+    // Without a base range, compare with the same length of time just before.
+    let range_base = if param(&params, "base_from").is_some() || param(&params, "base_to").is_some() {
+        range(&params, "base_from", "base_to")?
+    } else {
+        TimeRange { from_ms: range_now.from_ms - range_now.duration_ms(), to_ms: range_now.from_ms }
+    };
+    let format = format_param(&params, &["json", "svg"])?;
+    let native = flag(&params, "native")?;
+    let store = state.store.clone();
+    let (now, base) = blocking(move || {
+        Ok((store.stack_counts(&selector_now, range_now)?, store.stack_counts(&selector_base, range_base)?))
+    })
+    .await?;
+    let (now, base) = (build_view(&now, native), build_view(&base, native));
+    let response = if format == "json" {
+        Json(serde_json::json!({
+            "total": now.total,
+            "base_total": base.total,
+            "tree": query::tree::diff_tree(&now, &base),
+        }))
+        .into_response()
+    } else {
+        let title = format!("ember diff: {} vs base", param(&params, "query").unwrap_or("{}"));
+        let mut body = Vec::new();
+        export::svg::write_diff(&base, &now, &title, &mut body)
+            .map_err(|e| ApiError::Unavailable(format!("rendering failed: {e}")))?;
+        ([(header::CONTENT_TYPE, "image/svg+xml")], body).into_response()
+    };
+    state.metrics.observe_query("diff", started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.storage_bytes.set(i64::try_from(state.store.disk_bytes()).unwrap_or(i64::MAX));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode()).into_response()
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let store = state.store.clone();
+    let probe = Selector::default();
+    blocking(move || store.series(&probe, TimeRange { from_ms: 0, to_ms: 1 })).await?;
+    Ok("ready\n")
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see docs/API.md".into())
+}

@@ -1,0 +1,8 @@
+//! Stage 1 of the collector, **ingest**: the gRPC service, its token check, and validation of
+//! incoming batches.
+
+pub mod service;
+pub mod validate;
+
+pub use service::{IngestService, TokenCheck};
+pub use validate::{validate, InvalidBatch};

@@ -1,0 +1,208 @@
+//! Turns a wire batch into a [`NewBatch`], refusing anything inconsistent with a message that
+//! names the offending field. Nothing from outside can make the collector panic.
+
+use ember_profile::{Frame, FrameKind};
+use ember_proto::v1;
+
+use crate::store::{Labels, NewBatch, NewSample, NewSeries};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidBatch {
+    pub field: String,
+    pub problem: String,
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidBatch {
+    InvalidBatch { field: field.into(), problem: problem.into() }
+}
+
+const MAX_AGENT_ID: usize = 256;
+
+fn string<'a>(strings: &'a [String], index: u32, field: impl Fn() -> String) -> Result<&'a str, InvalidBatch> {
+    strings.get(index as usize).map(String::as_str).ok_or_else(|| {
+        invalid(field(), format!("string index {index} outside the string table ({} entries)", strings.len()))
+    })
+}
+
+fn kind(k: i32, field: impl Fn() -> String) -> Result<FrameKind, InvalidBatch> {
+    match v1::FrameKind::try_from(k) {
+        Ok(v1::FrameKind::Python) => Ok(FrameKind::Python),
+        Ok(v1::FrameKind::Native) => Ok(FrameKind::Native),
+        Ok(v1::FrameKind::Kernel) => Ok(FrameKind::Kernel),
+        Ok(v1::FrameKind::Marker) => Ok(FrameKind::Marker),
+        // Unknown (newer) kinds are shown as native code rather than refused.
+        Ok(v1::FrameKind::Unspecified) | Err(_) => {
+            let _ = field;
+            Ok(FrameKind::Native)
+        }
+    }
+}
+
+/// The series labels of a process descriptor; empty values are left out.
+pub fn process_labels(p: &v1::Process) -> Labels {
+    let mut labels = Labels::new();
+    let mut put = |k: &str, v: String| {
+        if !v.is_empty() {
+            labels.insert(k.to_string(), v);
+        }
+    };
+    put("host", p.host.clone());
+    put("pid", if p.pid == 0 { String::new() } else { p.pid.to_string() });
+    put("ns_pid", if p.ns_pid == 0 || p.ns_pid == p.pid { String::new() } else { p.ns_pid.to_string() });
+    put("comm", p.comm.clone());
+    put("exe", p.exe.clone());
+    put("cmdline", p.cmdline.clone());
+    put("service", p.service.clone());
+    put("container", p.container_id.clone());
+    put("pod", p.pod.clone());
+    put("namespace", p.namespace.clone());
+    for (k, v) in &p.labels {
+        put(k, v.clone());
+    }
+    labels
+}
+
+fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
+    if batch.agent_id.is_empty() || batch.agent_id.len() > MAX_AGENT_ID {
+        return Err(invalid("agent_id", format!("must be 1 to {MAX_AGENT_ID} bytes")));
+    }
+    if batch.sequence == 0 {
+        return Err(invalid("sequence", "must start at 1"));
+    }
+    if batch.strings.first().is_some_and(|s| !s.is_empty()) {
+        return Err(invalid("strings[0]", "must be the empty string"));
+    }
+    let strings = &batch.strings;
+    let mut frames = Vec::with_capacity(batch.frames.len());
+    for (i, f) in batch.frames.iter().enumerate() {
+        let field = |name: &str| format!("frames[{i}].{name}");
+        frames.push(Frame {
+            text: string(strings, f.text, || field("text"))?.to_string(),
+            function: string(strings, f.function, || field("function"))?.to_string(),
+            file: string(strings, f.file, || field("file"))?.to_string(),
+            kind: kind(f.kind, || field("kind"))?,
+            interpreter_plumbing: f.interpreter_plumbing,
+        });
+    }
+    let mut stacks = Vec::with_capacity(batch.stacks.len());
+    for (i, s) in batch.stacks.iter().enumerate() {
+        if let Some(bad) = s.frames.iter().find(|&&f| f as usize >= frames.len()) {
+            return Err(invalid(
+                format!("stacks[{i}].frames"),
+                format!("frame index {bad} outside the frame table ({} entries)", frames.len()),
+            ));
+        }
+        stacks.push(s.frames.clone());
+    }
+    let mut series: Vec<NewSeries> = Vec::new();
+    let mut process_index = std::collections::HashMap::new();
+    for (i, p) in batch.processes.iter().enumerate() {
+        if process_index.insert(p.id, i).is_some() {
+            return Err(invalid(format!("processes[{i}].id"), format!("id {} used twice", p.id)));
+        }
+        if let Some(bad) = p.labels.keys().find(|k| !valid_label_name(k)) {
+            return Err(invalid(format!("processes[{i}].labels"), format!("{bad:?} is not a valid label name")));
+        }
+        series.push(NewSeries { labels: process_labels(p), samples: Vec::new() });
+    }
+    for (i, block) in batch.samples.iter().enumerate() {
+        let field = |name: &str| format!("samples[{i}].{name}");
+        let Some(&p) = process_index.get(&block.process) else {
+            return Err(invalid(field("process"), format!("no process with id {}", block.process)));
+        };
+        let n = block.stack.len();
+        if block.tid.len() != n || block.time_delta.len() != n || !(block.weight.is_empty() || block.weight.len() == n) {
+            return Err(invalid(field("stack"), "columns stack, tid, time_delta (and weight, if set) differ in length"));
+        }
+        let mut mono = block.base_time_nanos;
+        let target = &mut series[p].samples;
+        target.reserve(n);
+        for j in 0..n {
+            mono = mono.checked_add(block.time_delta[j]).ok_or_else(|| invalid(field("time_delta"), "time overflows"))?;
+            let unix = i64::try_from(mono)
+                .ok()
+                .and_then(|m| m.checked_add(batch.monotonic_to_unix_nanos))
+                .ok_or_else(|| invalid(field("time_delta"), "time outside the representable range"))?;
+            let stack = block.stack[j];
+            if stack as usize >= stacks.len() {
+                return Err(invalid(
+                    field("stack"),
+                    format!("stack index {stack} outside the stack table ({} entries)", stacks.len()),
+                ));
+            }
+            let weight = block.weight.get(j).copied().unwrap_or(1);
+            if weight == 0 {
+                return Err(invalid(field("weight"), "weights must be at least 1"));
+            }
+            target.push(NewSample { stack, tid: block.tid[j], time_unix_ns: unix, weight });
+        }
+    }
+    Ok(NewBatch { agent_id: batch.agent_id.clone(), sequence: batch.sequence, frames, stacks, series })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn valid() -> v1::Batch {
+        v1::Batch {
+            agent_id: "agent".into(),
+            sequence: 1,
+            strings: vec!["".into(), "main (a.py)".into(), "main".into(), "a.py".into()],
+            frames: vec![v1::Frame { text: 1, function: 2, file: 3, kind: v1::FrameKind::Python as i32, interpreter_plumbing: false }],
+            stacks: vec![v1::Stack { frames: vec![0] }],
+            processes: vec![v1::Process { id: 1, pid: 42, service: "svc".into(), ..Default::default() }],
+            samples: vec![v1::SampleBlock {
+                process: 1,
+                base_time_nanos: 1_000,
+                stack: vec![0, 0],
+                tid: vec![42, 42],
+                time_delta: vec![0, 10_000_000],
+                weight: vec![],
+            }],
+            monotonic_to_unix_nanos: 1_700_000_000_000_000_000,
+            rate_hz: 99,
+        }
+    }
+
+    #[test]
+    fn accepts_a_valid_batch() {
+        let b = validate(&valid()).expect("valid");
+        assert_eq!(b.series.len(), 1);
+        assert_eq!(b.series[0].labels["service"], "svc");
+        assert_eq!(b.series[0].labels["pid"], "42");
+        assert_eq!(b.series[0].samples[1].time_unix_ns, 1_700_000_000_000_000_000 + 1_000 + 10_000_000);
+        assert_eq!(b.sample_count(), 2);
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let cases: Vec<(Box<dyn Fn(&mut v1::Batch)>, &str)> = vec![
+            (Box::new(|b| b.agent_id.clear()), "agent_id"),
+            (Box::new(|b| b.sequence = 0), "sequence"),
+            (Box::new(|b| b.strings[0] = "x".into()), "strings[0]"),
+            (Box::new(|b| b.frames[0].text = 99), "frames[0].text"),
+            (Box::new(|b| b.stacks[0].frames.push(5)), "stacks[0].frames"),
+            (Box::new(|b| b.samples[0].stack[1] = 3), "samples[0].stack"),
+            (Box::new(|b| b.samples[0].process = 9), "samples[0].process"),
+            (Box::new(|b| b.samples[0].tid.pop().map(drop).unwrap_or(())), "samples[0].stack"),
+            (Box::new(|b| b.samples[0].weight = vec![1, 0]), "samples[0].weight"),
+            (Box::new(|b| b.samples[0].time_delta[1] = u64::MAX), "samples[0].time_delta"),
+            (Box::new(|b| b.processes.push(b.processes[0].clone())), "processes[1].id"),
+            (Box::new(|b| { b.processes[0].labels.insert("bad-name".into(), "x".into()); }), "processes[0].labels"),
+        ];
+        for (mutate, field) in cases {
+            let mut b = valid();
+            mutate(&mut b);
+            let e = validate(&b).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+}

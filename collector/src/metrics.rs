@@ -1,0 +1,77 @@
+//! Every metric the collector exports, defined in one place (dashboards are checked
+//! against these names).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// stored | duplicate | invalid | too_large | unauthenticated | storage_full | storage_error
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub batches: Family<ResultLabel, Counter>,
+    pub samples: Counter,
+    pub bytes: Counter,
+    pub storage_bytes: Gauge,
+    pub query_seconds: Family<EndpointLabel, Histogram>,
+}
+
+pub const METRIC_NAMES: [&str; 5] = [
+    "ember_collector_batches_total",
+    "ember_collector_samples_total",
+    "ember_collector_ingest_bytes_total",
+    "ember_collector_storage_bytes",
+    "ember_collector_query_duration_seconds",
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ember_collector");
+        let batches = Family::<ResultLabel, Counter>::default();
+        let samples = Counter::default();
+        let bytes = Counter::default();
+        let storage_bytes = Gauge::default();
+        let query_seconds = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+        });
+        registry.register("batches", "Batches received, by result (duplicate = a resend already stored)", batches.clone());
+        registry.register("samples", "Samples stored", samples.clone());
+        registry.register("ingest_bytes", "Encoded bytes of stored batches", bytes.clone());
+        registry.register("storage_bytes", "Size of the store on disk", storage_bytes.clone());
+        registry.register("query_duration_seconds", "HTTP query latency by endpoint", query_seconds.clone());
+        Self { registry, batches, samples, bytes, storage_bytes, query_seconds }
+    }
+
+    pub fn batch(&self, result: &str) {
+        self.batches.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+    }
+
+    pub fn observe_query(&self, endpoint: &str, seconds: f64) {
+        self.query_seconds.get_or_create(&EndpointLabel { endpoint: endpoint.to_string() }).observe(seconds);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,8 @@
+//! Query inputs (selectors, time ranges) and outputs (the JSON flame tree).
+
+pub mod selector;
+pub mod time;
+pub mod tree;
+
+pub use selector::{Labels, Selector, SelectorError};
+pub use time::{now_ms, parse_duration_ms, parse_range, TimeRange};

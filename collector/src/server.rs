@@ -1,0 +1,156 @@
+//! Wires the stages into a running collector: the store, the gRPC ingest server, the HTTP
+//! server and the retention loop, all stopped by one shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_proto::v1::ingest_server::IngestServer;
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::http::{self, AppState};
+use crate::ingest::{IngestService, TokenCheck};
+use crate::metrics::Metrics;
+use crate::query::now_ms;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a client CA, every agent must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub grpc_listen: String,
+    pub http_listen: String,
+    pub retention: Duration,
+    pub raw_retention: Duration,
+    pub retention_interval: Duration,
+    pub max_disk: Option<u64>,
+    pub token: Option<String>,
+    pub tls: Option<TlsFiles>,
+    pub max_batch_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store in {dir}: {source}")]
+    Store { dir: PathBuf, source: StoreError },
+    #[error("cannot listen on {addr} ({what}): {source}. Is another collector running? Choose another address with --{what}-listen")]
+    Listen { what: &'static str, addr: String, source: std::io::Error },
+    #[error("cannot read {path}: {source}")]
+    TlsFile { path: PathBuf, source: std::io::Error },
+    #[error("TLS setup failed: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("the gRPC server failed: {0}")]
+    Grpc(tonic::transport::Error),
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// The addresses actually bound (they differ from the flags when a port is 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, ServerError> {
+    std::fs::read(path).map_err(|source| ServerError::TlsFile { path: path.clone(), source })
+}
+
+fn tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, ServerError> {
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+    if let Some(ca) = &files.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what, addr: addr.to_string(), source })
+}
+
+/// Runs until `shutdown` completes. `on_bound` learns the listening addresses first.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), ServerError> {
+    let store = EmbeddedStore::open(&config.data_dir, config.max_disk)
+        .map_err(|source| ServerError::Store { dir: config.data_dir.clone(), source })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let metrics = Arc::new(Metrics::new());
+    let grpc_listener = bind("grpc", &config.grpc_listen).await?;
+    let http_listener = bind("http", &config.http_listen).await?;
+    let bound = Bound {
+        grpc: grpc_listener.local_addr().map_err(ServerError::Http)?,
+        http: http_listener.local_addr().map_err(ServerError::Http)?,
+    };
+    on_bound(bound);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|&v| v).await;
+    };
+
+    let ingest = IngestServer::new(IngestService::new(store.clone(), metrics.clone(), config.max_batch_bytes))
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        // Batches up to --max-batch-bytes are answered by the service (RESOURCE_EXHAUSTED
+        // above it); this hard cap only bounds memory.
+        .max_decoding_message_size(config.max_batch_bytes.saturating_mul(4));
+    let token = TokenCheck { token: config.token.as_deref().map(Arc::from), metrics: metrics.clone() };
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &config.tls {
+        builder = builder.tls_config(tls_config(files)?).map_err(ServerError::Tls)?;
+    }
+    let grpc = builder
+        .add_service(InterceptedService::new(ingest, token))
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), stopped(stop_rx.clone()));
+
+    let app = http::router(AppState { store: store.clone(), metrics: metrics.clone() });
+    let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let retention_store = store.clone();
+    let mut retention_stop = stop_rx.clone();
+    let retention = tokio::spawn(async move {
+        loop {
+            let store = retention_store.clone();
+            let keep = now_ms() - config.retention.as_millis() as i64;
+            let keep_raw = now_ms() - config.raw_retention.as_millis() as i64;
+            match tokio::task::spawn_blocking(move || store.apply_retention(keep, keep_raw)).await {
+                Ok(Ok(report)) if report.blobs_removed + report.series_removed > 0 => {
+                    tracing::info!(?report, "retention removed old data")
+                }
+                Ok(Err(e)) => tracing::warn!("retention failed: {e}"),
+                _ => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(config.retention_interval) => {}
+                _ = retention_stop.wait_for(|&v| v) => break,
+            }
+        }
+    });
+
+    let (grpc_result, http_result) = tokio::join!(grpc, async { http.await });
+    let _ = retention.await;
+    grpc_result.map_err(ServerError::Grpc)?;
+    http_result.map_err(ServerError::Http)?;
+    Ok(())
+}

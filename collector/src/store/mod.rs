@@ -1,0 +1,129 @@
+//! Storage: what the collector keeps and how it is queried, behind the [`Store`] trait so a
+//! larger backend (ClickHouse) can replace the embedded one. The embedded backend's schema is
+//! documented in `docs/STORAGE.md`.
+
+pub mod codec;
+pub mod embedded;
+
+use std::sync::Arc;
+
+use ember_profile::Frame;
+
+use crate::query::{Selector, TimeRange};
+pub use crate::query::Labels;
+pub use codec::RawSample;
+
+/// Width of an aggregation bucket. Profiles over any range are sums of whole buckets.
+pub const BUCKET_MS: i64 = 10_000;
+
+pub fn bucket_of(ms: i64) -> i64 {
+    ms.div_euclid(BUCKET_MS) * BUCKET_MS
+}
+
+/// A validated batch, with batch-local frame and stack indexes.
+#[derive(Debug, Clone, Default)]
+pub struct NewBatch {
+    pub agent_id: String,
+    pub sequence: u64,
+    pub frames: Vec<Frame>,
+    /// Root first, as indexes into `frames`.
+    pub stacks: Vec<Vec<u32>>,
+    pub series: Vec<NewSeries>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NewSeries {
+    pub labels: Labels,
+    pub samples: Vec<NewSample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewSample {
+    /// Index into the batch's stacks.
+    pub stack: u32,
+    pub tid: u32,
+    pub time_unix_ns: i64,
+    pub weight: u32,
+}
+
+impl NewBatch {
+    pub fn sample_count(&self) -> u64 {
+        self.series.iter().flat_map(|s| &s.samples).map(|s| u64::from(s.weight)).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored { samples: u64 },
+    /// Already stored under the same (agent id, sequence); nothing was added.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SeriesInfo {
+    pub id: u32,
+    pub labels: Labels,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub samples: u64,
+}
+
+/// Stack counts of a query, with the frames they refer to.
+#[derive(Debug, Clone, Default)]
+pub struct StackCounts {
+    pub frames: Arc<Vec<Frame>>,
+    /// Root first, as indexes into `frames`, with their sample counts.
+    pub stacks: Vec<(Arc<[u32]>, u64)>,
+}
+
+impl StackCounts {
+    pub fn total(&self) -> u64 {
+        self.stacks.iter().map(|s| s.1).sum()
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub blobs_removed: u64,
+    pub raw_blobs_removed: u64,
+    pub batches_forgotten: u64,
+    pub series_removed: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is full ({used} bytes used of --max-disk {max}); raise --max-disk or shorten --retention")]
+    Full { used: u64, max: u64 },
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error(transparent)]
+    Corrupt(#[from] codec::CodecError),
+}
+
+impl StoreError {
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full { .. } | StoreError::DiskFull(_))
+    }
+}
+
+/// What every backend provides.
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch durably, or recognises it as a repeat. Returns only once the batch is
+    /// on disk (or was already).
+    fn ingest(&self, batch: &NewBatch) -> Result<IngestOutcome, StoreError>;
+    /// The series matching `selector` that have samples in `range`.
+    fn series(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesInfo>, StoreError>;
+    /// Summed stack counts of the matching series over the buckets that overlap `range`.
+    fn stack_counts(&self, selector: &Selector, range: TimeRange) -> Result<StackCounts, StoreError>;
+    /// Sample counts per `step_ms` (a multiple of [`BUCKET_MS`]) from `range.from_ms`.
+    fn timeseries(&self, selector: &Selector, range: TimeRange, step_ms: i64) -> Result<Vec<(i64, u64)>, StoreError>;
+    /// Raw samples (exact times and threads) of the matching series, where still kept.
+    fn raw_samples(&self, selector: &Selector, range: TimeRange) -> Result<Vec<(u32, RawSample)>, StoreError>;
+    /// Drops aggregated data older than `keep_before_ms` and raw samples older than
+    /// `raw_keep_before_ms`.
+    fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError>;
+    /// Bytes the store occupies on disk.
+    fn disk_bytes(&self) -> u64;
+}
