@@ -32,6 +32,130 @@ pub struct Cli {
 pub enum Command {
     /// Sample a running process (--pid) or a command (-- CMD ARGS…) and write one profile.
     Record(RecordArgs),
+    /// Sample continuously and send the samples to an ember-collector.
+    Stream(StreamArgs),
+}
+
+/// How samples are taken; shared by `record` and `stream`.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Samples per second per thread.
+    #[arg(short, long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub rate: u64,
+    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8).
+    #[arg(long, default_value_t = 32768, value_parser = parse_stack_bytes)]
+    pub stack_bytes: u32,
+    /// Add kernel frames.
+    #[arg(long)]
+    pub kernel: bool,
+    /// Follow child processes (fork and exec).
+    #[arg(long)]
+    pub subprocesses: bool,
+    /// Ring buffer per CPU, in KiB.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
+    pub ring_kib: u64,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> SamplingConfig {
+        SamplingConfig {
+            rate_hz: self.rate,
+            stack_bytes: self.stack_bytes,
+            kernel: self.kernel,
+            follow_children: self.subprocesses,
+            ring_bytes: (self.ring_kib * 1024) as usize,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The collector's gRPC address: http://host:7070, or https://host:7070 for TLS.
+    #[arg(long)]
+    pub collector: String,
+    /// Attach to this running process (repeatable).
+    #[arg(short, long = "pid", value_name = "PID", conflicts_with_all = ["command", "all_python"])]
+    pub pids: Vec<u32>,
+    /// Sample every Python 3.12+ process on the host, including ones that start later.
+    #[arg(long, conflicts_with = "command")]
+    pub all_python: bool,
+    /// The `service` label of everything this agent sends.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// An extra label, `key=value` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// How often samples are sent.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub flush_interval: Duration,
+    /// Memory for batches the collector has not acknowledged yet; when full, the oldest go.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub buffer_mb: u64,
+    /// At exit, how long to keep trying to deliver unacknowledged batches.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub final_flush_timeout: Duration,
+    /// CA certificate (PEM) to verify the collector with; implies TLS.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mTLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token the collector expects (also EMBER_TOKEN).
+    #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The command to launch and profile, after `--`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
+    let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!("{k:?} is not a label name (letters, digits and _, not starting with a digit)"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl StreamArgs {
+    pub fn into_config(self) -> Result<crate::stream::StreamConfig, CliError> {
+        use crate::stream::{ClientOptions, StreamTargets};
+        let targets = if self.all_python {
+            StreamTargets::AllPython
+        } else if !self.pids.is_empty() {
+            StreamTargets::Fixed(Targets::Pids(self.pids.iter().map(|&p| Pid(p)).collect()))
+        } else if !self.command.is_empty() {
+            StreamTargets::Fixed(Targets::Command(self.command))
+        } else {
+            return Err(CliError::NoStreamTarget);
+        };
+        Ok(crate::stream::StreamConfig {
+            targets,
+            sampling: self.sampling.config(),
+            collector: self.collector,
+            client: ClientOptions {
+                tls_ca: self.tls_ca,
+                tls_cert: self.tls_cert,
+                tls_key: self.tls_key,
+                token: self.token.filter(|t| !t.is_empty()),
+            },
+            flush_interval: self.flush_interval,
+            buffer_bytes: (self.buffer_mb as usize) << 20,
+            final_flush: self.final_flush_timeout,
+            metrics_listen: self.metrics_listen,
+            service: self.service,
+            labels: self.labels.into_iter().collect(),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -42,33 +166,20 @@ pub struct RecordArgs {
     /// Stop after this long: `30`, `30s`, `500ms`, `2m`. Default: until the targets exit or Ctrl-C.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Samples per second per thread.
-    #[arg(short, long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
-    pub rate: u64,
-    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8).
-    #[arg(long, default_value_t = 32768, value_parser = parse_stack_bytes)]
-    pub stack_bytes: u32,
-    /// Add kernel frames.
-    #[arg(long)]
-    pub kernel: bool,
     /// Show every native frame, interleaved with the Python frames.
     #[arg(long)]
     pub native: bool,
     /// Add a root frame per thread.
     #[arg(long)]
     pub threads: bool,
-    /// Follow child processes (fork and exec), each under a `process PID (comm)` root.
-    #[arg(long)]
-    pub subprocesses: bool,
     /// Write the profile here; the format follows the extension (.svg, .folded, .json, .pb.gz).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Output format: svg, collapsed, speedscope or pprof.
     #[arg(short, long)]
     pub format: Option<Format>,
-    /// Ring buffer per CPU, in KiB.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
-    pub ring_kib: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// The command to launch and profile, after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -106,6 +217,8 @@ fn parse_stack_bytes(s: &str) -> Result<u32, String> {
 pub enum CliError {
     #[error("nothing to profile: give --pid PID, or a command after `--` (ember-agent record -- python3.12 app.py)")]
     NoTarget,
+    #[error("nothing to stream: give --pid PID, --all-python, or a command after `--`")]
+    NoStreamTarget,
     #[error("cannot tell the format of {0:?} from its extension; add --format ({formats})", formats = Format::NAMES)]
     UnknownExtension(PathBuf),
 }
@@ -127,13 +240,7 @@ impl RecordArgs {
         Ok(RecordConfig {
             targets,
             duration: self.duration,
-            sampling: SamplingConfig {
-                rate_hz: self.rate,
-                stack_bytes: self.stack_bytes,
-                kernel: self.kernel,
-                follow_children: self.subprocesses,
-                ring_bytes: (self.ring_kib * 1024) as usize,
-            },
+            sampling: self.sampling.config(),
             view: ViewOptions { native: self.native, threads: self.threads, processes: false },
             output: self.output,
             format,
@@ -147,8 +254,10 @@ mod tests {
 
     fn record(args: &[&str]) -> Result<RecordConfig, String> {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
-        let Command::Record(r) = cli.command;
-        r.into_config().map_err(|e| e.to_string())
+        match cli.command {
+            Command::Record(r) => r.into_config().map_err(|e| e.to_string()),
+            Command::Stream(_) => Err("not record".into()),
+        }
     }
 
     #[test]
@@ -169,6 +278,35 @@ mod tests {
         assert_eq!(c.format, Format::Collapsed);
         let e = record(&["ember-agent", "record", "--pid", "1", "-o", "x.dat"]).expect_err("unknown ext");
         assert!(e.contains("--format"), "{e}");
+    }
+
+    #[test]
+    fn stream_arguments() {
+        let cli = Cli::try_parse_from([
+            "ember-agent",
+            "stream",
+            "--collector",
+            "http://c:7070",
+            "--all-python",
+            "--service",
+            "checkout",
+            "--label",
+            "team=payments",
+            "--flush-interval",
+            "2s",
+        ])
+        .expect("valid");
+        let Command::Stream(args) = cli.command else { panic!("stream") };
+        let c = args.into_config().expect("config");
+        assert!(matches!(c.targets, crate::stream::StreamTargets::AllPython));
+        assert_eq!(c.flush_interval, Duration::from_secs(2));
+        assert_eq!(c.buffer_bytes, 64 << 20);
+        assert_eq!(c.labels.get("team").map(String::as_str), Some("payments"));
+        assert!(Cli::try_parse_from(["ember-agent", "stream", "--collector", "x", "--label", "1x=y", "--all-python"])
+            .is_err());
+        assert!(
+            Cli::try_parse_from(["ember-agent", "stream", "--collector", "x", "--all-python", "--pid", "1"]).is_err()
+        );
     }
 
     #[test]

@@ -29,5 +29,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let outcome = record::run(args.into_config()?)?;
             Ok(outcome.exit_code())
         }
+        Command::Stream(args) => Ok(ember_agent::stream::run(args.into_config()?)?),
     }
 }

@@ -53,7 +53,11 @@ impl Metrics {
         let query_seconds = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
         });
-        registry.register("batches", "Batches received, by result (duplicate = a resend already stored)", batches.clone());
+        registry.register(
+            "batches",
+            "Batches received, by result (duplicate = a resend already stored)",
+            batches.clone(),
+        );
         registry.register("samples", "Samples stored", samples.clone());
         registry.register("ingest_bytes", "Encoded bytes of stored batches", bytes.clone());
         registry.register("storage_bytes", "Size of the store on disk", storage_bytes.clone());

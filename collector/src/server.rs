@@ -148,9 +148,35 @@ pub async fn run(
         }
     });
 
-    let (grpc_result, http_result) = tokio::join!(grpc, async { http.await });
+    let mut grpc_task = tokio::spawn(async { grpc.await.map_err(ServerError::Grpc) });
+    let mut http_task = tokio::spawn(async { http.await.map_err(ServerError::Http) });
+    // A server that fails before shutdown is an error; otherwise wait for the signal.
+    tokio::select! {
+        r = &mut grpc_task => return flatten(r),
+        r = &mut http_task => return flatten(r),
+        _ = stopped(stop_rx) => {}
+    }
+    // Connections get a grace period to finish; a client that never closes cannot hold the
+    // collector up.
+    let drain = async {
+        let grpc = flatten(grpc_task.await);
+        let http = flatten(http_task.await);
+        grpc.and(http)
+    };
+    let result = match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
+        }
+    };
     let _ = retention.await;
-    grpc_result.map_err(ServerError::Grpc)?;
-    http_result.map_err(ServerError::Http)?;
-    Ok(())
+    result
+}
+
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A finished task's result, with a panic in the task reported as an error.
+fn flatten(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    r.map_err(|e| ServerError::Http(std::io::Error::other(e.to_string())))?
 }

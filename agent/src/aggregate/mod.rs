@@ -20,9 +20,27 @@ pub struct SampleOwner {
     pub tid: Tid,
 }
 
+/// One sample with its time, kept when a timeline is wanted (streaming, traces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedSample {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub time: u64,
+    pub owner: SampleOwner,
+    pub stack: StackId,
+}
+
+/// The samples since the last [`Profile::take_window`], with the stacks they refer to.
+#[derive(Debug, Default)]
+pub struct Window {
+    pub samples: Vec<TimedSample>,
+    /// Indexed by [`StackId`]; leaf first.
+    pub stacks: Vec<Arc<[FrameKey]>>,
+}
+
 /// All samples of a recording, as counts per (thread, stack). Stacks are stored leaf first.
 #[derive(Debug, Default)]
 pub struct Profile {
+    timeline: Option<Vec<TimedSample>>,
     pub strings: Interner,
     stack_ids: HashMap<Arc<[FrameKey]>, StackId>,
     stacks: Vec<Arc<[FrameKey]>>,
@@ -44,10 +62,29 @@ impl Profile {
         id
     }
 
-    pub fn add(&mut self, owner: SampleOwner, frames: &[FrameKey]) {
+    pub fn add(&mut self, owner: SampleOwner, frames: &[FrameKey], time: u64) {
         let id = self.intern_stack(frames);
         *self.counts.entry((owner, id)).or_default() += 1;
         self.total += 1;
+        if let Some(timeline) = &mut self.timeline {
+            timeline.push(TimedSample { time, owner, stack: id });
+        }
+    }
+
+    /// Keep every sample's time, not only counts.
+    pub fn keep_timeline(&mut self) {
+        self.timeline.get_or_insert_with(Vec::new);
+    }
+
+    /// Hands out the samples recorded since the last call and starts a new window. Strings
+    /// and names stay, because frame keys refer to them.
+    pub fn take_window(&mut self) -> Window {
+        let samples = self.timeline.as_mut().map(std::mem::take).unwrap_or_default();
+        let stacks = std::mem::take(&mut self.stacks);
+        self.stack_ids.clear();
+        self.counts.clear();
+        self.total = 0;
+        Window { samples, stacks }
     }
 
     pub fn stack(&self, id: StackId) -> &[FrameKey] {
@@ -87,14 +124,21 @@ mod tests {
         let mut p = Profile::default();
         let owner = SampleOwner { pid: Pid(1), tid: Tid(1) };
         let a = [FrameKey::Kernel(1), FrameKey::Kernel(2)];
-        p.add(owner, &a);
-        p.add(owner, &a);
-        p.add(SampleOwner { pid: Pid(1), tid: Tid(2) }, &a);
+        p.keep_timeline();
+        p.add(owner, &a, 10);
+        p.add(owner, &a, 20);
+        p.add(SampleOwner { pid: Pid(1), tid: Tid(2) }, &a, 30);
         assert_eq!(p.total(), 3);
         assert_eq!(p.stacks.len(), 1);
         let mut counts: Vec<u64> = p.samples().map(|(_, _, c)| c).collect();
         counts.sort_unstable();
         assert_eq!(counts, vec![1, 2]);
         assert_eq!(p.frame_keys().len(), 2);
+        let window = p.take_window();
+        assert_eq!(window.samples.iter().map(|s| s.time).collect::<Vec<_>>(), vec![10, 20, 30]);
+        assert_eq!(window.stacks.len(), 1);
+        assert_eq!(p.total(), 0);
+        p.add(owner, &a, 40);
+        assert_eq!(p.take_window().samples[0].stack, StackId(0), "ids restart in a new window");
     }
 }

@@ -4,7 +4,7 @@
 //! event per (thread, CPU) and redirects every event of a CPU into that CPU's single ring
 //! buffer with `PERF_EVENT_IOC_SET_OUTPUT`, the way `perf record` does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -66,7 +66,7 @@ struct CpuRing {
     cpu: usize,
     sampler: Sampler,
     /// Events of other threads whose output goes to `sampler`'s buffer.
-    followers: Vec<Counter>,
+    followers: Vec<(Tid, Counter)>,
 }
 
 /// All open events of one recording.
@@ -75,6 +75,8 @@ pub struct SamplingSession {
     cpus: Vec<usize>,
     rings: Vec<CpuRing>,
     attached: HashSet<Tid>,
+    /// Which process each attached thread belongs to, for detaching.
+    owners: HashMap<Tid, Pid>,
     decoder: Option<Decoder>,
     /// Kernel-mode samples are excluded because the kernel refused them.
     pub user_only: bool,
@@ -95,6 +97,7 @@ impl SamplingSession {
             cpus,
             rings: Vec::new(),
             attached: HashSet::new(),
+            owners: HashMap::new(),
             decoder: None,
             user_only: false,
             stats: DrainStats::default(),
@@ -158,7 +161,7 @@ impl SamplingSession {
                     if rc != 0 {
                         return Err(PerfError::SetOutput { tid: tid.0, cpu, source: io::Error::last_os_error() });
                     }
-                    ring.followers.push(counter);
+                    ring.followers.push((tid, counter));
                 }
                 None => {
                     let sampler =
@@ -183,7 +186,10 @@ impl SamplingSession {
             }
             for tid in new {
                 match self.attach_thread(tid, false) {
-                    Ok(()) => opened += 1,
+                    Ok(()) => {
+                        self.owners.insert(tid, pid);
+                        opened += 1;
+                    }
                     // The thread exited between listing and opening: nothing to sample.
                     Err(PerfError::NoSuchProcess(_)) if tid.0 != pid.0 => continue,
                     Err(e) => return Err(e),
@@ -191,6 +197,18 @@ impl SamplingSession {
             }
         }
         Ok(opened)
+    }
+
+    /// Closes the events of an exited process. The per-CPU ring buffers stay: they are shared.
+    pub fn detach_process(&mut self, pid: Pid) {
+        let tids: HashSet<Tid> = self.owners.iter().filter(|(_, p)| **p == pid).map(|(t, _)| *t).collect();
+        for ring in &mut self.rings {
+            ring.followers.retain(|(tid, _)| !tids.contains(tid));
+        }
+        for tid in tids {
+            self.owners.remove(&tid);
+            self.attached.remove(&tid);
+        }
     }
 
     /// Waits until a ring buffer has data or the timeout passes.
@@ -233,7 +251,7 @@ impl SamplingSession {
     pub fn disable(&mut self) {
         for ring in &mut self.rings {
             let _ = ring.sampler.disable();
-            for follower in &mut ring.followers {
+            for (_, follower) in &mut ring.followers {
                 let _ = follower.disable();
             }
         }

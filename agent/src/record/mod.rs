@@ -89,7 +89,7 @@ impl Signals {
     }
 }
 
-fn describe(pid: Pid) -> String {
+pub fn describe(pid: Pid) -> String {
     let cmd = procfs::cmdline(pid).map(|c| c.join(" ")).unwrap_or_default();
     if cmd.is_empty() {
         format!("PID {pid}")
@@ -98,8 +98,56 @@ fn describe(pid: Pid) -> String {
     }
 }
 
+/// The targets once sampling is set up.
+#[derive(Debug)]
+pub struct Started {
+    pub pids: Vec<Pid>,
+    /// The launched command's PID, when ember started it.
+    pub launched: Option<Pid>,
+    /// What is being profiled, for titles and logs.
+    pub text: String,
+}
+
+/// Attaches to `--pid` targets or launches the command, with events open before it runs.
+pub fn start_targets(
+    targets: &Targets,
+    session: &mut SamplingSession,
+    pipeline: &mut Pipeline,
+) -> Result<Started, RecordError> {
+    match targets {
+        Targets::Pids(pids) => {
+            for &pid in pids {
+                if !procfs::process_exists(pid) {
+                    return Err(RecordError::NoSuchProcess(pid.0));
+                }
+            }
+            for &pid in pids {
+                session.attach_process(pid).map_err(|e| match e {
+                    PerfError::NoSuchProcess(_) => RecordError::NoSuchProcess(pid.0),
+                    other => RecordError::Perf(other),
+                })?;
+                let state = pipeline.track(pid).map_err(|_| RecordError::NoSuchProcess(pid.0))?;
+                warn_about_runtime(state);
+            }
+            let text = pids.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ");
+            Ok(Started { pids: pids.clone(), launched: None, text })
+        }
+        Targets::Command(command) => {
+            let child = launch::spawn_gated(command, &[("PYTHONPERFSUPPORT", "1")])?;
+            let map = procfs::in_root(child.pid, &format!("/tmp/perf-{}.map", child.pid));
+            pipeline.expect_launched(child.pid, std::fs::metadata(&map).map_or(0, |m| m.len()));
+            if let Err(e) = session.attach_thread(crate::process::Tid(child.pid.0), true) {
+                child.abort();
+                return Err(e.into());
+            }
+            let pid = child.release()?;
+            Ok(Started { pids: vec![pid], launched: Some(pid), text: format!("{} (PID {pid})", command.join(" ")) })
+        }
+    }
+}
+
 /// Tells the user, once per process, what ember can and cannot see in it.
-fn warn_about_runtime(state: &ProcessState) {
+pub fn warn_about_runtime(state: &ProcessState) {
     let pid = state.pid;
     let runtime = state.runtime;
     if !runtime.is_python() {
@@ -127,36 +175,8 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     let mut session = SamplingSession::new(config.sampling.clone())?;
     let mut pipeline = Pipeline::new(config.sampling.follow_children);
 
-    let (target_pids, launched, target_text) = match &config.targets {
-        Targets::Pids(pids) => {
-            for &pid in pids {
-                if !procfs::process_exists(pid) {
-                    return Err(RecordError::NoSuchProcess(pid.0));
-                }
-            }
-            for &pid in pids {
-                session.attach_process(pid).map_err(|e| match e {
-                    PerfError::NoSuchProcess(_) => RecordError::NoSuchProcess(pid.0),
-                    other => RecordError::Perf(other),
-                })?;
-                let state = pipeline.track(pid).map_err(|_| RecordError::NoSuchProcess(pid.0))?;
-                warn_about_runtime(state);
-            }
-            let text = pids.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ");
-            (pids.clone(), None, text)
-        }
-        Targets::Command(command) => {
-            let child = launch::spawn_gated(command, &[("PYTHONPERFSUPPORT", "1")])?;
-            let map = procfs::in_root(child.pid, &format!("/tmp/perf-{}.map", child.pid));
-            pipeline.expect_launched(child.pid, std::fs::metadata(&map).map_or(0, |m| m.len()));
-            if let Err(e) = session.attach_thread(crate::process::Tid(child.pid.0), true) {
-                child.abort();
-                return Err(e.into());
-            }
-            let pid = child.release()?;
-            (vec![pid], Some(pid), format!("{} (PID {pid})", command.join(" ")))
-        }
-    };
+    let Started { pids: target_pids, launched, text: target_text } =
+        start_targets(&config.targets, &mut session, &mut pipeline)?;
     tracing::info!(threads = session.thread_count(), "recording {target_text}");
 
     let started = Instant::now();
@@ -231,7 +251,7 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     Ok(RecordOutcome { stats, child_exit })
 }
 
-fn process_batch(session: &mut SamplingSession, pipeline: &mut Pipeline, events: &mut Vec<crate::perf::PerfEvent>) {
+pub fn process_batch(session: &mut SamplingSession, pipeline: &mut Pipeline, events: &mut Vec<crate::perf::PerfEvent>) {
     session.drain(events);
     pipeline.poll_perf_maps();
     // Each CPU's buffer is in time order, but the buffers are not in order with each other.

@@ -45,6 +45,19 @@ impl Pipeline {
         self.processes.values()
     }
 
+    /// Forgets processes that have exited, once their samples have been handed out.
+    pub fn forget_exited(&mut self) -> Vec<Pid> {
+        let gone: Vec<Pid> = self.processes.values().filter(|p| p.exited).map(|p| p.pid).collect();
+        for pid in &gone {
+            self.processes.remove(pid);
+        }
+        gone
+    }
+
+    pub fn is_tracked(&self, pid: Pid) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
     /// Starts tracking a running process.
     pub fn track(&mut self, pid: Pid) -> Result<&ProcessState, procfs::ProcfsError> {
         if !self.processes.contains_key(&pid) {
@@ -194,7 +207,7 @@ impl Pipeline {
             profile.thread_names.entry((pid, tid)).or_insert_with(|| procfs::comm(pid, tid).unwrap_or_default());
         }
         stats.samples += 1;
-        profile.add(SampleOwner { pid, tid }, keys);
+        profile.add(SampleOwner { pid, tid }, keys, sample.time);
     }
 
     /// Final reads once sampling has stopped.

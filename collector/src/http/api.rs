@@ -36,13 +36,13 @@ fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str>
 }
 
 fn selector(params: &HashMap<String, String>, name: &'static str) -> Result<Selector, ApiError> {
-    Selector::parse(param(params, name).unwrap_or("")).map_err(|e| ApiError::bad(name, format!("invalid selector: {e}")))
+    Selector::parse(param(params, name).unwrap_or(""))
+        .map_err(|e| ApiError::bad(name, format!("invalid selector: {e}")))
 }
 
 fn range(params: &HashMap<String, String>, from: &'static str, to: &'static str) -> Result<TimeRange, ApiError> {
-    parse_range(param(params, from), param(params, to), query::now_ms()).map_err(|(which, message)| {
-        ApiError::bad(if which == "from" { from } else { to }, message)
-    })
+    parse_range(param(params, from), param(params, to), query::now_ms())
+        .map_err(|(which, message)| ApiError::bad(if which == "from" { from } else { to }, message))
 }
 
 fn flag(params: &HashMap<String, String>, name: &'static str) -> Result<bool, ApiError> {
@@ -56,7 +56,10 @@ fn flag(params: &HashMap<String, String>, name: &'static str) -> Result<bool, Ap
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::Unavailable(format!("query task failed: {e}")))?.map_err(ApiError::from)
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("query task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// The view users see: the default view unless `native` is set.
@@ -84,10 +87,15 @@ pub async fn targets(State(state): State<AppState>, Query(params): Params) -> Re
     let range = range(&params, "from", "to")?;
     let store = state.store.clone();
     let mut series = blocking(move || store.series(&selector, range)).await?;
-    series.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+    series.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
     let targets: Vec<Target> = series
         .into_iter()
-        .map(|s| Target { labels: s.labels, first_seen_ms: s.first_seen_ms, last_seen_ms: s.last_seen_ms, samples: s.samples })
+        .map(|s| Target {
+            labels: s.labels,
+            first_seen_ms: s.first_seen_ms,
+            last_seen_ms: s.last_seen_ms,
+            samples: s.samples,
+        })
         .collect();
     state.metrics.observe_query("targets", started.elapsed().as_secs_f64());
     Ok(Json(serde_json::json!({ "targets": targets })).into_response())
@@ -105,13 +113,16 @@ fn format_param(params: &HashMap<String, String>, allowed: &[&str]) -> Result<St
 fn rate_param(params: &HashMap<String, String>) -> Result<u64, ApiError> {
     match param(params, "rate_hz") {
         None => Ok(99),
-        Some(v) => v.parse().ok().filter(|&r| r > 0).ok_or_else(|| ApiError::bad("rate_hz", "must be a positive integer")),
+        Some(v) => {
+            v.parse().ok().filter(|&r| r > 0).ok_or_else(|| ApiError::bad("rate_hz", "must be a positive integer"))
+        }
     }
 }
 
 fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response, ApiError> {
     let mut body = Vec::new();
-    export::write(format, view, meta, &mut body).map_err(|e| ApiError::Unavailable(format!("rendering failed: {e}")))?;
+    export::write(format, view, meta, &mut body)
+        .map_err(|e| ApiError::Unavailable(format!("rendering failed: {e}")))?;
     let (content_type, disposition) = match format {
         Format::Svg => ("image/svg+xml", None),
         Format::Collapsed => ("text/plain; charset=utf-8", None),
@@ -164,7 +175,11 @@ pub async fn series(State(state): State<AppState>, Query(params): Params) -> Res
     let selector = selector(&params, "query")?;
     let range = range(&params, "from", "to")?;
     let step_ms = match param(&params, "step") {
-        Some(s) => s.parse::<i64>().map(|v| v * 1000).or_else(|_| parse_duration_ms(s)).map_err(|e| ApiError::bad("step", e))?,
+        Some(s) => s
+            .parse::<i64>()
+            .map(|v| v * 1000)
+            .or_else(|_| parse_duration_ms(s))
+            .map_err(|e| ApiError::bad("step", e))?,
         None => range.duration_ms() / 240,
     };
     if step_ms <= 0 {

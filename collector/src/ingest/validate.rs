@@ -19,7 +19,7 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidBatch
 
 const MAX_AGENT_ID: usize = 256;
 
-fn string<'a>(strings: &'a [String], index: u32, field: impl Fn() -> String) -> Result<&'a str, InvalidBatch> {
+fn string(strings: &[String], index: u32, field: impl Fn() -> String) -> Result<&str, InvalidBatch> {
     strings.get(index as usize).map(String::as_str).ok_or_else(|| {
         invalid(field(), format!("string index {index} outside the string table ({} entries)", strings.len()))
     })
@@ -118,14 +118,19 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
             return Err(invalid(field("process"), format!("no process with id {}", block.process)));
         };
         let n = block.stack.len();
-        if block.tid.len() != n || block.time_delta.len() != n || !(block.weight.is_empty() || block.weight.len() == n) {
-            return Err(invalid(field("stack"), "columns stack, tid, time_delta (and weight, if set) differ in length"));
+        if block.tid.len() != n || block.time_delta.len() != n || !(block.weight.is_empty() || block.weight.len() == n)
+        {
+            return Err(invalid(
+                field("stack"),
+                "columns stack, tid, time_delta (and weight, if set) differ in length",
+            ));
         }
         let mut mono = block.base_time_nanos;
         let target = &mut series[p].samples;
         target.reserve(n);
         for j in 0..n {
-            mono = mono.checked_add(block.time_delta[j]).ok_or_else(|| invalid(field("time_delta"), "time overflows"))?;
+            mono =
+                mono.checked_add(block.time_delta[j]).ok_or_else(|| invalid(field("time_delta"), "time overflows"))?;
             let unix = i64::try_from(mono)
                 .ok()
                 .and_then(|m| m.checked_add(batch.monotonic_to_unix_nanos))
@@ -156,7 +161,13 @@ mod tests {
             agent_id: "agent".into(),
             sequence: 1,
             strings: vec!["".into(), "main (a.py)".into(), "main".into(), "a.py".into()],
-            frames: vec![v1::Frame { text: 1, function: 2, file: 3, kind: v1::FrameKind::Python as i32, interpreter_plumbing: false }],
+            frames: vec![v1::Frame {
+                text: 1,
+                function: 2,
+                file: 3,
+                kind: v1::FrameKind::Python as i32,
+                interpreter_plumbing: false,
+            }],
             stacks: vec![v1::Stack { frames: vec![0] }],
             processes: vec![v1::Process { id: 1, pid: 42, service: "svc".into(), ..Default::default() }],
             samples: vec![v1::SampleBlock {
@@ -184,7 +195,8 @@ mod tests {
 
     #[test]
     fn names_the_bad_field() {
-        let cases: Vec<(Box<dyn Fn(&mut v1::Batch)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut v1::Batch)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|b| b.agent_id.clear()), "agent_id"),
             (Box::new(|b| b.sequence = 0), "sequence"),
             (Box::new(|b| b.strings[0] = "x".into()), "strings[0]"),
@@ -196,7 +208,12 @@ mod tests {
             (Box::new(|b| b.samples[0].weight = vec![1, 0]), "samples[0].weight"),
             (Box::new(|b| b.samples[0].time_delta[1] = u64::MAX), "samples[0].time_delta"),
             (Box::new(|b| b.processes.push(b.processes[0].clone())), "processes[1].id"),
-            (Box::new(|b| { b.processes[0].labels.insert("bad-name".into(), "x".into()); }), "processes[0].labels"),
+            (
+                Box::new(|b| {
+                    b.processes[0].labels.insert("bad-name".into(), "x".into());
+                }),
+                "processes[0].labels",
+            ),
         ];
         for (mutate, field) in cases {
             let mut b = valid();

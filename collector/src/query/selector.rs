@@ -235,7 +235,16 @@ mod tests {
 
     #[test]
     fn errors_point_at_the_problem() {
-        for bad in ["service=\"x\"", "{service}", "{service=x}", "{1a=\"x\"}", "{a=\"x\"", "{a=~\"(\"}", "{a=\"x\"} y", "{a==\"x\"}"] {
+        for bad in [
+            "service=\"x\"",
+            "{service}",
+            "{service=x}",
+            "{1a=\"x\"}",
+            "{a=\"x\"",
+            "{a=~\"(\"}",
+            "{a=\"x\"} y",
+            "{a==\"x\"}",
+        ] {
             let e = Selector::parse(bad).expect_err(bad);
             assert!(!e.message.is_empty(), "{bad}");
         }

@@ -9,9 +9,7 @@ use ember_profile::Frame;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::{self, RawSample};
-use super::{
-    bucket_of, IngestOutcome, Labels, NewBatch, RetentionReport, SeriesInfo, StackCounts, Store, StoreError,
-};
+use super::{bucket_of, IngestOutcome, Labels, NewBatch, RetentionReport, SeriesInfo, StackCounts, Store, StoreError};
 use crate::query::{Selector, TimeRange};
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -203,9 +201,11 @@ impl EmbeddedStore {
                     if series.samples.is_empty() {
                         continue;
                     }
-                    let known = dict.series_ids.get(&series.labels).copied().or_else(|| {
-                        pending.series.values().find(|s| s.labels == series.labels).map(|s| s.id)
-                    });
+                    let known = dict
+                        .series_ids
+                        .get(&series.labels)
+                        .copied()
+                        .or_else(|| pending.series.values().find(|s| s.labels == series.labels).map(|s| s.id));
                     let sid = match known {
                         Some(sid) => sid,
                         None => {
@@ -217,15 +217,14 @@ impl EmbeddedStore {
                             sid
                         }
                     };
-                    let mut info = pending.series.get(&sid).or_else(|| dict.series.get(&sid)).cloned().unwrap_or(
-                        SeriesInfo {
+                    let mut info =
+                        pending.series.get(&sid).or_else(|| dict.series.get(&sid)).cloned().unwrap_or(SeriesInfo {
                             id: sid,
                             labels: series.labels.clone(),
                             first_seen_ms: i64::MAX,
                             last_seen_ms: i64::MIN,
                             samples: 0,
-                        },
-                    );
+                        });
                     let mut buckets: BTreeMap<i64, (HashMap<u32, u64>, Vec<RawSample>)> = BTreeMap::new();
                     for s in &series.samples {
                         let ms = s.time_unix_ns.div_euclid(1_000_000);
@@ -568,18 +567,28 @@ mod tests {
     fn ingest_then_query() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path(), None).expect("opens");
-        assert_eq!(store.ingest(&batch("a", 1, "checkout", T0, 300)).expect("stores"), IngestOutcome::Stored { samples: 300 });
+        assert_eq!(
+            store.ingest(&batch("a", 1, "checkout", T0, 300)).expect("stores"),
+            IngestOutcome::Stored { samples: 300 }
+        );
         let range = TimeRange { from_ms: T0 - 60_000, to_ms: T0 + 60_000 };
         let counts = store.stack_counts(&all(), range).expect("query");
         assert_eq!(counts.total(), 300);
-        let by_leaf: HashMap<String, u64> =
-            counts.stacks.iter().map(|(ids, c)| (counts.frames[*ids.last().expect("leaf") as usize].function.clone(), *c)).collect();
+        let by_leaf: HashMap<String, u64> = counts
+            .stacks
+            .iter()
+            .map(|(ids, c)| (counts.frames[*ids.last().expect("leaf") as usize].function.clone(), *c))
+            .collect();
         assert_eq!(by_leaf["a"], 200);
         assert_eq!(by_leaf["b"], 100);
         let series = store.series(&Selector::parse(r#"{service="checkout"}"#).expect("sel"), range).expect("series");
         assert_eq!(series.len(), 1);
         assert_eq!(series[0].samples, 300);
-        assert!(store.stack_counts(&Selector::parse(r#"{service="other"}"#).expect("sel"), range).expect("q").stacks.is_empty());
+        assert!(store
+            .stack_counts(&Selector::parse(r#"{service="other"}"#).expect("sel"), range)
+            .expect("q")
+            .stacks
+            .is_empty());
     }
 
     #[test]

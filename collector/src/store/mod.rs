@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use ember_profile::Frame;
 
-use crate::query::{Selector, TimeRange};
 pub use crate::query::Labels;
+use crate::query::{Selector, TimeRange};
 pub use codec::RawSample;
 
 /// Width of an aggregation bucket. Profiles over any range are sums of whole buckets.
@@ -54,7 +54,9 @@ impl NewBatch {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
-    Stored { samples: u64 },
+    Stored {
+        samples: u64,
+    },
     /// Already stored under the same (agent id, sequence); nothing was added.
     Duplicate,
 }

@@ -46,8 +46,13 @@ pub fn write_diff(base: &View, current: &View, title: &str, out: &mut dyn Write)
     options.subtitle = Some("red: more samples than the base period, blue: fewer".into());
     options.count_name = "samples".into();
     if lines.is_empty() {
-        write!(out, r#"<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="60"><text x="10" y="30">{}: no samples</text></svg>"#, escape(title))?;
+        write!(
+            out,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="60"><text x="10" y="30">{}: no samples</text></svg>"#,
+            escape(title)
+        )?;
         return Ok(());
     }
-    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out).map_err(|e| ExportError::Svg(e.to_string()))
+    flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
+        .map_err(|e| ExportError::Svg(e.to_string()))
 }

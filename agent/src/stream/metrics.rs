@@ -1,0 +1,107 @@
+//! The agent's Prometheus metrics, defined in one place (dashboards are checked against
+//! these names), and the `--metrics-listen` endpoint.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// acked | duplicate | dropped | rejected
+    pub result: String,
+}
+
+#[derive(Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+    pub samples: Counter,
+    pub batches: Family<ResultLabel, Counter>,
+    pub bytes: Counter,
+    pub dropped_samples: Counter,
+    pub lost_records: Counter,
+    pub reconnects: Counter,
+    pub buffer_bytes: Gauge,
+    pub targets: Gauge,
+}
+
+pub const METRIC_NAMES: [&str; 8] = [
+    "ember_agent_samples_total",
+    "ember_agent_batches_total",
+    "ember_agent_sent_bytes_total",
+    "ember_agent_dropped_samples_total",
+    "ember_agent_lost_records_total",
+    "ember_agent_reconnects_total",
+    "ember_agent_buffer_bytes",
+    "ember_agent_targets",
+];
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ember_agent");
+        let m = AgentMetrics {
+            samples: Counter::default(),
+            batches: Family::default(),
+            bytes: Counter::default(),
+            dropped_samples: Counter::default(),
+            lost_records: Counter::default(),
+            reconnects: Counter::default(),
+            buffer_bytes: Gauge::default(),
+            targets: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("samples", "Samples taken", m.samples.clone());
+        registry.register(
+            "batches",
+            "Batches by outcome (dropped = buffer full, rejected = refused as invalid)",
+            m.batches.clone(),
+        );
+        registry.register("sent_bytes", "Encoded bytes of acked batches", m.bytes.clone());
+        registry.register(
+            "dropped_samples",
+            "Samples dropped because the send buffer was full",
+            m.dropped_samples.clone(),
+        );
+        registry.register(
+            "lost_records",
+            "Records the kernel lost because a ring buffer was full",
+            m.lost_records.clone(),
+        );
+        registry.register("reconnects", "Failed sends that led to a reconnect with backoff", m.reconnects.clone());
+        registry.register("buffer_bytes", "Bytes of batches waiting for an ack", m.buffer_bytes.clone());
+        registry.register("targets", "Processes being sampled", m.targets.clone());
+        AgentMetrics { registry, ..m }
+    }
+
+    pub fn batch(&self, result: &str) {
+        self.batches.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` until the runtime stops.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<AgentMetrics>) -> std::io::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], metrics.encode()) }
+        }),
+    );
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,162 @@
+//! Helpers for the collector's end-to-end tests: a real collector on loopback, the real agent
+//! binary, a minimal HTTP client, and a raw gRPC client for malformed input.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+pub use ember_testkit::*;
+
+pub fn collector_cmd() -> Command {
+    binary(env!("CARGO_BIN_EXE_ember-collector"))
+}
+
+/// The agent binary, built next to the collector by `cargo test --workspace`.
+pub fn agent_path() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_ember-collector")).with_file_name("ember-agent");
+    assert!(path.exists(), "{} is missing: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+pub fn agent_cmd() -> Command {
+    binary(&agent_path().display().to_string())
+}
+
+/// A collector running on loopback.
+pub struct Collector {
+    pub process: Running,
+    pub grpc: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+impl Collector {
+    /// Starts on fresh ports and waits (by reading its log) until it listens.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        Self::start_on(data_dir, &grpc, &http, extra)
+    }
+
+    pub fn start_on(data_dir: &Path, grpc: &str, http: &str, extra: &[&str]) -> Self {
+        let mut cmd = collector_cmd();
+        cmd.arg("--data-dir").arg(data_dir).args(["--grpc-listen", grpc, "--http-listen", http]).args(extra);
+        let mut process = Running::start(&mut cmd);
+        process.wait_for_stderr("listening grpc=", Duration::from_secs(20));
+        Collector {
+            process,
+            grpc: grpc.to_string(),
+            http: http.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Starts again on the same ports and data directory.
+    pub fn restart(self) -> Self {
+        let (dir, grpc, http, extra) =
+            (self.data_dir.clone(), self.grpc.clone(), self.http.clone(), self.extra.clone());
+        drop(self);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        // The old process is gone; the port may take a moment to be free again.
+        let mut attempt = 0;
+        loop {
+            let mut cmd = collector_cmd();
+            cmd.arg("--data-dir").arg(&dir).args(["--grpc-listen", &grpc, "--http-listen", &http]).args(&extra);
+            let mut process = Running::start(&mut cmd);
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                process.wait_for_stderr("listening grpc=", Duration::from_secs(5));
+            }));
+            if ok.is_ok() {
+                return Collector {
+                    process,
+                    grpc,
+                    http,
+                    data_dir: dir,
+                    extra: extra.iter().map(|s| s.to_string()).collect(),
+                };
+            }
+            attempt += 1;
+            assert!(attempt < 10, "the collector did not restart");
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn get(&self, path_and_query: &str) -> (u16, String) {
+        http_get(&self.http, path_and_query)
+    }
+
+    /// Total samples of a profile query.
+    pub fn total(&self, query: &str, from: &str) -> u64 {
+        let (status, body) = self.get(&format!("/api/v1/profile?format=collapsed&from={from}&query={}", encode(query)));
+        assert_eq!(status, 200, "{body}");
+        Folded::parse(&body).total()
+    }
+
+    /// The value of a metric line (first match), 0 if absent.
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum()
+    }
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A minimal HTTP/1.1 GET: status and body (content-length or chunked).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("collector HTTP reachable");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request sent");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("response read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Pulls `sent N samples` out of the agent's final line.
+pub fn sent_samples(agent_stderr: &str) -> u64 {
+    agent_stderr
+        .lines()
+        .find_map(|l| l.split("sent ").nth(1)?.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `sent N samples` line in:\n{agent_stderr}"))
+}

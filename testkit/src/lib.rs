@@ -1,0 +1,280 @@
+//! Helpers shared by ember's integration tests: finding interpreters and fixtures, starting
+//! processes and waiting (by polling) for them to be ready, parsing folded output.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// CPU-bound fixtures share two cores; running them one at a time keeps shares meaningful.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn pyenv_python(prefix: &str, exe: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))?;
+    let mut versions: Vec<PathBuf> = std::fs::read_dir(root.join("versions"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+        .collect();
+    versions.sort();
+    versions.into_iter().rev().map(|v| v.join("bin").join(exe)).find(|p| p.exists())
+}
+
+fn on_path(exe: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(exe)).find(|p| p.exists())
+}
+
+/// The Python 3.12 to test with: `EMBER_PYTHON`, then pyenv, then `PATH`.
+pub fn python312() -> PathBuf {
+    if let Some(p) = std::env::var_os("EMBER_PYTHON") {
+        return PathBuf::from(p);
+    }
+    pyenv_python("3.12", "python3.12").or_else(|| on_path("python3.12")).unwrap_or_else(|| {
+        panic!(
+            "no python3.12 found: set EMBER_PYTHON=/path/to/python3.12, install it with pyenv \
+             (`pyenv install 3.12`), or put python3.12 on PATH"
+        )
+    })
+}
+
+/// Another interpreter version, for the tests of unsupported versions.
+pub fn python_version(minor: &str) -> PathBuf {
+    let exe = format!("python{minor}");
+    pyenv_python(minor, &exe)
+        .or_else(|| on_path(&exe))
+        .unwrap_or_else(|| panic!("no {exe} found: install it with pyenv (`pyenv install {minor}`) or put it on PATH"))
+}
+
+/// A fixture script of the agent's tests (`agent/tests/fixtures`).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures").join(name)
+}
+
+/// A command for one of the workspace's binaries.
+pub fn binary(path: &str) -> Command {
+    let mut cmd = Command::new(path);
+    cmd.env("EMBER_LOG", "info");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("ember-agent runs")
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Folded stacks parsed back.
+#[derive(Debug, Default)]
+pub struct Folded {
+    pub stacks: Vec<(Vec<String>, u64)>,
+}
+
+impl Folded {
+    pub fn parse(text: &str) -> Self {
+        let stacks = text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (stack, count) = l.rsplit_once(' ').expect("`stack count` line");
+                (stack.split(';').map(str::to_string).collect(), count.parse().expect("count"))
+            })
+            .collect();
+        Folded { stacks }
+    }
+
+    pub fn from_output(out: &Output) -> Self {
+        Self::parse(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub fn total(&self) -> u64 {
+        self.stacks.iter().map(|(_, c)| c).sum()
+    }
+
+    pub fn count(&self, pred: impl Fn(&[String]) -> bool) -> u64 {
+        self.stacks.iter().filter(|(s, _)| pred(s)).map(|(_, c)| c).sum()
+    }
+
+    pub fn share(&self, pred: impl Fn(&[String]) -> bool) -> f64 {
+        100.0 * self.count(pred) as f64 / self.total().max(1) as f64
+    }
+}
+
+/// The function part of a Python frame text `name (file)`.
+pub fn function(frame: &str) -> &str {
+    frame.split(" (").next().unwrap_or(frame)
+}
+
+pub fn has_frame(stack: &[String], name: &str) -> bool {
+    stack.iter().any(|f| function(f) == name)
+}
+
+/// A target process whose stdout lines can be waited for.
+#[derive(Debug)]
+pub struct Target {
+    pub child: Child,
+    lines: Receiver<String>,
+}
+
+impl Target {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("target starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Target { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Blocks until the target prints a line starting with `prefix`.
+    pub fn wait_for(&self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("target did not print {prefix:?} within {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `cond` until it holds or the timeout passes.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A PID that belonged to a process which has exited and been reaped.
+pub fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().expect("true runs");
+    let pid = child.id();
+    child.wait().expect("true exits");
+    pid
+}
+
+/// A process running in the background, whose stderr can be waited on.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<Child>,
+    stderr: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    pub fn start(cmd: &mut Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("the process starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child: Some(child), stderr: rx, seen: Vec::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Blocks until the process prints a stderr line containing `needle`; returns the line.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line.clone());
+                    if found {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    panic!("the process did not print {needle:?} within {timeout:?}; stderr so far: {:?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its output with the complete stderr.
+    pub fn finish(mut self) -> Output {
+        let child = self.child.take().expect("still running");
+        let mut out = child.wait_with_output().expect("the process exits");
+        let mut err = self.seen.join("\n");
+        for line in self.stderr.iter() {
+            err.push('\n');
+            err.push_str(&line);
+        }
+        out.stderr = err.into_bytes();
+        out
+    }
+
+    /// Sends a signal (SIGKILL to simulate a crash, SIGTERM or SIGINT to stop).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        }
+    }
+
+    /// Waits for the process to exit after a signal, without collecting output.
+    pub fn wait(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `serve.py` running for `seconds`, with the perf trampoline on or off, ready to be attached to.
+pub fn serve_target(seconds: &str, trampoline: bool) -> Target {
+    let mut cmd = Command::new(python312());
+    cmd.arg(fixture("serve.py")).arg(seconds);
+    if trampoline {
+        cmd.env("PYTHONPERFSUPPORT", "1");
+    } else {
+        cmd.env_remove("PYTHONPERFSUPPORT");
+    }
+    let target = Target::spawn(&mut cmd);
+    target.wait_for("ready", Duration::from_secs(20));
+    target
+}
