@@ -28,6 +28,9 @@ const BATCHES: TableDefinition<(&str, u64), i64> = TableDefinition::new("batches
 
 const FILE_NAME: &str = "ember.redb";
 
+/// Below this, free space in the file is not worth a compaction.
+const COMPACT_MIN_BYTES: u64 = 64 << 20;
+
 fn storage_error(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     if let redb::Error::Io(io) = &e {
@@ -122,6 +125,33 @@ impl EmbeddedStore {
         match Database::create(&self.path) {
             Ok(db) => *guard = Some(db),
             Err(e) => tracing::error!("reopening the store failed: {e}"),
+        }
+    }
+
+    /// Copy-on-write leaves freed pages in the file; when they are a large share of it, give
+    /// them back. Queries and ingest wait meanwhile, so this only runs with retention.
+    fn compact_if_fragmented(&self) {
+        let fragmented = self.with_db(|db| {
+            let txn = db.begin_write().map_err(storage_error)?;
+            let stats = txn.stats().map_err(storage_error)?;
+            let free = stats.fragmented_bytes();
+            txn.abort().map_err(storage_error)?;
+            Ok(free)
+        });
+        let Ok(free) = fragmented else { return };
+        let size = self.disk_bytes();
+        if size < COMPACT_MIN_BYTES || free * 4 < size {
+            return;
+        }
+        let Ok(mut guard) = self.db.write() else { return };
+        if let Some(db) = guard.as_mut() {
+            let started = std::time::Instant::now();
+            match db.compact() {
+                Ok(_) => {
+                    tracing::info!(before = size, after = self.disk_bytes(), elapsed = ?started.elapsed(), "compacted the store")
+                }
+                Err(e) => tracing::warn!("compacting the store failed: {e}"),
+            }
         }
     }
 
@@ -504,6 +534,7 @@ impl Store for EmbeddedStore {
             Ok(())
         })?;
         report.series_removed = dropped.len() as u64;
+        self.compact_if_fragmented();
         if let Ok(mut dict) = self.dict.write() {
             for s in dropped {
                 dict.series.remove(&s.id);
