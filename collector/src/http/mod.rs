@@ -1,7 +1,8 @@
-//! The collector's HTTP side: the query API (and the web view in a later stage).
+//! The collector's HTTP side: the query API and the web view.
 
 pub mod api;
 pub mod error;
+pub mod web;
 
 use axum::routing::get;
 use axum::Router;
@@ -10,6 +11,14 @@ pub use api::AppState;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(web::index))
+        .route("/favicon.svg", get(web::favicon))
+        .route("/favicon.ico", get(web::favicon))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/flame.js", get(web::flame_js))
+        .route("/assets/style.css", get(web::style_css))
+        .route("/assets/vendor/uPlot.iife.min.js", get(web::uplot_js))
+        .route("/assets/vendor/uPlot.min.css", get(web::uplot_css))
         .route("/api/v1/targets", get(api::targets))
         .route("/api/v1/profile", get(api::profile))
         .route("/api/v1/series", get(api::series))

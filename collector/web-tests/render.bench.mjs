@@ -1,0 +1,20 @@
+// Flame graph renderer benchmark: draw time of synthetic trees in headless Chromium.
+//   node collector/web-tests/render.bench.mjs http://127.0.0.1:7080/
+// Target: a 100k-node tree in ≤ 100 ms.
+import { chromium } from 'playwright-core';
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+await page.goto(process.argv[2]);
+await page.waitForFunction(() => window.ember);
+console.log('| nodes | draw (ms, best of 3) | vs target 100 ms |');
+console.log('| ---: | ---: | ---: |');
+for (const n of [10000, 100000, 300000]) {
+  const r = await page.evaluate((count) => window.ember.measure(count), n);
+  console.log(`| ${r.nodes} | ${r.ms.toFixed(1)} | ${(r.ms / 100).toFixed(2)}× |`);
+}
+await browser.close();
