@@ -24,8 +24,13 @@ done
 echo "ember demo: profiling demo/app.py with $PYTHON into the collector" >&2
 ./target/release/ember-agent stream --collector "http://$GRPC" --flush-interval 2s --service demo-shop \
     -- "$PYTHON" demo/app.py
-curl -sf -G "http://$HTTP/api/v1/profile" --data-urlencode 'query={service="demo-shop"}' \
-    --data-urlencode format=svg -o demo/out/cpu.svg
+# Fetched with the demo's own Python, so curl is not needed.
+"$PYTHON" - "$HTTP" <<'PY'
+import sys, urllib.parse, urllib.request
+query = urllib.parse.urlencode({"query": '{service="demo-shop"}', "format": "svg", "from": "now-15m"})
+with urllib.request.urlopen(f"http://{sys.argv[1]}/api/v1/profile?{query}") as r, open("demo/out/cpu.svg", "wb") as f:
+    f.write(r.read())
+PY
 echo "ember demo: flame graph SVG at $(pwd)/demo/out/cpu.svg" >&2
 echo "ember demo: web view at http://$HTTP/?query=%7Bservice%3D%22demo-shop%22%7D&from=now-15m" >&2
 if [[ "${1:-}" != "--once" ]]; then

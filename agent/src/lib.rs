@@ -13,6 +13,7 @@ pub mod process;
 pub mod record;
 pub mod stream;
 pub mod symbolize;
+pub mod tasks;
 pub mod unwind;
 
 pub use ember_profile::export;

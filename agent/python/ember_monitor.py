@@ -1,0 +1,324 @@
+"""ember's asyncio task monitor: records when every asyncio task runs, for ember-agent.
+
+Standard library only, CPython 3.12+. It turns on sys.monitoring (PEP 669) *local* events
+for each task's root coroutine only, so code outside tasks pays nothing, and writes fixed-size
+records with struct.pack_into into a shared-memory ring, /tmp/ember-<pid>.ring, which the
+agent reads through /proc/PID/root. Writing never blocks: when nobody reads, the ring simply
+wraps, and a reader that falls behind counts what it missed.
+
+    import ember_monitor
+    ember_monitor.start()
+
+Record layout (little endian, 32 bytes): kind u8, flags u8, length u16, task u32,
+time i64 (time.monotonic_ns, i.e. CLOCK_MONOTONIC), a i64, b i64.
+"""
+import asyncio
+import itertools
+import mmap
+import os
+import struct
+import sys
+import threading
+import time
+
+__all__ = ["start", "stop", "RING_PATH_TEMPLATE"]
+
+RING_PATH_TEMPLATE = "/tmp/ember-{pid}.ring"
+MAGIC = b"EMBRING1"
+VERSION = 1
+HEADER_SIZE = 64
+# magic, version, capacity, write position (bytes ever written), pid
+HEADER = struct.Struct("<8sIIQQ")
+WRITE_POS_OFFSET = 16
+RECORD = struct.Struct("<BBHIqqq")
+RECORD_SIZE = RECORD.size
+DEFAULT_CAPACITY = 4 << 20
+
+STRING = 1  # task = string id, length = byte length; the bytes follow in record-sized chunks
+CREATE = 2  # task, a = name string id | coroutine string id << 32, b = parent task (0 = none)
+START = 3  # task, a = thread id
+STOP = 4  # task, a = thread id, b = how: 0 yield (waiting), 1 returned, 2 raised
+DONE = 5  # task, a = 0 result, 1 exception, 2 cancelled; b = exception type string id
+NAME = 6  # task, a = name string id: the task was renamed after creation (TaskGroup does that)
+
+_E = sys.monitoring.events
+_LOCAL_EVENTS = _E.PY_START | _E.PY_RESUME | _E.PY_YIELD | _E.PY_RETURN
+_GLOBAL_EVENTS = _E.PY_THROW | _E.PY_UNWIND
+
+
+class _Ring:
+    def __init__(self, path, capacity):
+        capacity -= capacity % RECORD_SIZE
+        self.capacity = capacity
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, HEADER_SIZE + capacity)
+            self.map = mmap.mmap(fd, HEADER_SIZE + capacity)
+        finally:
+            os.close(fd)
+        HEADER.pack_into(self.map, 0, MAGIC, VERSION, capacity, 0, os.getpid())
+        # Slots are handed out by a C iterator, which the GIL makes atomic: no lock on the
+        # hot path, and records from several threads never share a slot.
+        self.slots = itertools.count()
+        self.slot_count = capacity // RECORD_SIZE
+        self.lock = threading.Lock()
+        self.strings = {}
+        self._pack = RECORD.pack_into
+        self._publish = struct.Struct("<Q").pack_into
+
+    def write(self, kind, task, a=0, b=0, flags=0, length=0, now=None):
+        slot = next(self.slots)
+        self._pack(self.map, HEADER_SIZE + (slot % self.slot_count) * RECORD_SIZE, kind, flags, length, task,
+                   time.monotonic_ns() if now is None else now, a, b)
+        self._publish(self.map, WRITE_POS_OFFSET, (slot + 1) * RECORD_SIZE)
+
+    def string(self, text):
+        """Interns a string: written once, then named by its id."""
+        sid = self.strings.get(text)
+        if sid is not None:
+            return sid
+        sid = len(self.strings) + 1
+        self.strings[text] = sid
+        data = text.encode("utf-8", "replace")[:4096]
+        chunks = (len(data) + RECORD_SIZE - 1) // RECORD_SIZE
+        with self.lock:
+            # A string takes consecutive slots, so it is allocated in one go.
+            first = next(self.slots)
+            for _ in range(chunks):
+                next(self.slots)
+        self._pack(self.map, HEADER_SIZE + (first % self.slot_count) * RECORD_SIZE, STRING, 0, len(data), sid, 0, 0, 0)
+        for i in range(chunks):
+            chunk = data[i * RECORD_SIZE:(i + 1) * RECORD_SIZE].ljust(RECORD_SIZE, b"\0")
+            at = HEADER_SIZE + ((first + 1 + i) % self.slot_count) * RECORD_SIZE
+            self.map[at:at + RECORD_SIZE] = chunk
+        self._publish(self.map, WRITE_POS_OFFSET, (first + 1 + chunks) * RECORD_SIZE)
+        return sid
+
+
+class _Monitor:
+    def __init__(self, ring, tool_id):
+        self.ring = ring
+        self.tool = tool_id
+        self.ids = {}  # id(task) -> ember task id, while the task lives
+        self.names = {}  # ember task id -> the name last recorded
+        self.started = set()  # tasks whose name was checked at their first step
+        self.next_id = 1
+        self.codes = set()  # root coroutine code objects with local events on
+        self.parents = {}  # id(coroutine) -> parent task id, from the factory
+        self.local = threading.local()  # per thread: stack of [task id, nesting depth]
+        self.previous_factories = {}
+
+    # ---- task identity
+    def register(self, task, parent=0):
+        key = id(task)
+        tid = self.ids.get(key)
+        if tid is not None:
+            return tid
+        tid = self.next_id
+        self.next_id += 1
+        self.ids[key] = tid
+        coro = task.get_coro()
+        parent = self.parents.pop(id(coro), parent)
+        self.names[tid] = task.get_name()
+        name = self.ring.string(self.names[tid])
+        qualname = self.ring.string(getattr(coro, "__qualname__", type(coro).__name__))
+        self.ring.write(CREATE, tid, name | (qualname << 32), parent)
+        task.add_done_callback(self.done)
+        return tid
+
+    def check_name(self, task, tid):
+        name = task.get_name()
+        if self.names.get(tid) != name:
+            self.names[tid] = name
+            self.ring.write(NAME, tid, self.ring.string(name))
+
+    def done(self, task):
+        tid = self.ids.pop(id(task), None)
+        if tid is None:
+            return
+        self.check_name(task, tid)
+        self.names.pop(tid, None)
+        self.started.discard(tid)
+        if task.cancelled():
+            self.ring.write(DONE, tid, 2)
+        elif task.exception() is not None:
+            self.ring.write(DONE, tid, 1, self.ring.string(type(task.exception()).__qualname__))
+        else:
+            self.ring.write(DONE, tid, 0)
+
+    def watch(self, coro):
+        code = getattr(coro, "cr_code", None)
+        if code is not None and code not in self.codes:
+            self.codes.add(code)
+            sys.monitoring.set_local_events(self.tool, code, _LOCAL_EVENTS)
+
+    # ---- factory
+    def wrap(self, previous):
+        """A task factory that watches each task's root coroutine, then creates the task with
+        `previous` (the factory installed before, e.g. asyncio.eager_task_factory)."""
+        if getattr(previous, "_ember", False):
+            return previous
+
+        def factory(loop, coro, **kwargs):
+            self.watch(coro)
+            try:
+                current = asyncio.current_task(loop)
+            except RuntimeError:
+                current = None
+            parent = self.ids.get(id(current), 0) if current is not None else 0
+            self.parents[id(coro)] = parent
+            if previous is not None:
+                task = previous(loop, coro, **kwargs)
+            else:
+                task = asyncio.Task(coro, loop=loop, **kwargs)
+            self.parents.pop(id(coro), None)
+            self.register(task, parent)
+            return task
+
+        factory._ember = True
+        return factory
+
+    def factory_for(self, loop):
+        return self.wrap(loop.get_task_factory())
+
+    def install(self, loop):
+        loop.set_task_factory(self.factory_for(loop))
+        # Tasks that existed before start(), such as asyncio.run's main task.
+        for task in asyncio.all_tasks(loop):
+            self.watch(task.get_coro())
+            self.register(task)
+
+    # ---- events
+    def thread_state(self):
+        state = getattr(self.local, "state", None)
+        if state is None:
+            # Running tasks and their nesting depths as two lists of ints: pushing an int
+            # allocates nothing the cyclic GC tracks, which a list per step would.
+            state = self.local.state = ([], [], threading.get_ident())
+        return state
+
+    def begin(self, code, offset):
+        try:
+            task = _current_task()
+        except RuntimeError:
+            return
+        if task is None:
+            return
+        tasks, depths, thread = self.thread_state()
+        tid = self.ids.get(id(task))
+        if tasks and tid is not None and tasks[-1] == tid:
+            depths[-1] += 1  # the same code, nested inside the task: not a new slice
+            return
+        if tid is None:
+            tid = self.register(task, tasks[-1] if tasks else 0)
+        elif tid not in self.started:
+            self.started.add(tid)
+            self.check_name(task, tid)
+        now = _now()
+        write = self.ring.write
+        if tasks:
+            # An eager child runs inside its parent's step: split the parent's slice.
+            write(STOP, tasks[-1], thread, 0, 0, 0, now)
+        tasks.append(tid)
+        depths.append(1)
+        write(START, tid, thread, 0, 0, 0, now)
+
+    def end(self, how):
+        tasks, depths, thread = self.thread_state()
+        if not tasks:
+            return
+        depths[-1] -= 1
+        if depths[-1] > 0:
+            return
+        depths.pop()
+        tid = tasks.pop()
+        now = _now()
+        write = self.ring.write
+        write(STOP, tid, thread, how, 0, 0, now)
+        if tasks:
+            write(START, tasks[-1], thread, 0, 0, 0, now)
+
+    def on_start(self, code, offset):
+        self.begin(code, offset)
+
+    def on_yield(self, code, offset, value):
+        self.end(0)
+
+    def on_return(self, code, offset, value):
+        self.end(1)
+
+    def on_throw(self, code, offset, exc):
+        # A step resumed by throw() (cancellation): PY_THROW instead of PY_RESUME.
+        if code in self.codes:
+            self.begin(code, offset)
+
+    def on_unwind(self, code, offset, exc):
+        if code in self.codes:
+            self.end(2)
+
+
+_monitor = None
+_current_task = asyncio.current_task
+_now = time.monotonic_ns
+
+
+def _free_tool_id():
+    # 0 debugger, 1 coverage, 2 profiler, 5 optimizer are named; 3 and 4 are free for tools.
+    for tool in (4, 3, 5, 0):
+        if sys.monitoring.get_tool(tool) is None:
+            return tool
+    raise RuntimeError("ember_monitor: every sys.monitoring tool id is taken")
+
+
+def start(path=None, capacity=DEFAULT_CAPACITY):
+    """Starts recording asyncio tasks of this process. Safe to call more than once."""
+    global _monitor
+    if _monitor is not None:
+        return _monitor.ring
+    ring = _Ring(path or RING_PATH_TEMPLATE.format(pid=os.getpid()), capacity)
+    tool = _free_tool_id()
+    sys.monitoring.use_tool_id(tool, "ember")
+    monitor = _Monitor(ring, tool)
+    m = sys.monitoring
+    m.register_callback(tool, _E.PY_START, monitor.on_start)
+    m.register_callback(tool, _E.PY_RESUME, monitor.on_start)
+    m.register_callback(tool, _E.PY_YIELD, monitor.on_yield)
+    m.register_callback(tool, _E.PY_RETURN, monitor.on_return)
+    m.register_callback(tool, _E.PY_THROW, monitor.on_throw)
+    m.register_callback(tool, _E.PY_UNWIND, monitor.on_unwind)
+    m.set_events(tool, _GLOBAL_EVENTS)
+    _monitor = monitor
+    # Loops made from now on (asyncio.run, new_event_loop) get the factory before any task.
+    original = asyncio.events.new_event_loop
+
+    def new_event_loop():
+        loop = original()
+        monitor.install(loop)
+        return loop
+
+    asyncio.events.new_event_loop = new_event_loop
+    asyncio.new_event_loop = new_event_loop
+    # A factory the program installs later (set_task_factory) is chained, not lost.
+    original_set = asyncio.BaseEventLoop.set_task_factory
+
+    def set_task_factory(loop, factory):
+        original_set(loop, monitor.wrap(factory))
+
+    asyncio.BaseEventLoop.set_task_factory = set_task_factory
+    try:
+        monitor.install(asyncio.get_running_loop())
+    except RuntimeError:
+        pass
+    return ring
+
+
+def stop():
+    """Stops recording; the ring file stays for the agent to finish reading."""
+    global _monitor
+    if _monitor is None:
+        return
+    sys.monitoring.set_events(_monitor.tool, 0)
+    for code in _monitor.codes:
+        sys.monitoring.set_local_events(_monitor.tool, code, 0)
+    sys.monitoring.free_tool_id(_monitor.tool)
+    _monitor = None
