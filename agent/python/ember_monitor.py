@@ -12,7 +12,6 @@ wraps, and a reader that falls behind counts what it missed.
 Record layout (little endian, 32 bytes): kind u8, flags u8, length u16, task u32,
 time i64 (time.monotonic_ns, i.e. CLOCK_MONOTONIC), a i64, b i64.
 """
-import asyncio
 import itertools
 import mmap
 import os
@@ -36,7 +35,7 @@ DEFAULT_CAPACITY = 4 << 20
 
 STRING = 1  # task = string id, length = byte length; the bytes follow in record-sized chunks
 CREATE = 2  # task, a = name string id | coroutine string id << 32, b = parent task (0 = none)
-START = 3  # task, a = thread id
+START = 3  # task, a = OS thread id (threading.get_native_id, the tid perf samples carry)
 STOP = 4  # task, a = thread id, b = how: 0 yield (waiting), 1 returned, 2 raised
 DONE = 5  # task, a = 0 result, 1 exception, 2 cancelled; b = exception type string id
 NAME = 6  # task, a = name string id: the task was renamed after creation (TaskGroup does that)
@@ -96,8 +95,9 @@ class _Ring:
 
 
 class _Monitor:
-    def __init__(self, ring, tool_id):
-        self.ring = ring
+    def __init__(self, ring_args, tool_id):
+        self.ring_args = ring_args
+        self.ring = None  # created when asyncio is first used, so other programs leave no file
         self.tool = tool_id
         self.ids = {}  # id(task) -> ember task id, while the task lives
         self.names = {}  # ember task id -> the name last recorded
@@ -149,6 +149,10 @@ class _Monitor:
     def watch(self, coro):
         code = getattr(coro, "cr_code", None)
         if code is not None and code not in self.codes:
+            if not self.codes:
+                # THROW and UNWIND can only be global; turn them on once asyncio is in use,
+                # so a program without tasks pays nothing.
+                sys.monitoring.set_events(self.tool, _GLOBAL_EVENTS)
             self.codes.add(code)
             sys.monitoring.set_local_events(self.tool, code, _LOCAL_EVENTS)
 
@@ -162,7 +166,7 @@ class _Monitor:
         def factory(loop, coro, **kwargs):
             self.watch(coro)
             try:
-                current = asyncio.current_task(loop)
+                current = _current_task(loop)
             except RuntimeError:
                 current = None
             parent = self.ids.get(id(current), 0) if current is not None else 0
@@ -170,6 +174,8 @@ class _Monitor:
             if previous is not None:
                 task = previous(loop, coro, **kwargs)
             else:
+                import asyncio
+
                 task = asyncio.Task(coro, loop=loop, **kwargs)
             self.parents.pop(id(coro), None)
             self.register(task, parent)
@@ -182,8 +188,17 @@ class _Monitor:
         return self.wrap(loop.get_task_factory())
 
     def install(self, loop):
+        global _current_task
+        if self.ring is None:
+            self.ring = _Ring(*self.ring_args)
+        if _current_task is None:
+            import asyncio
+
+            _current_task = asyncio.current_task
         loop.set_task_factory(self.factory_for(loop))
         # Tasks that existed before start(), such as asyncio.run's main task.
+        import asyncio
+
         for task in asyncio.all_tasks(loop):
             self.watch(task.get_coro())
             self.register(task)
@@ -194,7 +209,7 @@ class _Monitor:
         if state is None:
             # Running tasks and their nesting depths as two lists of ints: pushing an int
             # allocates nothing the cyclic GC tracks, which a list per step would.
-            state = self.local.state = ([], [], threading.get_ident())
+            state = self.local.state = ([], [], threading.get_native_id())
         return state
 
     def begin(self, code, offset):
@@ -258,7 +273,7 @@ class _Monitor:
 
 
 _monitor = None
-_current_task = asyncio.current_task
+_current_task = None  # asyncio.current_task, bound once asyncio is imported
 _now = time.monotonic_ns
 
 
@@ -271,14 +286,14 @@ def _free_tool_id():
 
 
 def start(path=None, capacity=DEFAULT_CAPACITY):
-    """Starts recording asyncio tasks of this process. Safe to call more than once."""
+    """Starts recording asyncio tasks of this process. Safe to call more than once. Costs
+    nothing until the program imports asyncio: the hooks are installed by an import hook."""
     global _monitor
     if _monitor is not None:
-        return _monitor.ring
-    ring = _Ring(path or RING_PATH_TEMPLATE.format(pid=os.getpid()), capacity)
+        return _monitor
     tool = _free_tool_id()
     sys.monitoring.use_tool_id(tool, "ember")
-    monitor = _Monitor(ring, tool)
+    monitor = _Monitor((path or RING_PATH_TEMPLATE.format(pid=os.getpid()), capacity), tool)
     m = sys.monitoring
     m.register_callback(tool, _E.PY_START, monitor.on_start)
     m.register_callback(tool, _E.PY_RESUME, monitor.on_start)
@@ -286,30 +301,73 @@ def start(path=None, capacity=DEFAULT_CAPACITY):
     m.register_callback(tool, _E.PY_RETURN, monitor.on_return)
     m.register_callback(tool, _E.PY_THROW, monitor.on_throw)
     m.register_callback(tool, _E.PY_UNWIND, monitor.on_unwind)
-    m.set_events(tool, _GLOBAL_EVENTS)
     _monitor = monitor
+    if "asyncio.base_events" in sys.modules:
+        _hook_asyncio(monitor)
+    else:
+        sys.meta_path.insert(0, _AfterImport("asyncio.base_events", lambda: _hook_asyncio(monitor)))
+    return monitor
+
+
+class _AfterImport:
+    """A meta path finder that runs `then` right after module `name` has executed."""
+
+    def __init__(self, name, then):
+        self.name = name
+        self.then = then
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        import importlib.util
+
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, then = spec.loader, self.then
+
+        class Loader:
+            def create_module(self, spec):
+                return loader.create_module(spec)
+
+            def exec_module(self, module):
+                loader.exec_module(module)
+                then()
+
+        spec.loader = Loader()
+        return spec
+
+
+def _hook_asyncio(monitor):
+    # asyncio itself is still being imported here: only its events and base_events modules
+    # are complete, so touch nothing else.
+    import asyncio
+    import asyncio.base_events as base_events
+    import asyncio.events as events
+
     # Loops made from now on (asyncio.run, new_event_loop) get the factory before any task.
-    original = asyncio.events.new_event_loop
+    original = events.new_event_loop
 
     def new_event_loop():
         loop = original()
         monitor.install(loop)
         return loop
 
-    asyncio.events.new_event_loop = new_event_loop
-    asyncio.new_event_loop = new_event_loop
+    events.new_event_loop = new_event_loop
+    if hasattr(asyncio, "new_event_loop"):
+        asyncio.new_event_loop = new_event_loop
     # A factory the program installs later (set_task_factory) is chained, not lost.
-    original_set = asyncio.BaseEventLoop.set_task_factory
+    original_set = base_events.BaseEventLoop.set_task_factory
 
     def set_task_factory(loop, factory):
         original_set(loop, monitor.wrap(factory))
 
-    asyncio.BaseEventLoop.set_task_factory = set_task_factory
+    base_events.BaseEventLoop.set_task_factory = set_task_factory
     try:
-        monitor.install(asyncio.get_running_loop())
+        monitor.install(events.get_running_loop())
     except RuntimeError:
         pass
-    return ring
 
 
 def stop():

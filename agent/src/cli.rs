@@ -175,9 +175,16 @@ pub struct RecordArgs {
     /// Write the profile here; the format follows the extension (.svg, .folded, .json, .pb.gz).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
-    /// Output format: svg, collapsed, speedscope or pprof.
+    /// Output format: svg, collapsed, speedscope, pprof, or trace (Chrome/Perfetto JSON with
+    /// a track per asyncio task).
     #[arg(short, long)]
     pub format: Option<Format>,
+    /// Record asyncio task activity in a launched command (the default there).
+    #[arg(long, overrides_with = "no_tasks")]
+    pub tasks: bool,
+    /// Do not run the asyncio task monitor.
+    #[arg(long)]
+    pub no_tasks: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// The command to launch and profile, after `--`.
@@ -244,6 +251,7 @@ impl RecordArgs {
             view: ViewOptions { native: self.native, threads: self.threads, processes: false },
             output: self.output,
             format,
+            tasks: !self.no_tasks,
         })
     }
 }

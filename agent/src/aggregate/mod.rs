@@ -71,6 +71,11 @@ impl Profile {
         }
     }
 
+    /// The timed samples kept so far (empty unless [`Profile::keep_timeline`] was called).
+    pub fn timeline(&self) -> &[TimedSample] {
+        self.timeline.as_deref().unwrap_or(&[])
+    }
+
     /// Keep every sample's time, not only counts.
     pub fn keep_timeline(&mut self) {
         self.timeline.get_or_insert_with(Vec::new);

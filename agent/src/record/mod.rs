@@ -3,6 +3,7 @@
 pub mod output;
 pub mod pipeline;
 pub mod stats;
+pub mod trace;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct RecordConfig {
     pub view: ViewOptions,
     pub output: Option<std::path::PathBuf>,
     pub format: Format,
+    /// Run the asyncio task monitor in launched commands.
+    pub tasks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,7 @@ pub fn start_targets(
     targets: &Targets,
     session: &mut SamplingSession,
     pipeline: &mut Pipeline,
+    bootstrap: Option<&crate::tasks::bootstrap::Bootstrap>,
 ) -> Result<Started, RecordError> {
     match targets {
         Targets::Pids(pids) => {
@@ -133,7 +137,12 @@ pub fn start_targets(
             Ok(Started { pids: pids.clone(), launched: None, text })
         }
         Targets::Command(command) => {
-            let child = launch::spawn_gated(command, &[("PYTHONPERFSUPPORT", "1")])?;
+            let pythonpath = bootstrap.map(|b| b.pythonpath());
+            let mut env = vec![("PYTHONPERFSUPPORT", "1")];
+            if let Some(path) = &pythonpath {
+                env.push(("PYTHONPATH", path.as_str()));
+            }
+            let child = launch::spawn_gated(command, &env)?;
             let map = procfs::in_root(child.pid, &format!("/tmp/perf-{}.map", child.pid));
             pipeline.expect_launched(child.pid, std::fs::metadata(&map).map_or(0, |m| m.len()));
             if let Err(e) = session.attach_thread(crate::process::Tid(child.pid.0), true) {
@@ -175,8 +184,15 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     let mut session = SamplingSession::new(config.sampling.clone())?;
     let mut pipeline = Pipeline::new(config.sampling.follow_children);
 
+    let bootstrap = task_bootstrap(&config.targets, config.tasks);
+    if bootstrap.is_some() {
+        pipeline.tasks = Some(crate::tasks::TaskTracker::default());
+    }
+    if config.format == Format::Trace {
+        pipeline.profile.keep_timeline();
+    }
     let Started { pids: target_pids, launched, text: target_text } =
-        start_targets(&config.targets, &mut session, &mut pipeline)?;
+        start_targets(&config.targets, &mut session, &mut pipeline, bootstrap.as_ref())?;
     tracing::info!(threads = session.thread_count(), "recording {target_text}");
 
     let started = Instant::now();
@@ -237,7 +253,20 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     };
     let stats = pipeline.stats;
     eprint!("{}", stats.summary(meta.duration_secs, meta.rate_hz));
-    let written = output.write(|out| export::write(config.format, &view, &meta, out), &view);
+    let written = if config.format == Format::Trace {
+        output.write(|out| trace::write(&pipeline, &symbols, config.view, &meta, out), &view)
+    } else {
+        output.write(|out| export::write(config.format, &view, &meta, out), &view)
+    };
+    if bootstrap.is_some() {
+        // The ring of a command ember started the monitor in is ember's to clean up.
+        for pid in pipeline.tasks.as_ref().map(|t| t.pids()).unwrap_or_default() {
+            if launched == Some(pid) || !procfs::process_exists(pid) {
+                let _ = std::fs::remove_file(crate::tasks::ring_paths(pid, pid.0)[1].clone());
+            }
+        }
+    }
+    drop(bootstrap);
 
     // A launched command keeps running after --duration or Ctrl-C ends the recording;
     // its exit status is still ember's.
@@ -251,9 +280,30 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     Ok(RecordOutcome { stats, child_exit })
 }
 
+/// The task monitor's files, for a launched command when tasks are wanted.
+pub fn task_bootstrap(targets: &Targets, tasks: bool) -> Option<crate::tasks::bootstrap::Bootstrap> {
+    if !tasks {
+        return None;
+    }
+    if !matches!(targets, Targets::Command(_)) {
+        tracing::warn!(
+            "--tasks works for commands ember launches; attaching the task monitor to running processes comes later"
+        );
+        return None;
+    }
+    match crate::tasks::bootstrap::Bootstrap::prepare() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::warn!("cannot prepare the asyncio task monitor ({e}); recording without task data");
+            None
+        }
+    }
+}
+
 pub fn process_batch(session: &mut SamplingSession, pipeline: &mut Pipeline, events: &mut Vec<crate::perf::PerfEvent>) {
     session.drain(events);
     pipeline.poll_perf_maps();
+    pipeline.poll_tasks();
     // Each CPU's buffer is in time order, but the buffers are not in order with each other.
     events.sort_by_key(crate::perf::PerfEvent::time);
     for event in events.drain(..) {

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::aggregate::{Profile, SampleOwner};
 use crate::perf::{PerfEvent, SampleEvent};
 use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
+use crate::tasks::TaskTracker;
 use crate::unwind::{unwind_stack, ElfCache, StackEnd};
 
 use super::stats::Stats;
@@ -21,6 +22,9 @@ pub struct Pipeline {
     launched_map_offsets: HashMap<Pid, u64>,
     threads_seen: HashSet<(Pid, Tid)>,
     keys: Vec<FrameKey>,
+    /// asyncio task timelines, when the task monitor runs in the targets.
+    pub tasks: Option<TaskTracker>,
+    launched: HashSet<Pid>,
 }
 
 impl Pipeline {
@@ -34,6 +38,8 @@ impl Pipeline {
             launched_map_offsets: HashMap::new(),
             threads_seen: HashSet::new(),
             keys: Vec::new(),
+            tasks: None,
+            launched: HashSet::new(),
         }
     }
 
@@ -76,6 +82,15 @@ impl Pipeline {
     /// Remembers a launched command whose state is created once it has exec'd.
     pub fn expect_launched(&mut self, pid: Pid, perf_map_len: u64) {
         self.launched_map_offsets.insert(pid, perf_map_len);
+        self.launched.insert(pid);
+    }
+
+    /// Reads the task rings of every process (the monitor writes one per process).
+    pub fn poll_tasks(&mut self) {
+        let Some(tasks) = &mut self.tasks else { return };
+        for state in self.processes.values() {
+            tasks.poll(state.pid, state.ns_pid.0, self.launched.contains(&state.pid));
+        }
     }
 
     fn is_expected(&self, pid: Pid) -> bool {
@@ -213,6 +228,7 @@ impl Pipeline {
     /// Final reads once sampling has stopped.
     pub fn finish(&mut self) {
         self.poll_perf_maps();
+        self.poll_tasks();
         self.stats.corrupt_map_lines = self.processes.values().map(|p| p.perf_map_reader.corrupt_lines).sum();
     }
 }

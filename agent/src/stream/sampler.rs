@@ -110,7 +110,7 @@ pub fn run(
         let mut pipeline = Pipeline::new(config.sampling.follow_children);
         pipeline.profile.keep_timeline();
         let started = match &config.targets {
-            StreamTargets::Fixed(t) => start_targets(t, &mut session, &mut pipeline)?,
+            StreamTargets::Fixed(t) => start_targets(t, &mut session, &mut pipeline, None)?,
             StreamTargets::AllPython => {
                 Started { pids: Vec::new(), launched: None, text: "all Python 3.12+ processes".into() }
             }

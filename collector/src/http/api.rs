@@ -128,6 +128,7 @@ fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response,
         Format::Collapsed => ("text/plain; charset=utf-8", None),
         Format::Speedscope => ("application/json", Some("attachment; filename=\"profile.speedscope.json\"")),
         Format::Pprof => ("application/octet-stream", Some("attachment; filename=\"profile.pb.gz\"")),
+        Format::Trace => ("application/json", None),
     };
     let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
     if let Some(d) = disposition {

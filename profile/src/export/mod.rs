@@ -18,10 +18,13 @@ pub enum Format {
     Collapsed,
     Speedscope,
     Pprof,
+    /// Chrome trace / Perfetto JSON with asyncio task tracks; written by the agent, which has
+    /// the task data.
+    Trace,
 }
 
 impl Format {
-    pub const NAMES: &'static str = "svg, collapsed, speedscope, pprof";
+    pub const NAMES: &'static str = "svg, collapsed, speedscope, pprof, trace";
 
     /// The format implied by an output file name.
     pub fn from_path(path: &Path) -> Option<Self> {
@@ -30,6 +33,8 @@ impl Format {
             Some(Format::Svg)
         } else if name.ends_with(".folded") || name.ends_with(".collapsed") || name.ends_with(".txt") {
             Some(Format::Collapsed)
+        } else if name.ends_with(".trace.json") || name.ends_with(".perfetto.json") {
+            Some(Format::Trace)
         } else if name.ends_with(".speedscope.json") || name.ends_with(".json") {
             Some(Format::Speedscope)
         } else if name.ends_with(".pb.gz") || name.ends_with(".pprof") || name.ends_with(".pb") {
@@ -47,6 +52,7 @@ impl Format {
             Format::Collapsed => "collapsed",
             Format::Speedscope => "speedscope",
             Format::Pprof => "pprof",
+            Format::Trace => "trace",
         }
     }
 }
@@ -59,6 +65,7 @@ impl FromStr for Format {
             "collapsed" | "folded" => Ok(Format::Collapsed),
             "speedscope" => Ok(Format::Speedscope),
             "pprof" => Ok(Format::Pprof),
+            "trace" => Ok(Format::Trace),
             other => Err(format!("unknown format {other:?}; choose one of {}", Format::NAMES)),
         }
     }
@@ -89,6 +96,8 @@ pub enum ExportError {
     Svg(String),
     #[error("encoding JSON failed: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the trace format needs task data, which only `ember-agent record` has")]
+    NeedsTasks,
 }
 
 pub fn write(format: Format, view: &View, meta: &Meta, out: &mut dyn Write) -> Result<(), ExportError> {
@@ -97,6 +106,7 @@ pub fn write(format: Format, view: &View, meta: &Meta, out: &mut dyn Write) -> R
         Format::Svg => svg::write(view, meta, out),
         Format::Speedscope => speedscope::write(view, meta, out),
         Format::Pprof => pprof::write(view, meta, out),
+        Format::Trace => Err(ExportError::NeedsTasks),
     }
 }
 
@@ -109,6 +119,7 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("cpu.svg")), Some(Format::Svg));
         assert_eq!(Format::from_path(Path::new("out/cpu.folded")), Some(Format::Collapsed));
         assert_eq!(Format::from_path(Path::new("cpu.speedscope.json")), Some(Format::Speedscope));
+        assert_eq!(Format::from_path(Path::new("run.trace.json")), Some(Format::Trace));
         assert_eq!(Format::from_path(Path::new("cpu.pb.gz")), Some(Format::Pprof));
         assert_eq!(Format::from_path(Path::new("cpu.dat")), None);
         assert_eq!("pprof".parse::<Format>(), Ok(Format::Pprof));
