@@ -34,10 +34,14 @@ RECORD_SIZE = RECORD.size
 DEFAULT_CAPACITY = 4 << 20
 
 STRING = 1  # task = string id, length = byte length; the bytes follow in record-sized chunks
-CREATE = 2  # task, a = name string id | coroutine string id << 32, b = parent task (0 = none)
+CREATE = 2  # task, a = name | coroutine string id << 32, b = parent task (0 = none); the name
+#            is a string id, or with flag DEFAULT_NAME the N of asyncio's default "Task-N"
+DEFAULT_NAME = 1
 START = 3  # task, a = OS thread id (threading.get_native_id, the tid perf samples carry)
 STOP = 4  # task, a = thread id, b = how: 0 yield (waiting), 1 returned, 2 raised
-DONE = 5  # task, a = 0 result, 1 exception, 2 cancelled; b = exception type string id
+DONE = 5  # task, a = 0 result, 1 exception, 2 cancelled; b = exception type string id.
+#          Derived from the root coroutine's last RETURN or UNWIND, so no done callback is
+#          needed (a task cancelled before its first step has no DONE).
 NAME = 6  # task, a = name string id: the task was renamed after creation (TaskGroup does that)
 
 _E = sys.monitoring.events
@@ -119,11 +123,16 @@ class _Monitor:
         self.ids[key] = tid
         coro = task.get_coro()
         parent = self.parents.pop(id(coro), parent)
-        self.names[tid] = task.get_name()
-        name = self.ring.string(self.names[tid])
+        name = task.get_name()
+        self.names[tid] = name
+        flags = 0
+        if name.startswith("Task-") and name[5:].isdigit():
+            # asyncio's default name: a number, not one more string per task.
+            flags, name_field = DEFAULT_NAME, int(name[5:]) & 0xFFFFFFFF
+        else:
+            name_field = self.ring.string(name)
         qualname = self.ring.string(getattr(coro, "__qualname__", type(coro).__name__))
-        self.ring.write(CREATE, tid, name | (qualname << 32), parent)
-        task.add_done_callback(self.done)
+        self.ring.write(CREATE, tid, name_field | (qualname << 32), parent, flags)
         return tid
 
     def check_name(self, task, tid):
@@ -131,20 +140,6 @@ class _Monitor:
         if self.names.get(tid) != name:
             self.names[tid] = name
             self.ring.write(NAME, tid, self.ring.string(name))
-
-    def done(self, task):
-        tid = self.ids.pop(id(task), None)
-        if tid is None:
-            return
-        self.check_name(task, tid)
-        self.names.pop(tid, None)
-        self.started.discard(tid)
-        if task.cancelled():
-            self.ring.write(DONE, tid, 2)
-        elif task.exception() is not None:
-            self.ring.write(DONE, tid, 1, self.ring.string(type(task.exception()).__qualname__))
-        else:
-            self.ring.write(DONE, tid, 0)
 
     def watch(self, coro):
         code = getattr(coro, "cr_code", None)
@@ -207,9 +202,9 @@ class _Monitor:
     def thread_state(self):
         state = getattr(self.local, "state", None)
         if state is None:
-            # Running tasks and their nesting depths as two lists of ints: pushing an int
-            # allocates nothing the cyclic GC tracks, which a list per step would.
-            state = self.local.state = ([], [], threading.get_native_id())
+            # Running tasks, their nesting depths and id(task) as lists of ints: pushing an
+            # int allocates nothing the cyclic GC tracks, which a list per step would.
+            state = self.local.state = ([], [], [], threading.get_native_id())
         return state
 
     def begin(self, code, offset):
@@ -219,8 +214,9 @@ class _Monitor:
             return
         if task is None:
             return
-        tasks, depths, thread = self.thread_state()
-        tid = self.ids.get(id(task))
+        tasks, depths, keys, thread = self.thread_state()
+        key = id(task)
+        tid = self.ids.get(key)
         if tasks and tid is not None and tasks[-1] == tid:
             depths[-1] += 1  # the same code, nested inside the task: not a new slice
             return
@@ -236,10 +232,11 @@ class _Monitor:
             write(STOP, tasks[-1], thread, 0, 0, 0, now)
         tasks.append(tid)
         depths.append(1)
+        keys.append(key)
         write(START, tid, thread, 0, 0, 0, now)
 
-    def end(self, how):
-        tasks, depths, thread = self.thread_state()
+    def end(self, how, exc=None):
+        tasks, depths, keys, thread = self.thread_state()
         if not tasks:
             return
         depths[-1] -= 1
@@ -247,9 +244,21 @@ class _Monitor:
             return
         depths.pop()
         tid = tasks.pop()
+        key = keys.pop()
         now = _now()
         write = self.ring.write
         write(STOP, tid, thread, how, 0, 0, now)
+        if how:
+            # The root coroutine returned or raised: the task is done.
+            self.ids.pop(key, None)
+            self.names.pop(tid, None)
+            self.started.discard(tid)
+            if how == 1:
+                write(DONE, tid, 0, 0, 0, 0, now)
+            elif type(exc).__name__ == "CancelledError":
+                write(DONE, tid, 2, 0, 0, 0, now)
+            else:
+                write(DONE, tid, 1, self.ring.string(type(exc).__qualname__), 0, 0, now)
         if tasks:
             write(START, tasks[-1], thread, 0, 0, 0, now)
 
@@ -269,7 +278,7 @@ class _Monitor:
 
     def on_unwind(self, code, offset, exc):
         if code in self.codes:
-            self.end(2)
+            self.end(2, exc)
 
 
 _monitor = None

@@ -17,6 +17,8 @@ const START: u8 = 3;
 const STOP: u8 = 4;
 const DONE: u8 = 5;
 const NAME: u8 = 6;
+/// CREATE flag: the name is asyncio's default `Task-N`, and `a` holds N.
+const DEFAULT_NAME: u8 = 1;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +105,7 @@ impl Decoder {
                 continue;
             }
             let kind = r[0];
+            let flags = r[1];
             let length = u16::from_le_bytes(field(r, 2)) as usize;
             let task = u32::from_le_bytes(field(r, 4));
             let time = i64::from_le_bytes(field(r, 8));
@@ -116,7 +119,11 @@ impl Decoder {
                 CREATE => out.push(TaskEvent::Created {
                     task,
                     time,
-                    name: self.string(a as u64 & 0xffff_ffff),
+                    name: if flags & DEFAULT_NAME != 0 {
+                        format!("Task-{}", a as u64 & 0xffff_ffff)
+                    } else {
+                        self.string(a as u64 & 0xffff_ffff)
+                    },
                     coro: self.string((a as u64) >> 32),
                     parent: u32::try_from(b).ok().filter(|&p| p != 0),
                 }),
