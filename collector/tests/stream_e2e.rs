@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn stream(collector: &Collector, extra: &[&str], command: &[&str]) -> Running {
-    let mut cmd = agent_cmd();
-    cmd.args(["stream", "--collector", &collector.url(), "--flush-interval", "1s"]).args(extra);
-    if !command.is_empty() {
-        cmd.arg("--").args(command);
-    }
-    Running::start(&mut cmd)
-}
-
 #[test]
 fn the_flame_graph_over_http_matches_the_workload() {
     let _serial = serial();

@@ -1,13 +1,9 @@
 // Flame graph renderer benchmark: draw time of synthetic trees in headless Chromium.
 //   node collector/web-tests/render.bench.mjs http://127.0.0.1:7080/
 // Target: a 100k-node tree in ≤ 100 ms.
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 await page.goto(process.argv[2]);
 await page.waitForFunction(() => window.ember);

@@ -1,11 +1,7 @@
 // Screenshot of the web view for the docs:  node screenshot.mjs <url> <out.png>
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const page = await browser.newPage({ viewport: { width: 1400, height: 820 } });
 await page.goto(process.argv[2]);
 await page.waitForFunction(() => window.ember && window.ember.flame().tree && window.ember.flame().tree.total[0] > 0);

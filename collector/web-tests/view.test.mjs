@@ -2,14 +2,10 @@
 // Run by collector/tests/web.rs against a collector fed by a real agent profiling
 // agent/tests/fixtures/web_app.py:  node view.test.mjs http://127.0.0.1:PORT/
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { launch } from './browser.mjs';
 
 const base = process.argv[2];
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
 const consoleErrors = [];
 const dialogs = [];

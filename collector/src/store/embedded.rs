@@ -317,6 +317,18 @@ impl EmbeddedStore {
     }
 }
 
+/// A table for reading, or `None` if nothing was ever written to it.
+fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, StoreError> {
+    match txn.open_table(table) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(storage_error(e)),
+    }
+}
+
 fn load_dictionaries(db: &Database) -> Result<Dictionaries, StoreError> {
     let mut dict = Dictionaries::default();
     let txn = db.begin_read().map_err(storage_error)?;
@@ -395,11 +407,7 @@ impl Store for EmbeddedStore {
         let mut counts = vec![0u64; stack_count];
         self.with_db(|db| {
             let txn = db.begin_read().map_err(storage_error)?;
-            let agg = match txn.open_table(AGG) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(storage_error(e)),
-            };
+            let Some(agg) = read_table(&txn, AGG)? else { return Ok(()) };
             let (first, last) = (bucket_of(range.from_ms), bucket_of(range.to_ms - 1));
             for s in &series {
                 for item in agg.range((s.id, first, 0)..=(s.id, last, u64::MAX)).map_err(storage_error)? {
@@ -445,11 +453,7 @@ impl Store for EmbeddedStore {
         let mut out: Vec<(i64, u64)> = (0..points).map(|i| (start + i as i64 * step, 0)).collect();
         self.with_db(|db| {
             let txn = db.begin_read().map_err(storage_error)?;
-            let agg = match txn.open_table(AGG) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(storage_error(e)),
-            };
+            let Some(agg) = read_table(&txn, AGG)? else { return Ok(()) };
             for s in &series {
                 let range_keys = (s.id, start, 0)..=(s.id, bucket_of(range.to_ms - 1), u64::MAX);
                 for item in agg.range(range_keys).map_err(storage_error)? {
@@ -473,11 +477,7 @@ impl Store for EmbeddedStore {
         let mut out = Vec::new();
         self.with_db(|db| {
             let txn = db.begin_read().map_err(storage_error)?;
-            let raw = match txn.open_table(RAW) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
-                Err(e) => return Err(storage_error(e)),
-            };
+            let Some(raw) = read_table(&txn, RAW)? else { return Ok(()) };
             let (from_ns, to_ns) = (range.from_ms * 1_000_000, range.to_ms * 1_000_000);
             for s in &series {
                 let keys = (s.id, bucket_of(range.from_ms), 0)..=(s.id, bucket_of(range.to_ms - 1), u64::MAX);

@@ -160,3 +160,14 @@ pub fn sent_samples(agent_stderr: &str) -> u64 {
         .find_map(|l| l.split("sent ").nth(1)?.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no `sent N samples` line in:\n{agent_stderr}"))
 }
+
+/// `ember-agent stream` into `collector`, flushing every second, with `extra` flags and
+/// optionally a command to launch.
+pub fn stream(collector: &Collector, extra: &[&str], command: &[&str]) -> Running {
+    let mut cmd = agent_cmd();
+    cmd.args(["stream", "--collector", &collector.url(), "--flush-interval", "1s"]).args(extra);
+    if !command.is_empty() {
+        cmd.arg("--").args(command);
+    }
+    Running::start(&mut cmd)
+}
