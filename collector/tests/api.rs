@@ -78,7 +78,7 @@ fn bad_http_parameters_get_400_naming_the_parameter() {
     for (path, param) in cases {
         let (status, body) = collector.get(path);
         assert_eq!(status, 400, "{path}: {body}");
-        let json: serde_json::Value = serde_json::from_str(&body).expect("JSON error body");
+        let json = parse_json(&body);
         assert_eq!(json["param"], param, "{path}: {body}");
         assert!(!json["error"].as_str().unwrap_or("").is_empty());
     }
@@ -97,7 +97,7 @@ fn diff_series_and_every_profile_format_render() {
     rt.block_on(push(&collector, None, batch(2, "s", Duration::from_secs(5), 300, 0))).expect("stored");
     let (status, body) = collector.get("/api/v1/diff?from=now-1m&to=now&base_from=now-3m&base_to=now-1m");
     assert_eq!(status, 200, "{body}");
-    let diff: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let diff = parse_json(&body);
     assert_eq!((diff["total"].as_u64(), diff["base_total"].as_u64()), (Some(300), Some(100)));
     assert_eq!(diff["tree"]["children"][0]["base_total"].as_u64(), Some(100));
     let (status, svg) = collector.get("/api/v1/diff?from=now-1m&base_from=now-3m&base_to=now-1m&format=svg");
@@ -109,7 +109,7 @@ fn diff_series_and_every_profile_format_render() {
         assert!(!body.is_empty(), "{format}");
     }
     let (_, body) = collector.get("/api/v1/series?from=now-5m&step=60s");
-    let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let json = parse_json(&body);
     assert_eq!(json["step_ms"], 60_000);
     let sum: u64 = json["points"].as_array().expect("points").iter().map(|p| p[1].as_u64().unwrap_or(0)).sum();
     assert_eq!(sum, 400);

@@ -50,12 +50,12 @@ fn the_flame_graph_over_http_matches_the_workload() {
     let (_, targets) = collector.get("/api/v1/targets");
     assert!(targets.contains(r#""service":"nested""#) && targets.contains(r#""team":"perf""#), "{targets}");
     let (_, series) = collector.get("/api/v1/series?step=10s");
-    let points: serde_json::Value = serde_json::from_str(&series).expect("json");
+    let points = parse_json(&series);
     let summed: u64 = points["points"].as_array().expect("points").iter().map(|p| p[1].as_u64().unwrap_or(0)).sum();
     assert_eq!(summed, sent);
     let (status, json) = collector.get("/api/v1/profile?format=json");
     assert_eq!(status, 200);
-    let tree: serde_json::Value = serde_json::from_str(&json).expect("json tree");
+    let tree = parse_json(&json);
     assert_eq!(tree["tree"]["total"].as_u64(), Some(sent));
     assert_eq!(tree["tree"]["children"][0]["kind"], "python");
 }

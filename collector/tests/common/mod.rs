@@ -171,3 +171,12 @@ pub fn stream(collector: &Collector, extra: &[&str], command: &[&str]) -> Runnin
     }
     Running::start(&mut cmd)
 }
+
+/// Parses JSON of any depth: flame trees nest as deep as the deepest stack.
+pub fn parse_json(text: &str) -> serde_json::Value {
+    use serde::Deserialize;
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    serde_json::Value::deserialize(&mut de)
+        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", &text[..text.len().min(300)]))
+}
