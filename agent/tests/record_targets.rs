@@ -23,10 +23,11 @@ fn a_target_in_its_own_pid_and_mount_namespace() {
     let _serial = serial();
     // Like a container: the target is PID 1 of a new PID namespace and has a private /tmp,
     // so its perf map is /tmp/perf-1.map inside, invisible at the host's /tmp.
+    // The fixture is read before the private /tmp hides it (the checkout may live under /tmp).
     let script = format!(
-        "mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 {} {} 30",
-        python312().display(),
-        fixture("serve.py").display()
+        "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 {} -c \"$code\" 30",
+        fixture("serve.py").display(),
+        python312().display()
     );
     let wrapper = Target::spawn(Command::new("unshare").args([
         "--pid",

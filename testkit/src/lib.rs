@@ -151,7 +151,8 @@ impl Target {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.starts_with(prefix) => return line,
                 Ok(_) => continue,
-                Err(_) => panic!("target did not print {prefix:?} within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("target did not print {prefix:?} within {timeout:?}"),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("target exited before printing {prefix:?}"),
             }
         }
     }
@@ -277,4 +278,23 @@ pub fn serve_target(seconds: &str, trampoline: bool) -> Target {
     let target = Target::spawn(&mut cmd);
     target.wait_for("ready", Duration::from_secs(20));
     target
+}
+
+/// The `ember_*` metric names a Grafana dashboard queries (histogram `_bucket` series are
+/// reported under the histogram's name).
+pub fn dashboard_metrics(path: &str) -> std::collections::HashSet<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"));
+    let mut names = std::collections::HashSet::new();
+    for panel in json["panels"].as_array().unwrap_or_else(|| panic!("{path} has no panels")) {
+        for target in panel["targets"].as_array().unwrap_or_else(|| panic!("a panel of {path} has no targets")) {
+            let expr = target["expr"].as_str().unwrap_or_else(|| panic!("a target of {path} has no expr"));
+            for word in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("ember_"))
+            {
+                names.insert(word.strip_suffix("_bucket").unwrap_or(word).to_string());
+            }
+        }
+    }
+    names
 }
