@@ -14,20 +14,9 @@ fn the_flame_graph_over_http_matches_the_workload() {
     let collector = Collector::start(dir.path(), &[]);
     let py = python312().display().to_string();
     let fixture = fixture("nested.py").display().to_string();
-    let mut cmd = agent_cmd();
-    cmd.args([
-        "stream",
-        "--collector",
-        &collector.url(),
-        "--flush-interval",
-        "1s",
-        "--rate",
-        "199",
-        "--service",
-        "nested",
-    ])
-    .args(["--label", "team=perf", "--", &py, &fixture])
-    .env("EMBER_FIXTURE_SECONDS", "4");
+    let mut cmd =
+        stream_cmd(&collector, &["--rate", "199", "--service", "nested", "--label", "team=perf"], &[&py, &fixture]);
+    cmd.env("EMBER_FIXTURE_SECONDS", "4");
     let out = Running::start(&mut cmd).finish();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -126,16 +115,7 @@ fn all_python_finds_processes_before_and_after_it_starts_and_exits_cleanly_on_si
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::start(dir.path(), &[]);
     let before = serve_target("30", true);
-    let mut agent = Running::start(agent_cmd().args([
-        "stream",
-        "--collector",
-        &collector.url(),
-        "--flush-interval",
-        "1s",
-        "--all-python",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]));
+    let mut agent = stream(&collector, &["--all-python", "--metrics-listen", "127.0.0.1:0"], &[]);
     let metrics_line = agent.wait_for_stderr("metrics at http://", Duration::from_secs(20));
     agent.wait_for_stderr(&format!("attached to {}", ""), Duration::from_secs(20));
     let after = serve_target("30", true);
@@ -247,10 +227,8 @@ fn a_wrong_token_is_rejected_and_the_right_one_accepted() {
     let py = python312().display().to_string();
     let code = "import time\nend=time.monotonic()+1.5\nwhile time.monotonic()<end: pass";
     let run_agent = |token: &str, service: &str| {
-        let mut cmd = agent_cmd();
-        cmd.args(["stream", "--collector", &collector.url(), "--flush-interval", "1s", "--final-flush-timeout", "2s"])
-            .args(["--token", token, "--service", service, "--", &py, "-c", code]);
-        Running::start(&mut cmd).finish()
+        stream(&collector, &["--final-flush-timeout", "2s", "--token", token, "--service", service], &[&py, "-c", code])
+            .finish()
     };
     let out = run_agent("wrong", "intruder");
     let err = stderr(&out);

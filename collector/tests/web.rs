@@ -21,20 +21,8 @@ fn the_web_view_works_in_a_real_browser() {
     let collector = Collector::start(dir.path(), &[]);
     let py = python312().display().to_string();
     let app = fixture("web_app.py").display().to_string();
-    let mut cmd = agent_cmd();
-    cmd.args([
-        "stream",
-        "--collector",
-        &collector.url(),
-        "--flush-interval",
-        "1s",
-        "--service",
-        "web",
-        "--",
-        &py,
-        &app,
-    ])
-    .env("EMBER_FIXTURE_SECONDS", "3");
+    let mut cmd = stream_cmd(&collector, &["--service", "web"], &[&py, &app]);
+    cmd.env("EMBER_FIXTURE_SECONDS", "3");
     let out = Running::start(&mut cmd).finish();
     assert!(out.status.success(), "{}", stderr(&out));
 

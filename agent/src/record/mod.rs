@@ -262,7 +262,8 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
         // The ring of a command ember started the monitor in is ember's to clean up.
         for pid in pipeline.tasks.as_ref().map(|t| t.pids()).unwrap_or_default() {
             if launched == Some(pid) || !procfs::process_exists(pid) {
-                let _ = std::fs::remove_file(crate::tasks::ring_paths(pid, pid.0)[1].clone());
+                let [_, local] = crate::tasks::ring_paths(pid, pid.0);
+                let _ = std::fs::remove_file(local);
             }
         }
     }

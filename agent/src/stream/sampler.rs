@@ -77,10 +77,8 @@ impl Flusher {
                 continue;
             }
             let descriptor = self.descriptors.entry(pid).or_insert_with(|| {
-                let state = pipeline.process(pid);
-                let ns_pid = state.map_or(pid.0, |s| s.ns_pid.0);
+                let ns_pid = pipeline.process(pid).map_or(pid.0, |s| s.ns_pid.0);
                 let comm = pipeline.profile.process_names.get(&pid).map_or("", String::as_str);
-                let _ = state;
                 describe(pid, ns_pid, comm, &self.labels)
             });
             processes.insert(pid, descriptor.clone());

@@ -46,18 +46,18 @@ impl Ingest for IngestService {
             Status::invalid_argument(format!("malformed batch: {e}"))
         })?;
         let store = self.store.clone();
-        let outcome = tokio::task::spawn_blocking(move || store.ingest(&new).map(|o| (o, new.sample_count())))
+        let outcome = tokio::task::spawn_blocking(move || store.ingest(&new))
             .await
             .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?;
         self.metrics.storage_bytes.set(i64::try_from(self.store.disk_bytes()).unwrap_or(i64::MAX));
         match outcome {
-            Ok((IngestOutcome::Stored { samples }, _)) => {
+            Ok(IngestOutcome::Stored { samples }) => {
                 self.metrics.batch("stored");
                 self.metrics.samples.inc_by(samples);
                 self.metrics.bytes.inc_by(size as u64);
                 Ok(Response::new(Ack { sequence: batch.sequence, duplicate: false }))
             }
-            Ok((IngestOutcome::Duplicate, _)) => {
+            Ok(IngestOutcome::Duplicate) => {
                 self.metrics.batch("duplicate");
                 Ok(Response::new(Ack { sequence: batch.sequence, duplicate: true }))
             }

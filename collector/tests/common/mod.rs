@@ -163,13 +163,18 @@ pub fn sent_samples(agent_stderr: &str) -> u64 {
 
 /// `ember-agent stream` into `collector`, flushing every second, with `extra` flags and
 /// optionally a command to launch.
-pub fn stream(collector: &Collector, extra: &[&str], command: &[&str]) -> Running {
+pub fn stream_cmd(collector: &Collector, extra: &[&str], command: &[&str]) -> Command {
     let mut cmd = agent_cmd();
     cmd.args(["stream", "--collector", &collector.url(), "--flush-interval", "1s"]).args(extra);
     if !command.is_empty() {
         cmd.arg("--").args(command);
     }
-    Running::start(&mut cmd)
+    cmd
+}
+
+/// [`stream_cmd`], started.
+pub fn stream(collector: &Collector, extra: &[&str], command: &[&str]) -> Running {
+    Running::start(&mut stream_cmd(collector, extra, command))
 }
 
 /// Parses JSON of any depth: flame trees nest as deep as the deepest stack.
