@@ -69,6 +69,28 @@ impl SamplingArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// Record asyncio task activity: the default for a launched command, whose interpreter
+    /// gets the monitor without any change to the program.
+    #[arg(long, overrides_with = "no_tasks")]
+    pub tasks: bool,
+    /// Do not run or read the asyncio task monitor.
+    #[arg(long)]
+    pub no_tasks: bool,
+}
+
+impl TaskArgs {
+    pub fn mode(&self) -> crate::tasks::TaskMode {
+        use crate::tasks::TaskMode;
+        match (self.tasks, self.no_tasks) {
+            (_, true) => TaskMode::Off,
+            (true, false) => TaskMode::Explicit,
+            (false, false) => TaskMode::Default,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct StreamArgs {
     /// The collector's gRPC address: http://host:7070, or https://host:7070 for TLS.
     #[arg(long)]
@@ -109,6 +131,8 @@ pub struct StreamArgs {
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// The command to launch and profile, after `--`.
@@ -152,6 +176,7 @@ impl StreamArgs {
             buffer_bytes: (self.buffer_mb as usize) << 20,
             final_flush: self.final_flush_timeout,
             metrics_listen: self.metrics_listen,
+            tasks: self.tasks.mode(),
             service: self.service,
             labels: self.labels.into_iter().collect(),
         })
@@ -179,12 +204,8 @@ pub struct RecordArgs {
     /// a track per asyncio task).
     #[arg(short, long)]
     pub format: Option<Format>,
-    /// Record asyncio task activity in a launched command (the default there).
-    #[arg(long, overrides_with = "no_tasks")]
-    pub tasks: bool,
-    /// Do not run the asyncio task monitor.
-    #[arg(long)]
-    pub no_tasks: bool,
+    #[command(flatten)]
+    pub tasks: TaskArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// The command to launch and profile, after `--`.
@@ -251,7 +272,7 @@ impl RecordArgs {
             view: ViewOptions { native: self.native, threads: self.threads, processes: false },
             output: self.output,
             format,
-            tasks: !self.no_tasks,
+            tasks: self.tasks.mode(),
         })
     }
 }

@@ -137,6 +137,7 @@ fn make_batch(w: &Workload, rng: &mut Rng, sequence: u64, series: usize, window_
             ..Default::default()
         }],
         samples: vec![block],
+        tasks: Vec::new(),
         monotonic_to_unix_nanos: 0,
         rate_hz: 99,
     }

@@ -40,6 +40,7 @@ fn batch(sequence: u64, service: &str, age: Duration, n: usize, padding: usize) 
         }],
         monotonic_to_unix_nanos: 0,
         rate_hz: 99,
+        tasks: Vec::new(),
     }
 }
 
@@ -132,6 +133,13 @@ fn malformed_oversized_and_unauthenticated_batches_get_the_right_status() {
     let status = rt.block_on(push(&collector, Some("t0ken"), bad)).expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("samples[0].stack"), "{}", status.message());
+
+    // Task activity for a process the batch does not describe is refused with the field named.
+    let mut bad = batch(2, "s", Duration::ZERO, 10, 0);
+    bad.tasks.push(v1::TaskBlock { process: 5, ..Default::default() });
+    let status = rt.block_on(push(&collector, Some("t0ken"), bad)).expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("tasks[0].process"), "{}", status.message());
 
     let status =
         rt.block_on(push(&collector, Some("t0ken"), batch(3, "s", Duration::ZERO, 10, 50_000))).expect_err("refused");

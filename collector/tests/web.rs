@@ -20,6 +20,11 @@ fn the_web_view_works_in_a_real_browser() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::start(dir.path(), &[]);
     let py = python312().display().to_string();
+    // An asyncio program for the tasks tab, first: the view opens on the latest target.
+    let tasks = fixture("asyncio_cpu.py").display().to_string();
+    let out =
+        Running::start(&mut stream_cmd(&collector, &["--rate", "499", "--service", "tasks"], &[&py, &tasks])).finish();
+    assert!(out.status.success(), "{}", stderr(&out));
     let app = fixture("web_app.py").display().to_string();
     let mut cmd = stream_cmd(&collector, &["--service", "web"], &[&py, &app]);
     cmd.env("EMBER_FIXTURE_SECONDS", "3");

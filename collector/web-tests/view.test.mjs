@@ -163,6 +163,98 @@ await check('download links carry the current query', async () => {
   assert.match(svg, /<svg/);
 });
 
+// ------------------------------------------------------------ asyncio tasks (service "tasks":
+// agent/tests/fixtures/asyncio_cpu.py, ten TaskGroups of a 'heavy' and a 'light' task)
+await page.goto(base + '?query=%7Bservice%3D%22tasks%22%7D&from=now-1h&tab=tasks');
+await page.waitForFunction(() => window.ember && window.ember.timeline().tasks.length > 0, null, { timeout: 20000 });
+const timelineInfo = () => page.evaluate(() => {
+  const v = window.ember.timeline();
+  return { groups: v.groups.map((g) => [g.name, g.tasks.length, g.collapsed]), rows: v.rows.length, span: v.viewTo - v.viewFrom };
+});
+
+await check('the tasks tab shows a lane per task, grouped by name, with a lag summary', async () => {
+  const info = await timelineInfo();
+  const groups = Object.fromEntries(info.groups.map(([n, c]) => [n, c]));
+  assert.equal(groups.heavy, 10, JSON.stringify(info.groups));
+  assert.equal(groups.light, 10, JSON.stringify(info.groups));
+  assert.equal(info.groups[0][0], 'heavy', 'the busiest group first');
+  const tasks = info.groups.reduce((n, g) => n + g[1], 0);
+  assert.equal(info.rows, info.groups.length + tasks, 'a header per group and a lane per task');
+  assert.ok(info.groups.some(([n]) => n === 'main (unnamed)'), 'unnamed tasks are grouped by coroutine');
+  assert.match(await page.locator('#tasks-summary').textContent(), new RegExp(`^${tasks} tasks, \\d+ slices · event-loop lag`));
+  assert.ok(await page.locator('#timeline').isVisible());
+});
+
+await check('clicking a slice shows the flame graph of the samples inside it', async () => {
+  let total = 0;
+  for (let k = 0; k < 11 && total === 0; k++) {
+    const p = await page.evaluate((k) => {
+      const v = window.ember.timeline();
+      const task = v.groups.find((g) => g.name === 'heavy').tasks[0];
+      return v.slicePoint(task, k);
+    }, k);
+    await page.mouse.click(p.x, p.y);
+    await page.waitForFunction((k) => document.getElementById('tasks-selection').textContent.startsWith(`slice ${k + 1} of task heavy`), k);
+    total = await page.evaluate(() => window.ember.taskFlame().tree.total[0]);
+  }
+  assert.ok(total > 0, 'some slice of a 4 ms step holds samples at 499 Hz');
+  const names = await page.evaluate(() => window.ember.taskFlame().tree.name);
+  assert.ok(names.some((n) => n.startsWith('stepper (')), JSON.stringify(names));
+  assert.ok(!names.some((n) => n.startsWith('main (')), 'nothing from the parent task');
+});
+
+await check('clicking a task, then a task name, shows their flame graphs', async () => {
+  const p = await page.evaluate(() => {
+    const v = window.ember.timeline();
+    return v.slicePoint(v.groups.find((g) => g.name === 'light').tasks[0], 0);
+  });
+  const box = await page.locator('#timeline').boundingBox();
+  await page.mouse.click(box.x + 30, p.y);
+  await page.waitForFunction(() => /^task light #\d+: \d+ samples/.test(document.getElementById('tasks-selection').textContent));
+  assert.ok(await page.evaluate(() => window.ember.taskFlame().tree.total[0]) > 0);
+  const light = await page.evaluate(() => window.ember.taskFlame().tree.total[0]);
+  await page.evaluate(() => { const v = window.ember.timeline(); v.select({ group: v.groups.find((g) => g.name === 'heavy') }); });
+  await page.waitForFunction(() => document.getElementById('tasks-selection').textContent.startsWith('10 tasks named heavy'));
+  const heavy = await page.evaluate(() => window.ember.taskFlame().tree.total[0]);
+  assert.ok(heavy > 5 * light, `all heavy tasks (${heavy}) against one light task (${light})`);
+});
+
+await check('a group folds into one lane when its name is clicked', async () => {
+  const before = (await timelineInfo()).rows;
+  const box = await page.locator('#timeline').boundingBox();
+  await page.evaluate(() => { window.ember.timeline().scroller.scrollTop = 0; window.ember.timeline().draw(); });
+  await page.mouse.click(box.x + 20, box.y + 22 + 8); // the first group's header, under the axis
+  const after = await timelineInfo();
+  assert.equal(after.rows, before - 10);
+  assert.equal(after.groups[0][2], true, 'heavy is folded');
+  await page.mouse.click(box.x + 20, box.y + 22 + 8);
+  assert.equal((await timelineInfo()).rows, before);
+});
+
+await check('the timeline zooms and pans, and comes back to the whole range', async () => {
+  const whole = (await timelineInfo()).span;
+  await page.getByRole('button', { name: 'Zoom in on the timeline' }).click();
+  assert.ok(Math.abs((await timelineInfo()).span - whole / 2) < 1);
+  await page.locator('#timeline').focus();
+  const from = await page.evaluate(() => window.ember.timeline().viewFrom);
+  await page.keyboard.press('d');
+  assert.ok(await page.evaluate(() => window.ember.timeline().viewFrom) > from, 'D pans right');
+  await page.getByRole('button', { name: 'Show the whole timeline' }).click();
+  assert.equal((await timelineInfo()).span, whole);
+});
+
+await check('hovering a slice tells its task, duration and lag', async () => {
+  const p = await page.evaluate(() => {
+    const v = window.ember.timeline();
+    return v.slicePoint(v.groups.find((g) => g.name === 'heavy').tasks[1], 3);
+  });
+  await page.mouse.move(p.x, p.y);
+  const text = await page.locator('#tooltip').innerText();
+  assert.match(text, /^heavy \(task \d+, PID \d+\)/);
+  assert.match(text, /slice 4 of 11: ran \d/);
+  assert.match(text, /lag/);
+});
+
 await check('an empty range explains itself', async () => {
   await page.goto(base + '?query=%7Bservice%3D%22nobody%22%7D&from=now-5m&to=now');
   await page.waitForFunction(() => !document.getElementById('empty').hidden);

@@ -141,6 +141,13 @@
 
   // ---------------------------------------------------------------- flame graph
   const tooltip = $('tooltip');
+  function placeTooltip(x, y, lines) {
+    tooltip.replaceChildren(...lines.filter(Boolean).map((l) => { const d = document.createElement('div'); d.textContent = l; return d; }));
+    tooltip.style.left = Math.min(x + 12, window.innerWidth - 320) + 'px';
+    tooltip.style.top = (y + 14) + 'px';
+    tooltip.hidden = false;
+  }
+
   function showTooltip(view, h) {
     if (!h) { tooltip.hidden = true; return; }
     const t = view.tree;
@@ -149,10 +156,7 @@
     const lines = [t.name[i], t.file[i] ? 'file: ' + t.file[i] : '', `kind: ${t.kind[i]}`,
       `self: ${t.self[i]} (${(100 * t.self[i] / all).toFixed(2)}%)`, `total: ${t.total[i]} (${(100 * t.total[i] / all).toFixed(2)}%)`];
     if (view === diffView) lines.push(`base: ${t.base[i]}`);
-    tooltip.replaceChildren(...lines.filter(Boolean).map((l) => { const d = document.createElement('div'); d.textContent = l; return d; }));
-    tooltip.style.left = Math.min(h.x + 12, window.innerWidth - 320) + 'px';
-    tooltip.style.top = (h.y + 14) + 'px';
-    tooltip.hidden = false;
+    placeTooltip(h.x, h.y, lines);
   }
 
   const flame = new F.FlameView($('flame'), {
@@ -347,17 +351,74 @@
     $('diff-summary').textContent = `${body.total} samples now, ${body.base_total} in the base period`;
   }
 
+  // ---------------------------------------------------------------- asyncio tasks
+  const T = window.EmberTimeline;
+  const timeline = new T.TimelineView($('tasks-scroll'), $('timeline'), $('tasks-spacer'), {
+    onHover: (h) => { if (h) placeTooltip(h.x, h.y, h.lines); else tooltip.hidden = true; },
+    onSelect: (selection) => loadSelection(selection).then(clearError, showError),
+  });
+  const taskFlame = new F.FlameView($('task-flame'), { onHover: (h) => showTooltip(taskFlame, h) });
+
+  /** `query` with more matchers; task matchers select samples by the task that ran them. */
+  function withMatchers(query, extra) {
+    const inner = query.trim().replace(/^\{/, '').replace(/\}$/, '').trim();
+    return '{' + [inner, ...extra].filter(Boolean).join(',') + '}';
+  }
+
+  async function loadTimeline() {
+    const body = await api('/api/v1/timeline', rangeParams());
+    const now = Date.now();
+    const bound = (v) => (v.startsWith('now') ? now : Number(v)) * 1000;
+    timeline.setData(body, body.from * 1000 || bound(state.from), body.to * 1000 || bound(state.to));
+    $('tasks-empty').hidden = body.tasks.length > 0;
+    const slices = body.tasks.reduce((n, t) => n + t.slices.length, 0);
+    const lag = T.lagStats(body.tasks);
+    $('tasks-summary').textContent = `${body.total_tasks} tasks${body.truncated ? ` (the ${body.tasks.length} that ran longest shown)` : ''}, ${slices} slices · `
+      + (lag.count ? `event-loop lag p50 ${T.formatUs(lag.p50)}, p99 ${T.formatUs(lag.p99)}, max ${T.formatUs(lag.max)}` : 'event-loop lag not recorded');
+    taskFlame.setTree(null); taskFlame.draw();
+    $('tasks-selection').textContent = 'Click a slice, a task or a task name to see its flame graph.';
+  }
+
+  async function loadSelection(sel) {
+    let matchers; let from = state.from; let to = state.to; let title;
+    if (sel.group) {
+      matchers = sel.group.unnamed ? ['task=~"Task-[0-9]+"', `task_coro=${quote(sel.group.coro)}`] : [`task=${quote(sel.group.name)}`];
+      const n = sel.group.tasks.length;
+      title = sel.group.unnamed ? `${n} unnamed task${n === 1 ? '' : 's'} of ${sel.group.coro}` : `${n} task${n === 1 ? '' : 's'} named ${sel.group.name}`;
+    } else {
+      const t = sel.task;
+      matchers = [`task_id=${quote(String(t.id))}`];
+      if (t.pid) matchers.push(`pid=${quote(t.pid)}`);
+      title = `task ${t.name} #${t.id}`;
+      if (sel.slice !== undefined) {
+        const s = t.slices[sel.slice];
+        // The API's range is in milliseconds: cover the slice; the task matcher keeps out
+        // what other tasks ran in the same milliseconds.
+        from = String(Math.floor(s[0] / 1000));
+        to = String(Math.max(Math.floor(s[0] / 1000) + 1, Math.ceil(s[1] / 1000)));
+        title = `slice ${sel.slice + 1} of ${title} (${T.formatUs(s[1] - s[0])})`;
+      }
+    }
+    const body = await api('/api/v1/profile', { query: withMatchers(state.query, matchers), from, to });
+    taskFlame.setTree(F.flatten(body.tree)); taskFlame.orientation = 'icicle'; taskFlame.draw();
+    $('tasks-selection').textContent = `${title}: ${body.total} sample${body.total === 1 ? '' : 's'}`
+      + (body.total ? '' : ' (a slice shorter than the sampling interval often has none)');
+    return body;
+  }
+
   // ---------------------------------------------------------------- tabs and wiring
   function selectTab(tab) {
     state.tab = tab;
     for (const b of document.querySelectorAll('[data-tab]')) b.setAttribute('aria-selected', String(b.dataset.tab === tab));
-    for (const name of ['flame', 'table', 'sandwich', 'diff']) $('view-' + name).hidden = name !== tab;
-    $('toolbar').hidden = tab === 'diff';
+    for (const name of ['flame', 'table', 'sandwich', 'diff', 'tasks']) $('view-' + name).hidden = name !== tab;
+    $('toolbar').hidden = tab === 'diff' || tab === 'tasks';
+    $('empty').hidden = tab === 'tasks' || !tree || tree.total[0] > 0;
     $('breadcrumbs').hidden = tab !== 'flame';
     if (tab === 'flame') flame.draw();
     if (tab === 'table') renderTable();
     if (tab === 'sandwich') renderSandwich();
     if (tab === 'diff') loadDiff().then(clearError, showError);
+    if (tab === 'tasks') loadTimeline().then(clearError, showError);
     writeUrl();
   }
 
@@ -398,6 +459,10 @@
       writeUrl();
       loadDiff().then(clearError, showError);
     });
+    $('tasks-zoom-in').addEventListener('click', () => timeline.zoom(0.5));
+    $('tasks-zoom-out').addEventListener('click', () => timeline.zoom(2));
+    $('tasks-reset').addEventListener('click', () => timeline.resetView());
+    window.addEventListener('resize', () => { if (state.tab === 'tasks') timeline.draw(); });
     document.addEventListener('keydown', (e) => {
       if (e.key === '/' && document.activeElement.tagName !== 'INPUT') { e.preventDefault(); $('search').focus(); }
     });
@@ -412,7 +477,7 @@
   setLive(state.live);
   refresh();
   // For tests and the renderer benchmark.
-  window.ember = { state, flame: () => flame, measure: (n) => {
+  window.ember = { state, flame: () => flame, timeline: () => timeline, taskFlame: () => taskFlame, loadSelection, measure: (n) => {
     // A canvas of the live one's width, off screen, so the page's own view is left alone.
     const canvas = document.createElement('canvas');
     canvas.style.position = 'absolute';

@@ -34,8 +34,8 @@ pub struct RecordConfig {
     pub view: ViewOptions,
     pub output: Option<std::path::PathBuf>,
     pub format: Format,
-    /// Run the asyncio task monitor in launched commands.
-    pub tasks: bool,
+    /// Whether to record asyncio tasks.
+    pub tasks: crate::tasks::TaskMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +185,7 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     let mut pipeline = Pipeline::new(config.sampling.follow_children);
 
     let bootstrap = task_bootstrap(&config.targets, config.tasks);
-    if bootstrap.is_some() {
+    if config.tasks != crate::tasks::TaskMode::Off {
         pipeline.tasks = Some(crate::tasks::TaskTracker::default());
     }
     if config.format == Format::Trace {
@@ -258,14 +258,8 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     } else {
         output.write(|out| export::write(config.format, &view, &meta, out), &view)
     };
-    if bootstrap.is_some() {
-        // The ring of a command ember started the monitor in is ember's to clean up.
-        for pid in pipeline.tasks.as_ref().map(|t| t.pids()).unwrap_or_default() {
-            if launched == Some(pid) || !procfs::process_exists(pid) {
-                let [_, local] = crate::tasks::ring_paths(pid, pid.0);
-                let _ = std::fs::remove_file(local);
-            }
-        }
+    if let (Some(_), Some(tasks)) = (&bootstrap, &pipeline.tasks) {
+        remove_launched_rings(tasks, launched);
     }
     drop(bootstrap);
 
@@ -281,15 +275,30 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     Ok(RecordOutcome { stats, child_exit })
 }
 
+/// The rings of a command ember started the monitor in (and of its children that have
+/// exited) are ember's to clean up.
+pub fn remove_launched_rings(tasks: &crate::tasks::TaskTracker, launched: Option<Pid>) {
+    for pid in tasks.pids().into_iter().chain(launched) {
+        if launched == Some(pid) || !procfs::process_exists(pid) {
+            let [_, local] = crate::tasks::ring_paths(pid, pid.0);
+            let _ = std::fs::remove_file(local);
+        }
+    }
+}
+
 /// The task monitor's files, for a launched command when tasks are wanted.
-pub fn task_bootstrap(targets: &Targets, tasks: bool) -> Option<crate::tasks::bootstrap::Bootstrap> {
-    if !tasks {
+pub fn task_bootstrap(targets: &Targets, mode: crate::tasks::TaskMode) -> Option<crate::tasks::bootstrap::Bootstrap> {
+    use crate::tasks::TaskMode;
+    if mode == TaskMode::Off {
         return None;
     }
     if !matches!(targets, Targets::Command(_)) {
-        tracing::warn!(
-            "--tasks works for commands ember launches; attaching the task monitor to running processes comes later"
-        );
+        if mode == TaskMode::Explicit {
+            tracing::warn!(
+                "--tasks starts the task monitor only in commands ember launches (attaching it to running \
+                 processes comes later); targets that call ember_monitor.start() themselves are still read"
+            );
+        }
         return None;
     }
     match crate::tasks::bootstrap::Bootstrap::prepare() {

@@ -88,9 +88,8 @@ impl Pipeline {
     /// Reads the task rings of every process (the monitor writes one per process).
     pub fn poll_tasks(&mut self) {
         let Some(tasks) = &mut self.tasks else { return };
-        for state in self.processes.values() {
-            tasks.poll(state.pid, state.ns_pid.0, self.launched.contains(&state.pid));
-        }
+        let launched = &self.launched;
+        tasks.poll(self.processes.values().map(|s| (s.pid, s.ns_pid.0, launched.contains(&s.pid))));
     }
 
     fn is_expected(&self, pid: Pid) -> bool {
@@ -228,6 +227,9 @@ impl Pipeline {
     /// Final reads once sampling has stopped.
     pub fn finish(&mut self) {
         self.poll_perf_maps();
+        if let Some(tasks) = &mut self.tasks {
+            tasks.look_again();
+        }
         self.poll_tasks();
         self.stats.corrupt_map_lines = self.processes.values().map(|p| p.perf_map_reader.corrupt_lines).sum();
     }

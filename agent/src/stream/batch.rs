@@ -9,6 +9,11 @@ use ember_proto::v1;
 
 use crate::aggregate::Window;
 use crate::process::{FrameKey, Pid};
+use crate::tasks::ring::Outcome;
+use crate::tasks::timeline::TaskDelta;
+
+/// Per process, the task changes of a window and the monitor records lost meanwhile.
+pub type TaskDeltas = BTreeMap<Pid, (TaskDelta, u64)>;
 
 /// Turns window stack ids into frames (root first), given resolved frame keys.
 #[derive(Debug, Default)]
@@ -60,14 +65,49 @@ impl BatchBuilder {
         id
     }
 
+    fn task_block(&mut self, pid: Pid, delta: &TaskDelta, lost_records: u64) -> v1::TaskBlock {
+        let mut block = v1::TaskBlock { process: pid.0, lost_records, ..Default::default() };
+        for t in &delta.tasks {
+            let (done_nanos, state, exception) = match &t.done {
+                None => (0, v1::TaskState::Pending, None),
+                Some((time, Outcome::Result, _)) => (*time, v1::TaskState::Finished, None),
+                Some((time, Outcome::Exception, e)) => (*time, v1::TaskState::Failed, e.as_deref()),
+                Some((time, Outcome::Cancelled, _)) => (*time, v1::TaskState::Cancelled, None),
+            };
+            block.tasks.push(v1::TaskInfo {
+                id: u64::from(t.id),
+                name: self.string(&t.name),
+                coro: self.string(&t.coro),
+                parent: t.parent.map_or(0, u64::from),
+                created_nanos: u64::try_from(t.created).unwrap_or(0),
+                done_nanos: u64::try_from(done_nanos).unwrap_or(0),
+                state: state as i32,
+                exception: exception.map_or(0, |e| self.string(e)),
+            });
+        }
+        let any_ready = delta.slices.iter().any(|(_, s)| s.ready.is_some());
+        for (task, s) in &delta.slices {
+            block.slice_task.push(u64::from(*task));
+            block.slice_tid.push(u32::try_from(s.thread).unwrap_or(0));
+            block.slice_start_nanos.push(u64::try_from(s.start).unwrap_or(0));
+            block.slice_duration_nanos.push(u64::try_from(s.end - s.start).unwrap_or(0));
+            if any_ready {
+                block.slice_ready_nanos.push(s.ready.and_then(|r| u64::try_from(r).ok()).unwrap_or(0));
+            }
+        }
+        block
+    }
+
     /// Builds the batch of one window. `frames_of` gives the frames of a key (outermost
     /// inline first); `processes` the descriptor of each process in the window.
+    #[allow(clippy::too_many_arguments)]
     pub fn build<'a>(
         mut self,
         window: &Window,
         frames_of: impl Fn(&FrameKey) -> &'a [Frame],
         mut processes: BTreeMap<Pid, v1::Process>,
         thread_names: &HashMap<(Pid, crate::process::Tid), String>,
+        tasks: &TaskDeltas,
         monotonic_to_unix_nanos: i64,
         rate_hz: u32,
     ) -> v1::Batch {
@@ -99,7 +139,12 @@ impl BatchBuilder {
                 }
             }
         }
-        processes.retain(|pid, _| blocks.contains_key(pid));
+        let task_blocks: Vec<v1::TaskBlock> = tasks
+            .iter()
+            .filter(|(pid, _)| processes.contains_key(pid))
+            .map(|(pid, (delta, lost))| self.task_block(*pid, delta, *lost))
+            .collect();
+        processes.retain(|pid, _| blocks.contains_key(pid) || tasks.contains_key(pid));
         v1::Batch {
             agent_id: String::new(),
             sequence: 0,
@@ -110,6 +155,7 @@ impl BatchBuilder {
             samples: blocks.into_values().collect(),
             monotonic_to_unix_nanos,
             rate_hz,
+            tasks: task_blocks,
         }
     }
 }
@@ -149,6 +195,7 @@ mod tests {
             |k| frames.get(k).map_or(&[], Vec::as_slice),
             processes,
             &names,
+            &TaskDeltas::new(),
             5,
             99,
         );

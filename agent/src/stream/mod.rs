@@ -32,6 +32,7 @@ pub struct StreamConfig {
     pub buffer_bytes: usize,
     pub final_flush: Duration,
     pub metrics_listen: Option<String>,
+    pub tasks: crate::tasks::TaskMode,
     pub service: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
@@ -91,6 +92,7 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         targets: config.targets.clone(),
         sampling: config.sampling.clone(),
         flush_interval: config.flush_interval,
+        tasks: config.tasks,
         labels: describe::CommonLabels::from_environment(config.service.clone(), config.labels.clone()),
         interrupt,
         terminate,

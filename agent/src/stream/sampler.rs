@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ember_proto::v1;
 use tokio::sync::mpsc;
 
-use super::batch::{BatchBuilder, FrameCache};
+use super::batch::{BatchBuilder, FrameCache, TaskDeltas};
 use super::describe::{describe, CommonLabels};
 use super::discovery::Discovery;
 use super::metrics::AgentMetrics;
@@ -17,7 +17,10 @@ use crate::perf::{SamplingConfig, SamplingSession};
 use crate::process::launch::{self, ChildExit};
 use crate::process::{procfs, Pid};
 use crate::record::pipeline::Pipeline;
-use crate::record::{process_batch, start_targets, warn_about_runtime, RecordError, Started, Targets};
+use crate::record::{
+    process_batch, remove_launched_rings, start_targets, task_bootstrap, warn_about_runtime, RecordError, Started,
+    Targets,
+};
 use crate::symbolize::SymbolTable;
 
 /// What the sampling thread samples.
@@ -32,6 +35,7 @@ pub struct SamplerConfig {
     pub targets: StreamTargets,
     pub sampling: SamplingConfig,
     pub flush_interval: Duration,
+    pub tasks: crate::tasks::TaskMode,
     pub labels: CommonLabels,
     pub interrupt: Arc<AtomicBool>,
     pub terminate: Arc<AtomicBool>,
@@ -59,7 +63,8 @@ struct Flusher {
 impl Flusher {
     fn flush(&mut self, pipeline: &mut Pipeline) -> Option<v1::Batch> {
         let window = pipeline.profile.take_window();
-        if window.samples.is_empty() {
+        let tasks: TaskDeltas = pipeline.tasks.as_mut().map(|t| t.take_deltas()).unwrap_or_default();
+        if window.samples.is_empty() && tasks.is_empty() {
             return None;
         }
         let mut new_keys: Vec<_> =
@@ -71,8 +76,7 @@ impl Flusher {
             self.cache.insert(key, resolved.frames(&key).into());
         }
         let mut processes = BTreeMap::new();
-        for s in &window.samples {
-            let pid = s.owner.pid;
+        for pid in window.samples.iter().map(|s| s.owner.pid).chain(tasks.keys().copied()) {
             if processes.contains_key(&pid) {
                 continue;
             }
@@ -89,6 +93,7 @@ impl Flusher {
             |k| cache.get(k).map_or(&[][..], |f| &f[..]),
             processes,
             &pipeline.profile.thread_names,
+            &tasks,
             monotonic_to_unix_nanos(),
             self.rate_hz,
         ))
@@ -103,12 +108,19 @@ pub fn run(
     metrics: Arc<AgentMetrics>,
     ready: std::sync::mpsc::Sender<Result<String, RecordError>>,
 ) -> Option<ChildExit> {
+    let bootstrap = match &config.targets {
+        StreamTargets::Fixed(t) => task_bootstrap(t, config.tasks),
+        StreamTargets::AllPython => None,
+    };
     let setup = || -> Result<(SamplingSession, Pipeline, Started), RecordError> {
         let mut session = SamplingSession::new(config.sampling.clone())?;
         let mut pipeline = Pipeline::new(config.sampling.follow_children);
         pipeline.profile.keep_timeline();
+        if config.tasks != crate::tasks::TaskMode::Off {
+            pipeline.tasks = Some(crate::tasks::TaskTracker::streaming());
+        }
         let started = match &config.targets {
-            StreamTargets::Fixed(t) => start_targets(t, &mut session, &mut pipeline, None)?,
+            StreamTargets::Fixed(t) => start_targets(t, &mut session, &mut pipeline, bootstrap.as_ref())?,
             StreamTargets::AllPython => {
                 Started { pids: Vec::new(), launched: None, text: "all Python 3.12+ processes".into() }
             }
@@ -167,7 +179,16 @@ pub fn run(
             }
             for pid in pipeline.forget_exited() {
                 session.detach_process(pid);
-                flusher.descriptors.remove(&pid);
+                // A process whose task ring is still being read keeps its descriptor until
+                // the tracker lets go, so its last task data lands in the same series.
+                if !pipeline.tasks.as_ref().is_some_and(|t| t.is_reading(pid)) {
+                    flusher.descriptors.remove(&pid);
+                }
+            }
+            if let Some(tasks) = &mut pipeline.tasks {
+                for pid in tasks.sweep() {
+                    flusher.descriptors.remove(&pid);
+                }
             }
         }
         if config.interrupt.load(Ordering::Relaxed) || config.terminate.load(Ordering::Relaxed) {
@@ -191,6 +212,11 @@ pub fn run(
     pipeline.finish();
     if let Some(batch) = flusher.flush(&mut pipeline) {
         let _ = batches.blocking_send(batch);
+    }
+    if bootstrap.is_some() {
+        if let Some(tasks) = &pipeline.tasks {
+            remove_launched_rings(tasks, started.launched);
+        }
     }
     if let (Some(pid), None) = (started.launched, child_exit) {
         child_exit = Some(launch::wait(pid));

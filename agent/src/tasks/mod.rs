@@ -10,11 +10,24 @@ pub mod timeline;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::process::Pid;
 
 /// The monitor's Python source, as shipped inside the agent binary.
 pub const MONITOR_SOURCE: &str = include_str!("../../python/ember_monitor.py");
+
+/// Whether to track asyncio tasks, from `--tasks` / `--no-tasks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TaskMode {
+    /// Start the monitor in launched commands; read the ring of any target that has one
+    /// (a program that called `ember_monitor.start()` itself).
+    #[default]
+    Default,
+    /// Asked for explicitly: as the default, and say so when the monitor cannot be started.
+    Explicit,
+    Off,
+}
 
 /// Where a process's ring is: `/tmp/ember-<nspid>.ring` in its own mount namespace.
 pub fn ring_paths(pid: Pid, ns_pid: u32) -> [PathBuf; 2] {
@@ -25,44 +38,113 @@ pub fn ring_paths(pid: Pid, ns_pid: u32) -> [PathBuf; 2] {
     ]
 }
 
+/// How often to look again for a ring that is not there yet.
+const RETRY_OPEN: Duration = Duration::from_secs(1);
+
 /// The task timelines of every process that has a ring.
 #[derive(Debug, Default)]
 pub struct TaskTracker {
-    readers: BTreeMap<Pid, (ring::RingReader, timeline::Timeline)>,
+    readers: BTreeMap<Pid, Reader>,
+    /// Processes without a ring yet, and when we last looked.
+    absent: BTreeMap<Pid, Instant>,
+    streaming: bool,
     pub lost_bytes: u64,
 }
 
+#[derive(Debug)]
+struct Reader {
+    ring: ring::RingReader,
+    timeline: timeline::Timeline,
+    lost_taken: u64,
+    /// The process had exited at the last sweep.
+    gone: bool,
+}
+
 impl TaskTracker {
-    /// Opens the process's ring if it has appeared, and reads what is new.
-    pub fn poll(&mut self, pid: Pid, ns_pid: u32, launched_here: bool) {
-        if let std::collections::btree_map::Entry::Vacant(slot) = self.readers.entry(pid) {
-            let [in_root, local] = ring_paths(pid, ns_pid);
-            let opened = ring::RingReader::open(in_root)
-                .ok()
-                .or_else(|| launched_here.then(|| ring::RingReader::open(local).ok()).flatten());
-            match opened {
-                Some(reader) => {
-                    slot.insert((reader, timeline::Timeline::default()));
-                }
-                None => return,
-            }
+    /// A tracker whose timelines hand out deltas ([`TaskTracker::take_deltas`]).
+    pub fn streaming() -> Self {
+        Self { streaming: true, ..Self::default() }
+    }
+
+    /// Opens the rings of `targets` (pid, pid in its namespace, launched by ember) that have
+    /// appeared, then reads what is new in every open ring, including those of processes
+    /// that have exited: their last records are still to be read.
+    pub fn poll(&mut self, targets: impl Iterator<Item = (Pid, u32, bool)>) {
+        for (pid, ns_pid, launched_here) in targets {
+            self.open(pid, ns_pid, launched_here);
         }
-        if let Some((reader, timeline)) = self.readers.get_mut(&pid) {
+        for (pid, reader) in &mut self.readers {
             let mut events = Vec::new();
-            let before = reader.lost_bytes;
-            if let Err(e) = reader.poll(&mut events) {
+            let before = reader.ring.lost_bytes;
+            if let Err(e) = reader.ring.poll(&mut events) {
                 tracing::debug!(%pid, "task ring read failed: {e}");
             }
-            self.lost_bytes += reader.lost_bytes - before;
-            timeline.apply(events);
+            self.lost_bytes += reader.ring.lost_bytes - before;
+            reader.timeline.apply(events);
         }
     }
 
+    fn open(&mut self, pid: Pid, ns_pid: u32, launched_here: bool) {
+        if self.readers.contains_key(&pid) || self.absent.get(&pid).is_some_and(|t| t.elapsed() < RETRY_OPEN) {
+            return;
+        }
+        let [in_root, local] = ring_paths(pid, ns_pid);
+        let opened = ring::RingReader::open(in_root)
+            .ok()
+            .or_else(|| launched_here.then(|| ring::RingReader::open(local).ok()).flatten());
+        let Some(ring) = opened else {
+            self.absent.insert(pid, Instant::now());
+            return;
+        };
+        self.absent.remove(&pid);
+        let timeline = if self.streaming { timeline::Timeline::streaming() } else { timeline::Timeline::default() };
+        self.readers.insert(pid, Reader { ring, timeline, lost_taken: 0, gone: false });
+    }
+
     pub fn timelines(&self) -> impl Iterator<Item = (Pid, &timeline::Timeline)> {
-        self.readers.iter().map(|(pid, (_, t))| (*pid, t))
+        self.readers.iter().map(|(pid, r)| (*pid, &r.timeline))
+    }
+
+    pub fn is_reading(&self, pid: Pid) -> bool {
+        self.readers.contains_key(&pid)
     }
 
     pub fn pids(&self) -> Vec<Pid> {
         self.readers.keys().copied().collect()
+    }
+
+    /// What changed in each process since the last call, with the records lost meanwhile.
+    pub fn take_deltas(&mut self) -> BTreeMap<Pid, (timeline::TaskDelta, u64)> {
+        let mut out = BTreeMap::new();
+        for (pid, r) in &mut self.readers {
+            let delta = r.timeline.take_delta();
+            let lost = (r.ring.lost_bytes - r.lost_taken) / ring::RECORD_SIZE;
+            r.lost_taken = r.ring.lost_bytes;
+            if !delta.is_empty() || lost > 0 {
+                out.insert(*pid, (delta, lost));
+            }
+        }
+        out
+    }
+
+    /// Looks for missing rings at the next poll whenever it last looked, for a final read.
+    pub fn look_again(&mut self) {
+        self.absent.clear();
+    }
+
+    /// Stops reading the rings of processes that had already exited at the previous sweep,
+    /// so each gets one more read and delta after its exit is noticed.
+    pub fn sweep(&mut self) -> Vec<Pid> {
+        let mut removed = Vec::new();
+        self.readers.retain(|pid, r| {
+            let keep = !r.gone;
+            r.gone = !crate::process::procfs::process_exists(*pid);
+            if !keep {
+                removed.push(*pid);
+            }
+            keep
+        });
+        self.absent.retain(|pid, _| crate::process::procfs::process_exists(*pid));
+        removed
     }
 }

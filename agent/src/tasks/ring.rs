@@ -47,6 +47,8 @@ pub enum TaskEvent {
         task: u32,
         time: i64,
         thread: u64,
+        /// When the task became ready to run, if known (event-loop lag is time minus ready).
+        ready: Option<i64>,
     },
     /// The task stopped running: it awaits something (`finished` false) or it returned or raised.
     Stopped {
@@ -128,7 +130,7 @@ impl Decoder {
                     parent: u32::try_from(b).ok().filter(|&p| p != 0),
                 }),
                 NAME => out.push(TaskEvent::Renamed { task, name: self.string(a as u64) }),
-                START => out.push(TaskEvent::Started { task, time, thread: a as u64 }),
+                START => out.push(TaskEvent::Started { task, time, thread: a as u64, ready: None }),
                 STOP => out.push(TaskEvent::Stopped { task, time, thread: a as u64, finished: b != 0 }),
                 DONE => out.push(TaskEvent::Done {
                     task,
@@ -262,7 +264,7 @@ mod tests {
                     coro: "a_coroutine_with_a_long_qualified_name_over_32_bytes".into(),
                     parent: Some(3)
                 },
-                TaskEvent::Started { task: 7, time: 110, thread: 42 },
+                TaskEvent::Started { task: 7, time: 110, thread: 42, ready: None },
                 TaskEvent::Stopped { task: 7, time: 120, thread: 42, finished: true },
                 TaskEvent::Done {
                     task: 7,

@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use crate::metrics::Metrics;
+use crate::query::tasks::TaskFilter;
 use crate::query::{self, parse_duration_ms, parse_range, Selector, TimeRange};
-use crate::store::{StackCounts, Store, BUCKET_MS};
+use crate::store::{StackCounts, Store, StoreError, BUCKET_MS};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,18 +30,22 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-type Params = Query<HashMap<String, String>>;
+pub(super) type Params = Query<HashMap<String, String>>;
 
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
     params.get(name).map(String::as_str).filter(|v| !v.is_empty())
 }
 
-fn selector(params: &HashMap<String, String>, name: &'static str) -> Result<Selector, ApiError> {
+pub(super) fn selector(params: &HashMap<String, String>, name: &'static str) -> Result<Selector, ApiError> {
     Selector::parse(param(params, name).unwrap_or(""))
         .map_err(|e| ApiError::bad(name, format!("invalid selector: {e}")))
 }
 
-fn range(params: &HashMap<String, String>, from: &'static str, to: &'static str) -> Result<TimeRange, ApiError> {
+pub(super) fn range(
+    params: &HashMap<String, String>,
+    from: &'static str,
+    to: &'static str,
+) -> Result<TimeRange, ApiError> {
     parse_range(param(params, from), param(params, to), query::now_ms())
         .map_err(|(which, message)| ApiError::bad(if which == "from" { from } else { to }, message))
 }
@@ -53,13 +58,22 @@ fn flag(params: &HashMap<String, String>, name: &'static str) -> Result<bool, Ap
     }
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Unavailable(format!("query task failed: {e}")))?
         .map_err(ApiError::from)
+}
+
+/// Stack counts for a selector that may hold `task`/`task_id` matchers, which select samples
+/// by the task running when they were taken rather than series.
+pub fn stack_counts(store: &dyn Store, mut selector: Selector, range: TimeRange) -> Result<StackCounts, StoreError> {
+    match TaskFilter::split(&mut selector) {
+        Some(filter) => query::tasks::stack_counts(store, &selector, &filter, range),
+        None => store.stack_counts(&selector, range),
+    }
 }
 
 /// The view users see: the default view unless `native` is set.
@@ -147,7 +161,7 @@ pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Re
     let native = flag(&params, "native")?;
     let rate_hz = rate_param(&params)?;
     let store = state.store.clone();
-    let counts = blocking(move || store.stack_counts(&selector, range)).await?;
+    let counts = blocking(move || stack_counts(store.as_ref(), selector, range)).await?;
     let view = build_view(&counts, native);
     let response = if format == "json" {
         Json(serde_json::json!({
@@ -189,7 +203,12 @@ pub async fn series(State(state): State<AppState>, Query(params): Params) -> Res
     // Whole buckets only, and never more than 10,000 points.
     let step_ms = (step_ms.max(range.duration_ms() / 10_000) + BUCKET_MS - 1) / BUCKET_MS * BUCKET_MS;
     let store = state.store.clone();
-    let points = blocking(move || store.timeseries(&selector, range, step_ms)).await?;
+    let mut selector = selector;
+    let points = blocking(move || match TaskFilter::split(&mut selector) {
+        Some(filter) => query::tasks::timeseries(store.as_ref(), &selector, &filter, range, step_ms),
+        None => store.timeseries(&selector, range, step_ms),
+    })
+    .await?;
     state.metrics.observe_query("series", started.elapsed().as_secs_f64());
     Ok(Json(serde_json::json!({ "step_ms": step_ms, "points": points })).into_response())
 }
@@ -212,7 +231,10 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
     let native = flag(&params, "native")?;
     let store = state.store.clone();
     let (now, base) = blocking(move || {
-        Ok((store.stack_counts(&selector_now, range_now)?, store.stack_counts(&selector_base, range_base)?))
+        Ok((
+            stack_counts(store.as_ref(), selector_now, range_now)?,
+            stack_counts(store.as_ref(), selector_base, range_base)?,
+        ))
     })
     .await?;
     let (now, base) = (build_view(&now, native), build_view(&base, native));

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod error;
+pub mod timeline;
 pub mod web;
 
 use axum::routing::get;
@@ -16,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .route("/favicon.ico", get(web::favicon))
         .route("/assets/app.js", get(web::app_js))
         .route("/assets/flame.js", get(web::flame_js))
+        .route("/assets/timeline.js", get(web::timeline_js))
         .route("/assets/style.css", get(web::style_css))
         .route("/assets/vendor/uPlot.iife.min.js", get(web::uplot_js))
         .route("/assets/vendor/uPlot.min.css", get(web::uplot_css))
@@ -23,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/profile", get(api::profile))
         .route("/api/v1/series", get(api::series))
         .route("/api/v1/diff", get(api::diff))
+        .route("/api/v1/timeline", get(timeline::timeline))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

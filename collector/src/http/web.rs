@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 const INDEX: &str = include_str!("../../web/index.html");
 const APP: &str = include_str!("../../web/app.js");
 const FLAME: &str = include_str!("../../web/flame.js");
+const TIMELINE: &str = include_str!("../../web/timeline.js");
 const STYLE: &str = include_str!("../../web/style.css");
 const UPLOT_JS: &str = include_str!("../../web/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../../web/vendor/uPlot.min.css");
@@ -44,6 +45,10 @@ pub async fn app_js() -> Response {
 
 pub async fn flame_js() -> Response {
     asset("text/javascript; charset=utf-8", FLAME)
+}
+
+pub async fn timeline_js() -> Response {
+    asset("text/javascript; charset=utf-8", TIMELINE)
 }
 
 pub async fn style_css() -> Response {

@@ -4,7 +4,7 @@
 use ember_profile::{Frame, FrameKind};
 use ember_proto::v1;
 
-use crate::store::{Labels, NewBatch, NewSample, NewSeries};
+use crate::store::{Labels, NewBatch, NewSample, NewSeries, NewTasks, TaskRecord, TaskSlice, TaskState};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
@@ -110,7 +110,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
         if let Some(bad) = p.labels.keys().find(|k| !valid_label_name(k)) {
             return Err(invalid(format!("processes[{i}].labels"), format!("{bad:?} is not a valid label name")));
         }
-        series.push(NewSeries { labels: process_labels(p), samples: Vec::new() });
+        series.push(NewSeries { labels: process_labels(p), ..NewSeries::default() });
     }
     for (i, block) in batch.samples.iter().enumerate() {
         let field = |name: &str| format!("samples[{i}].{name}");
@@ -149,7 +149,83 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
             target.push(NewSample { stack, tid: block.tid[j], time_unix_ns: unix, weight });
         }
     }
+    for (i, block) in batch.tasks.iter().enumerate() {
+        let Some(&p) = process_index.get(&block.process) else {
+            return Err(invalid(format!("tasks[{i}].process"), format!("no process with id {}", block.process)));
+        };
+        let tasks = task_block(block, i, strings, batch.monotonic_to_unix_nanos)?;
+        let target = &mut series[p].tasks;
+        target.tasks.extend(tasks.tasks);
+        target.slices.extend(tasks.slices);
+        target.lost_records += tasks.lost_records;
+    }
     Ok(NewBatch { agent_id: batch.agent_id.clone(), sequence: batch.sequence, frames, stacks, series })
+}
+
+/// Monotonic nanoseconds from the agent → Unix nanoseconds.
+fn unix_ns(mono: u64, offset: i64, field: impl Fn() -> String) -> Result<i64, InvalidBatch> {
+    i64::try_from(mono)
+        .ok()
+        .and_then(|m| m.checked_add(offset))
+        .ok_or_else(|| invalid(field(), "time outside the representable range"))
+}
+
+fn task_block(block: &v1::TaskBlock, i: usize, strings: &[String], offset: i64) -> Result<NewTasks, InvalidBatch> {
+    let mut out = NewTasks { lost_records: block.lost_records, ..NewTasks::default() };
+    for (j, t) in block.tasks.iter().enumerate() {
+        let field = |name: &str| format!("tasks[{i}].tasks[{j}].{name}");
+        if t.id == 0 {
+            return Err(invalid(field("id"), "task ids start at 1"));
+        }
+        let state = match v1::TaskState::try_from(t.state) {
+            Ok(v1::TaskState::Finished) => TaskState::Finished,
+            Ok(v1::TaskState::Failed) => TaskState::Failed,
+            Ok(v1::TaskState::Cancelled) => TaskState::Cancelled,
+            // Unknown (newer) states are treated as still pending.
+            Ok(v1::TaskState::Pending | v1::TaskState::Unspecified) | Err(_) => TaskState::Pending,
+        };
+        let done_ns = match t.done_nanos {
+            0 => None,
+            d => Some(unix_ns(d, offset, || field("done_nanos"))?),
+        };
+        out.tasks.push(TaskRecord {
+            id: t.id,
+            name: string(strings, t.name, || field("name"))?.to_string(),
+            coro: string(strings, t.coro, || field("coro"))?.to_string(),
+            parent: t.parent,
+            created_ns: unix_ns(t.created_nanos, offset, || field("created_nanos"))?,
+            done_ns,
+            state,
+            exception: string(strings, t.exception, || field("exception"))?.to_string(),
+        });
+    }
+    let n = block.slice_task.len();
+    let ready = &block.slice_ready_nanos;
+    if block.slice_tid.len() != n
+        || block.slice_start_nanos.len() != n
+        || block.slice_duration_nanos.len() != n
+        || !(ready.is_empty() || ready.len() == n)
+    {
+        return Err(invalid(
+            format!("tasks[{i}].slice_task"),
+            "columns slice_task, slice_tid, slice_start_nanos, slice_duration_nanos (and slice_ready_nanos, if set) \
+             differ in length",
+        ));
+    }
+    for j in 0..n {
+        let field = |name: &str| format!("tasks[{i}].{name}[{j}]");
+        let start_ns = unix_ns(block.slice_start_nanos[j], offset, || field("slice_start_nanos"))?;
+        let end_ns = i64::try_from(block.slice_duration_nanos[j])
+            .ok()
+            .and_then(|d| start_ns.checked_add(d))
+            .ok_or_else(|| invalid(field("slice_duration_nanos"), "time outside the representable range"))?;
+        let ready_ns = match ready.get(j).copied().unwrap_or(0) {
+            0 => None,
+            r => Some(unix_ns(r, offset, || field("slice_ready_nanos"))?),
+        };
+        out.slices.push(TaskSlice { task: block.slice_task[j], tid: block.slice_tid[j], start_ns, end_ns, ready_ns });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -180,6 +256,25 @@ mod tests {
             }],
             monotonic_to_unix_nanos: 1_700_000_000_000_000_000,
             rate_hz: 99,
+            tasks: vec![v1::TaskBlock {
+                process: 1,
+                tasks: vec![v1::TaskInfo {
+                    id: 1,
+                    name: 2,
+                    coro: 2,
+                    parent: 0,
+                    created_nanos: 500,
+                    done_nanos: 0,
+                    state: v1::TaskState::Pending as i32,
+                    exception: 0,
+                }],
+                slice_task: vec![1],
+                slice_tid: vec![42],
+                slice_start_nanos: vec![900],
+                slice_duration_nanos: vec![200],
+                slice_ready_nanos: vec![800],
+                lost_records: 0,
+            }],
         }
     }
 
@@ -191,6 +286,11 @@ mod tests {
         assert_eq!(b.series[0].labels["pid"], "42");
         assert_eq!(b.series[0].samples[1].time_unix_ns, 1_700_000_000_000_000_000 + 1_000 + 10_000_000);
         assert_eq!(b.sample_count(), 2);
+        let tasks = &b.series[0].tasks;
+        assert_eq!(tasks.tasks[0].name, "main");
+        assert_eq!(tasks.tasks[0].created_ns, 1_700_000_000_000_000_500);
+        let slice = tasks.slices[0];
+        assert_eq!((slice.end_ns - slice.start_ns, slice.start_ns - slice.ready_ns.unwrap_or(0)), (200, 100));
     }
 
     #[test]
@@ -208,6 +308,12 @@ mod tests {
             (Box::new(|b| b.samples[0].weight = vec![1, 0]), "samples[0].weight"),
             (Box::new(|b| b.samples[0].time_delta[1] = u64::MAX), "samples[0].time_delta"),
             (Box::new(|b| b.processes.push(b.processes[0].clone())), "processes[1].id"),
+            (Box::new(|b| b.tasks[0].process = 9), "tasks[0].process"),
+            (Box::new(|b| b.tasks[0].tasks[0].id = 0), "tasks[0].tasks[0].id"),
+            (Box::new(|b| b.tasks[0].tasks[0].name = 99), "tasks[0].tasks[0].name"),
+            (Box::new(|b| b.tasks[0].tasks[0].created_nanos = u64::MAX), "tasks[0].tasks[0].created_nanos"),
+            (Box::new(|b| b.tasks[0].slice_tid.clear()), "tasks[0].slice_task"),
+            (Box::new(|b| b.tasks[0].slice_duration_nanos[0] = u64::MAX), "tasks[0].slice_duration_nanos[0]"),
             (
                 Box::new(|b| {
                     b.processes[0].labels.insert("bad-name".into(), "x".into());

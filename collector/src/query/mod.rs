@@ -1,6 +1,7 @@
 //! Query inputs (selectors, time ranges) and outputs (the JSON flame tree).
 
 pub mod selector;
+pub mod tasks;
 pub mod time;
 pub mod tree;
 

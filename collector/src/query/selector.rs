@@ -60,13 +60,12 @@ impl Selector {
         self.matchers.iter().all(|m| m.matches(labels))
     }
 
-    /// Matchers on one label with `=`, for labels that are not series labels (e.g. `task`).
-    pub fn take_equal(&mut self, label: &str) -> Option<String> {
-        let i = self.matchers.iter().position(|m| m.label == label && matches!(m.op, MatchOp::Equal(_)))?;
-        match self.matchers.remove(i).op {
-            MatchOp::Equal(v) => Some(v),
-            _ => None,
-        }
+    /// Takes out the matchers on `labels`, for labels that are not series labels (`task`).
+    pub fn take_labels(&mut self, labels: &[&str]) -> Selector {
+        let (taken, kept) =
+            std::mem::take(&mut self.matchers).into_iter().partition(|m| labels.contains(&m.label.as_str()));
+        self.matchers = kept;
+        Selector { matchers: taken }
     }
 
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
@@ -252,9 +251,11 @@ mod tests {
     }
 
     #[test]
-    fn take_equal_removes_only_equality() {
-        let mut s = Selector::parse(r#"{task="t1",service="a"}"#).expect("valid");
-        assert_eq!(s.take_equal("task"), Some("t1".into()));
+    fn take_labels_splits_the_selector() {
+        let mut s = Selector::parse(r#"{task="t1",service="a",task_id!="3"}"#).expect("valid");
+        let taken = s.take_labels(&["task", "task_id"]);
+        assert_eq!(taken.matchers.len(), 2);
         assert_eq!(s.matchers.len(), 1);
+        assert_eq!(s.matchers[0].label, "service");
     }
 }

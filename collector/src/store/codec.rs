@@ -30,20 +30,20 @@ pub fn get_varint(bytes: &[u8], at: &mut usize) -> Result<u64, CodecError> {
     Err(CodecError("varint longer than 10 bytes"))
 }
 
-fn zigzag(v: i64) -> u64 {
+pub fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub fn put_str(out: &mut Vec<u8>, s: &str) {
     put_varint(out, s.len() as u64);
     out.extend_from_slice(s.as_bytes());
 }
 
-fn get_str(bytes: &[u8], at: &mut usize) -> Result<String, CodecError> {
+pub fn get_str(bytes: &[u8], at: &mut usize) -> Result<String, CodecError> {
     let len = get_varint(bytes, at)? as usize;
     let end = at.checked_add(len).ok_or(CodecError("string length overflows"))?;
     let s = bytes.get(*at..end).ok_or(CodecError("string runs past the end"))?;
@@ -207,7 +207,7 @@ pub fn encode_raw(samples: &[RawSample]) -> Vec<u8> {
     deflate(&plain)
 }
 
-fn deflate(bytes: &[u8]) -> Vec<u8> {
+pub fn deflate(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
     // Writing into a Vec cannot fail.
@@ -215,7 +215,7 @@ fn deflate(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().unwrap_or_default()
 }
 
-fn inflate(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
+pub fn inflate(bytes: &[u8]) -> Result<Vec<u8>, CodecError> {
     use std::io::Read;
     let mut out = Vec::new();
     flate2::read::DeflateDecoder::new(bytes)

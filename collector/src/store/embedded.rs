@@ -9,6 +9,7 @@ use ember_profile::Frame;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::{self, RawSample};
+use super::tasks::{self, SeriesTasks, TaskSlice};
 use super::{bucket_of, IngestOutcome, Labels, NewBatch, RetentionReport, SeriesInfo, StackCounts, Store, StoreError};
 use crate::query::{Selector, TimeRange};
 
@@ -25,6 +26,10 @@ const AGG: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("agg")
 const RAW: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("raw");
 /// (agent id, sequence) → when it was stored: how repeats are recognised.
 const BATCHES: TableDefinition<(&str, u64), i64> = TableDefinition::new("batches");
+/// (series, task id) → task record.
+const TASKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("tasks");
+/// (series, bucket start ms, blob id) → run slices starting in that bucket.
+const SLICES: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("slices");
 
 const FILE_NAME: &str = "ember.redb";
 
@@ -227,8 +232,10 @@ impl EmbeddedStore {
                     global_stacks.push(id);
                 }
                 let mut next_series = dict.next_series;
+                let mut task_table = txn.open_table(TASKS).map_err(storage_error)?;
+                let mut slice_table = txn.open_table(SLICES).map_err(storage_error)?;
                 for series in &batch.series {
-                    if series.samples.is_empty() {
+                    if series.samples.is_empty() && series.tasks.is_empty() {
                         continue;
                     }
                     let known = dict
@@ -266,6 +273,26 @@ impl EmbeddedStore {
                         info.last_seen_ms = info.last_seen_ms.max(ms);
                         info.samples += u64::from(s.weight);
                         samples += u64::from(s.weight);
+                    }
+                    if let Some((first, last)) = series.tasks.time_span() {
+                        info.first_seen_ms = info.first_seen_ms.min(first.div_euclid(1_000_000));
+                        info.last_seen_ms = info.last_seen_ms.max(last.div_euclid(1_000_000));
+                    }
+                    for task in &series.tasks.tasks {
+                        task_table
+                            .insert((sid, task.id), tasks::encode_task(task).as_slice())
+                            .map_err(storage_error)?;
+                    }
+                    let mut slice_buckets: BTreeMap<i64, Vec<TaskSlice>> = BTreeMap::new();
+                    for slice in &series.tasks.slices {
+                        slice_buckets.entry(bucket_of(slice.start_ns.div_euclid(1_000_000))).or_default().push(*slice);
+                    }
+                    for (bucket, slices) in slice_buckets {
+                        let blob = pending.next_blob;
+                        pending.next_blob += 1;
+                        slice_table
+                            .insert((sid, bucket, blob), tasks::encode_slices(&slices).as_slice())
+                            .map_err(storage_error)?;
                     }
                     for (bucket, (counts, mut raws)) in buckets {
                         let blob = pending.next_blob;
@@ -315,6 +342,30 @@ impl EmbeddedStore {
         }
         dict.next_blob = pending.next_blob;
     }
+}
+
+/// Stack counts keyed by stack id, with only the frames they use, renumbered densely.
+fn expand(dict: &Dictionaries, counts: impl Iterator<Item = (u32, u64)>) -> StackCounts {
+    let mut frames = Vec::new();
+    let mut local: HashMap<u32, u32> = HashMap::new();
+    let mut stacks = Vec::new();
+    for (id, count) in counts {
+        if count == 0 {
+            continue;
+        }
+        let Some(global) = dict.stacks.get(id as usize) else { continue };
+        let ids: Arc<[u32]> = global
+            .iter()
+            .map(|&g| {
+                *local.entry(g).or_insert_with(|| {
+                    frames.push(dict.frames.get(g as usize).cloned().unwrap_or_else(|| Frame::marker("[unknown]")));
+                    (frames.len() - 1) as u32
+                })
+            })
+            .collect();
+        stacks.push((ids, count));
+    }
+    StackCounts { frames: Arc::new(frames), stacks }
 }
 
 /// A table for reading, or `None` if nothing was ever written to it.
@@ -421,28 +472,8 @@ impl Store for EmbeddedStore {
             }
             Ok(())
         })?;
-        // Hand out only the frames the result uses, renumbered densely.
         let dict = self.dict()?;
-        let mut frames = Vec::new();
-        let mut local: HashMap<u32, u32> = HashMap::new();
-        let mut stacks = Vec::new();
-        for (id, &count) in counts.iter().enumerate() {
-            if count == 0 {
-                continue;
-            }
-            let Some(global) = dict.stacks.get(id) else { continue };
-            let ids: Arc<[u32]> = global
-                .iter()
-                .map(|&g| {
-                    *local.entry(g).or_insert_with(|| {
-                        frames.push(dict.frames.get(g as usize).cloned().unwrap_or_else(|| Frame::marker("[unknown]")));
-                        (frames.len() - 1) as u32
-                    })
-                })
-                .collect();
-            stacks.push((ids, count));
-        }
-        Ok(StackCounts { frames: Arc::new(frames), stacks })
+        Ok(expand(&dict, counts.iter().enumerate().map(|(id, &count)| (id as u32, count))))
     }
 
     fn timeseries(&self, selector: &Selector, range: TimeRange, step_ms: i64) -> Result<Vec<(i64, u64)>, StoreError> {
@@ -496,6 +527,52 @@ impl Store for EmbeddedStore {
         Ok(out)
     }
 
+    fn tasks(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesTasks>, StoreError> {
+        // A process whose tasks all wait sends nothing, so its series may look unseen in a
+        // range where its tasks are alive: only the start of the series bounds the search.
+        let series = self.matching_series(selector, TimeRange { from_ms: i64::MIN, to_ms: range.to_ms })?;
+        let (from_ns, to_ns) = (range.from_ms.saturating_mul(1_000_000), range.to_ms.saturating_mul(1_000_000));
+        let mut out = Vec::new();
+        self.with_db(|db| {
+            let txn = db.begin_read().map_err(storage_error)?;
+            let (Some(task_table), Some(slice_table)) = (read_table(&txn, TASKS)?, read_table(&txn, SLICES)?) else {
+                return Ok(());
+            };
+            for s in &series {
+                let mut found = SeriesTasks { series: s.id, labels: s.labels.clone(), ..SeriesTasks::default() };
+                // Slices are filed under the bucket they start in; one bucket back catches
+                // those that started before the range and run into it.
+                let first = bucket_of(range.from_ms) - super::BUCKET_MS;
+                let keys = (s.id, first, 0)..=(s.id, bucket_of(range.to_ms - 1), u64::MAX);
+                for item in slice_table.range(keys).map_err(storage_error)? {
+                    let (_, blob) = item.map_err(storage_error)?;
+                    let slices = tasks::decode_slices(blob.value())?;
+                    found.slices.extend(slices.into_iter().filter(|sl| sl.end_ns >= from_ns && sl.start_ns < to_ns));
+                }
+                found.slices.sort_by_key(|sl| sl.start_ns);
+                let ran: std::collections::HashSet<u64> = found.slices.iter().map(|sl| sl.task).collect();
+                for item in task_table.range((s.id, 0)..=(s.id, u64::MAX)).map_err(storage_error)? {
+                    let (key, bytes) = item.map_err(storage_error)?;
+                    let task = tasks::decode_task(key.value().1, bytes.value())?;
+                    let alive = task.created_ns < to_ns && task.done_ns.is_none_or(|d| d >= from_ns);
+                    if alive || ran.contains(&task.id) {
+                        found.tasks.push(task);
+                    }
+                }
+                if !found.tasks.is_empty() || !found.slices.is_empty() {
+                    out.push(found);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn expand_stacks(&self, counts: &[(u32, u64)]) -> Result<StackCounts, StoreError> {
+        let dict = self.dict()?;
+        Ok(expand(&dict, counts.iter().copied()))
+    }
+
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError> {
         let _writer = self.writer.lock().map_err(|_| StoreError::Storage("writer lock poisoned".into()))?;
         let series: Vec<SeriesInfo> = self.dict()?.series.values().cloned().collect();
@@ -508,7 +585,24 @@ impl Store for EmbeddedStore {
             {
                 let mut agg = txn.open_table(AGG).map_err(storage_error)?;
                 let mut raw = txn.open_table(RAW).map_err(storage_error)?;
+                let mut slices = txn.open_table(SLICES).map_err(storage_error)?;
+                let mut task_table = txn.open_table(TASKS).map_err(storage_error)?;
+                let raw_cutoff_ns = raw_keep_before_ms.saturating_mul(1_000_000);
                 for s in &series {
+                    let old_slices = slices
+                        .extract_from_if((s.id, i64::MIN, 0)..(s.id, raw_cutoff.max(cutoff), 0), |_, _| true)
+                        .map_err(storage_error)?;
+                    report.raw_blobs_removed += old_slices.count() as u64;
+                    // Finished tasks go with their slices; live ones stay while their series does.
+                    let gone_series = s.last_seen_ms < keep_before_ms;
+                    let old_tasks = task_table
+                        .extract_from_if((s.id, 0)..=(s.id, u64::MAX), |key, bytes| {
+                            gone_series
+                                || tasks::decode_task(key.1, bytes)
+                                    .map_or(true, |t| t.done_ns.is_some_and(|d| d < raw_cutoff_ns))
+                        })
+                        .map_err(storage_error)?;
+                    report.tasks_removed += old_tasks.count() as u64;
                     let old = agg
                         .extract_from_if((s.id, i64::MIN, 0)..(s.id, cutoff, 0), |_, _| true)
                         .map_err(storage_error)?;
@@ -584,7 +678,7 @@ mod tests {
             sequence: seq,
             frames: vec![frame("main"), frame("a"), frame("b")],
             stacks: vec![vec![0, 1], vec![0, 2]],
-            series: vec![NewSeries { labels: labels(service), samples }],
+            series: vec![NewSeries { labels: labels(service), samples, ..NewSeries::default() }],
         }
     }
 
@@ -679,6 +773,62 @@ mod tests {
         let everything = TimeRange { from_ms: 0, to_ms: i64::MAX / 2 };
         assert_eq!(store.stack_counts(&all(), everything).expect("q").total(), 100);
         assert_eq!(store.series(&all(), everything).expect("s").len(), 1);
+    }
+
+    fn task(id: u64, done_ms: Option<i64>) -> crate::store::TaskRecord {
+        crate::store::TaskRecord {
+            id,
+            name: format!("worker-{id}"),
+            coro: "worker".into(),
+            parent: 0,
+            created_ns: T0 * 1_000_000,
+            done_ns: done_ms.map(|d| d * 1_000_000),
+            state: if done_ms.is_some() { crate::store::TaskState::Finished } else { crate::store::TaskState::Pending },
+            exception: String::new(),
+        }
+    }
+
+    fn with_tasks(seq: u64, tasks: Vec<crate::store::TaskRecord>, slices: Vec<(u64, i64)>) -> NewBatch {
+        let mut b = batch("a", seq, "s", T0, 0);
+        b.series[0].tasks = crate::store::NewTasks {
+            tasks,
+            slices: slices
+                .into_iter()
+                .map(|(task, ms)| TaskSlice {
+                    task,
+                    tid: 7,
+                    start_ns: ms * 1_000_000,
+                    end_ns: ms * 1_000_000 + 500_000,
+                    ready_ns: None,
+                })
+                .collect(),
+            lost_records: 0,
+        };
+        b
+    }
+
+    #[test]
+    fn tasks_are_updated_in_place_and_expire_with_raw_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path(), None).expect("opens");
+        // A batch with task activity and no samples still makes a series.
+        store.ingest(&with_tasks(1, vec![task(1, None), task(2, None)], vec![(1, T0 + 5), (2, T0 + 6)])).expect("ok");
+        store.ingest(&with_tasks(2, vec![task(1, Some(T0 + 20))], vec![(1, T0 + 15)])).expect("ok");
+        let range = TimeRange { from_ms: T0, to_ms: T0 + 60_000 };
+        let found = store.tasks(&all(), range).expect("tasks");
+        assert_eq!(found.len(), 1, "one series");
+        let first = found[0].tasks.iter().find(|t| t.id == 1).expect("task 1");
+        assert_eq!(first.done_ns, Some((T0 + 20) * 1_000_000), "the later record replaced the first");
+        assert_eq!(found[0].slices.iter().filter(|s| s.task == 1).count(), 2);
+        // A range after task 1 finished shows only the live task 2 (no slices there).
+        let later = store.tasks(&all(), TimeRange { from_ms: T0 + 30, to_ms: T0 + 60_000 }).expect("tasks");
+        assert_eq!(later[0].tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2]);
+        // Raw retention drops finished tasks and slices; live tasks stay with their series.
+        let report = store.apply_retention(T0 - 1, T0 + 20_000).expect("retention");
+        assert_eq!(report.tasks_removed, 1);
+        let left = store.tasks(&all(), range).expect("tasks");
+        assert_eq!(left[0].tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2]);
+        assert!(left[0].slices.is_empty());
     }
 
     #[test]

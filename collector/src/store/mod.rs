@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod embedded;
+pub mod tasks;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use ember_profile::Frame;
 pub use crate::query::Labels;
 use crate::query::{Selector, TimeRange};
 pub use codec::RawSample;
+pub use tasks::{NewTasks, SeriesTasks, TaskRecord, TaskSlice, TaskState};
 
 /// Width of an aggregation bucket. Profiles over any range are sums of whole buckets.
 pub const BUCKET_MS: i64 = 10_000;
@@ -35,6 +37,8 @@ pub struct NewBatch {
 pub struct NewSeries {
     pub labels: Labels,
     pub samples: Vec<NewSample>,
+    /// asyncio task activity of the process, if its task monitor runs.
+    pub tasks: NewTasks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +92,7 @@ impl StackCounts {
 pub struct RetentionReport {
     pub blobs_removed: u64,
     pub raw_blobs_removed: u64,
+    pub tasks_removed: u64,
     pub batches_forgotten: u64,
     pub series_removed: u64,
 }
@@ -123,6 +128,11 @@ pub trait Store: Send + Sync + 'static {
     fn timeseries(&self, selector: &Selector, range: TimeRange, step_ms: i64) -> Result<Vec<(i64, u64)>, StoreError>;
     /// Raw samples (exact times and threads) of the matching series, where still kept.
     fn raw_samples(&self, selector: &Selector, range: TimeRange) -> Result<Vec<(u32, RawSample)>, StoreError>;
+    /// The asyncio tasks of the matching series that were alive in `range`, with their run
+    /// slices that overlap it (kept as long as raw samples).
+    fn tasks(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesTasks>, StoreError>;
+    /// Stack counts keyed by the store's stack ids (as in [`RawSample::stack`]), expanded.
+    fn expand_stacks(&self, counts: &[(u32, u64)]) -> Result<StackCounts, StoreError>;
     /// Drops aggregated data older than `keep_before_ms` and raw samples older than
     /// `raw_keep_before_ms`.
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError>;

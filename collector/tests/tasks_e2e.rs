@@ -1,0 +1,124 @@
+//! asyncio task timelines end to end: the real agent launches a real python3.12 asyncio
+//! program with the task monitor, streams samples and task activity into a real collector, and
+//! the HTTP API answers per-task questions.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+
+fn stream_asyncio(collector: &Collector, service: &str, args: &[&str]) -> u64 {
+    let py = python312().display().to_string();
+    let script = fixture("asyncio_cpu.py").display().to_string();
+    let mut command = vec![py.as_str(), script.as_str()];
+    command.extend_from_slice(args);
+    let out = Running::start(&mut stream_cmd(collector, &["--rate", "499", "--service", service], &command)).finish();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    sent_samples(&err)
+}
+
+fn profile_total(collector: &Collector, query: &str) -> (u64, Folded) {
+    let (status, body) =
+        collector.get(&format!("/api/v1/profile?format=collapsed&from=now-1h&query={}", encode(query)));
+    assert_eq!(status, 200, "{body}");
+    let folded = Folded::parse(&body);
+    (folded.total(), folded)
+}
+
+fn check_tasks(collector: &Collector, service: &str, sent: u64) {
+    let query = format!(r#"{{service="{service}"}}"#);
+    let (status, body) = collector.get(&format!("/api/v1/timeline?from=now-1h&query={}", encode(&query)));
+    assert_eq!(status, 200, "{body}");
+    let timeline = parse_json(&body);
+    assert_eq!(timeline["time_unit"], "us");
+    let tasks = timeline["tasks"].as_array().expect("tasks");
+    let by_name = |name: &str| tasks.iter().filter(|t| t["name"] == name).collect::<Vec<_>>();
+    let (heavy, light) = (by_name("heavy"), by_name("light"));
+    assert_eq!((heavy.len(), light.len()), (10, 10), "ten TaskGroups of heavy + light: {body:.400}");
+    let main = tasks.iter().find(|t| t["coro"] == "main").expect("asyncio.run's main task");
+    for t in heavy.iter().chain(&light) {
+        // Ten steps and the resume that finishes the task.
+        assert_eq!(t["slices"].as_array().map(Vec::len), Some(11), "{t}");
+        assert_eq!(t["state"], "finished");
+        assert_eq!(t["coro"], "stepper");
+        assert_eq!(t["parent"], main["id"], "created by main");
+        let created = t["created"].as_i64().expect("created");
+        let done = t["done"].as_i64().expect("done");
+        for s in t["slices"].as_array().expect("slices") {
+            let (start, end) = (s[0].as_i64().expect("start"), s[1].as_i64().expect("end"));
+            assert!(created <= start && start <= end && end <= done, "{t}");
+        }
+    }
+    let run_time = |list: &[&serde_json::Value]| list.iter().map(|t| t["running"].as_i64().unwrap_or(0)).sum::<i64>();
+    let ratio = run_time(&heavy) as f64 / run_time(&light) as f64;
+    assert!((1.8..=2.2).contains(&ratio), "heavy runs 4 ms steps, light 2 ms: {ratio:.2}");
+
+    // Per-task flame graphs hold only that task's work, in proportion.
+    let (heavy_total, heavy_folded) = profile_total(collector, &format!(r#"{{service="{service}",task="heavy"}}"#));
+    let (light_total, light_folded) = profile_total(collector, &format!(r#"{{service="{service}",task="light"}}"#));
+    let (outside, _) = profile_total(collector, &format!(r#"{{service="{service}",task=""}}"#));
+    let (main_total, _) = profile_total(collector, &format!(r#"{{service="{service}",task_id="{}"}}"#, main["id"]));
+    assert!(heavy_total > 100 && light_total > 50, "heavy {heavy_total}, light {light_total}");
+    let ratio = heavy_total as f64 / light_total as f64;
+    assert!((1.6..=2.5).contains(&ratio), "samples heavy/light = {ratio:.2}");
+    assert_eq!(main_total, main["samples"].as_u64().unwrap_or(0), "the timeline counts as the profile does");
+    assert_eq!(outside, timeline["samples_outside_tasks"].as_u64().unwrap_or(0));
+    let in_tasks: u64 = tasks.iter().map(|t| t["samples"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(in_tasks + outside, sent, "every sample counted once, in one task or none");
+    for folded in [&heavy_folded, &light_folded] {
+        let in_stepper = folded.share(|s| s.iter().any(|f| function(f) == "stepper"));
+        assert!(in_stepper >= 95.0, "a task's flame graph is its own work: {in_stepper:.1}% in stepper()");
+    }
+    // The timeline counts the same samples per task.
+    let counted: u64 = heavy.iter().map(|t| t["samples"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(counted, heavy_total);
+    // And the series endpoint filters the same way.
+    let (_, series) = collector.get(&format!(
+        "/api/v1/series?from=now-1h&query={}",
+        encode(&format!(r#"{{service="{service}",task="heavy"}}"#))
+    ));
+    let summed: u64 =
+        parse_json(&series)["points"].as_array().expect("points").iter().map(|p| p[1].as_u64().unwrap_or(0)).sum();
+    assert_eq!(summed, heavy_total);
+}
+
+#[test]
+fn streamed_tasks_give_timelines_and_per_task_flame_graphs() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let sent = stream_asyncio(&collector, "tasks", &[]);
+    check_tasks(&collector, "tasks", sent);
+}
+
+#[test]
+fn eager_tasks_are_split_from_their_parent() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let sent = stream_asyncio(&collector, "eager", &["eager"]);
+    check_tasks(&collector, "eager", sent);
+}
+
+#[test]
+fn timeline_requests_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let cases: HashMap<&str, &str> = [
+        ("/api/v1/timeline?limit=0", "limit"),
+        ("/api/v1/timeline?limit=x", "limit"),
+        ("/api/v1/timeline?from=yesterday", "from"),
+        ("/api/v1/timeline?query=%7Btask%3D", "query"),
+    ]
+    .into();
+    for (path, param) in cases {
+        let (status, body) = collector.get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains(param), "{path}: {body}");
+    }
+    let (status, body) = collector.get("/api/v1/timeline?from=now-1h");
+    assert_eq!(status, 200);
+    assert_eq!(parse_json(&body)["tasks"].as_array().map(Vec::len), Some(0), "an empty store has no tasks");
+}
