@@ -1,5 +1,8 @@
-"""A small order-processing service used by ember's demo: it parses requests, prices them,
-checks stock in a worker thread, and renders receipts. Runs for DEMO_SECONDS (default 8)."""
+"""A small asyncio order service used by ember's demo: an acceptor starts a `handle-order` task
+per request, which parses it, waits on a (simulated) stock service, prices it and renders a
+receipt; a `reporter` task summarises every 100 ms; a worker thread checksums the stock table.
+Runs for DEMO_SECONDS (default 8)."""
+import asyncio
 import json
 import os
 import random
@@ -41,10 +44,36 @@ def render_receipt(order, total):
     return "\n".join(lines) + f"\nTOTAL {total}"
 
 
-def handle(raw):
+async def stock_service(order):
+    """Stands in for a network call: the task waits while the loop runs others."""
+    await asyncio.sleep(0.0005 + 0.001 * rng.random())
+    return len(order["items"])
+
+
+async def handle_order(raw, done):
     order = parse_request(raw)
+    await stock_service(order)
     total = price_order(order)
-    return render_receipt(order, total)
+    render_receipt(order, total)
+    done.append(total)
+
+
+async def reporter(done, end):
+    while time.monotonic() < end:
+        await asyncio.sleep(0.1)
+        sum(done[-200:], Decimal(0))
+
+
+async def serve(end):
+    done = []
+    slots = asyncio.Semaphore(16)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(reporter(done, end), name="reporter")
+        while time.monotonic() < end:
+            await slots.acquire()
+            task = tg.create_task(handle_order(make_request(), done), name="handle-order")
+            task.add_done_callback(lambda _: slots.release())
+    return len(done)
 
 
 def stock_checker(stop):
@@ -59,11 +88,7 @@ def main():
     stop = threading.Event()
     worker = threading.Thread(target=stock_checker, args=(stop,), name="stock")
     worker.start()
-    end = time.monotonic() + SECONDS
-    handled = 0
-    while time.monotonic() < end:
-        handle(make_request())
-        handled += 1
+    handled = asyncio.run(serve(time.monotonic() + SECONDS))
     stop.set()
     worker.join()
     print(f"demo app handled {handled} orders")

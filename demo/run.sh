@@ -33,6 +33,7 @@ with urllib.request.urlopen(f"http://{sys.argv[1]}/api/v1/profile?{query}") as r
 PY
 echo "ember demo: flame graph SVG at $(pwd)/demo/out/cpu.svg" >&2
 echo "ember demo: web view at http://$HTTP/?query=%7Bservice%3D%22demo-shop%22%7D&from=now-15m" >&2
+echo "ember demo: its asyncio tasks at http://$HTTP/?query=%7Bservice%3D%22demo-shop%22%7D&from=now-15m&tab=tasks" >&2
 if [[ "${1:-}" != "--once" ]]; then
     echo "ember demo: the collector keeps serving; press Ctrl-C to stop" >&2
     wait $COLLECTOR

@@ -20,6 +20,7 @@ fn a_trace_has_a_track_per_task_and_samples_attributed_to_tasks() {
         .arg(fixture("asyncio_cpu.py")));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
+    assert!(err.contains("ember: asyncio: 23 tasks, "), "the summary counts the tasks: {err}");
     let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("trace written")).expect("JSON");
     let events = trace["traceEvents"].as_array().expect("traceEvents");
     let pid = events.iter().find_map(|e| e["pid"].as_u64()).expect("a pid");

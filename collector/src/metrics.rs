@@ -26,12 +26,14 @@ pub struct Metrics {
     pub samples: Counter,
     pub bytes: Counter,
     pub storage_bytes: Gauge,
+    pub task_slices: Counter,
     pub query_seconds: Family<EndpointLabel, Histogram>,
 }
 
-pub const METRIC_NAMES: [&str; 5] = [
+pub const METRIC_NAMES: [&str; 6] = [
     "ember_collector_batches_total",
     "ember_collector_samples_total",
+    "ember_collector_task_slices_total",
     "ember_collector_ingest_bytes_total",
     "ember_collector_storage_bytes",
     "ember_collector_query_duration_seconds",
@@ -50,6 +52,7 @@ impl Metrics {
         let samples = Counter::default();
         let bytes = Counter::default();
         let storage_bytes = Gauge::default();
+        let task_slices = Counter::default();
         let query_seconds = Family::<EndpointLabel, Histogram>::new_with_constructor(|| {
             Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
         });
@@ -61,8 +64,9 @@ impl Metrics {
         registry.register("samples", "Samples stored", samples.clone());
         registry.register("ingest_bytes", "Encoded bytes of stored batches", bytes.clone());
         registry.register("storage_bytes", "Size of the store on disk", storage_bytes.clone());
+        registry.register("task_slices", "asyncio task run slices stored", task_slices.clone());
         registry.register("query_duration_seconds", "HTTP query latency by endpoint", query_seconds.clone());
-        Self { registry, batches, samples, bytes, storage_bytes, query_seconds }
+        Self { registry, batches, samples, bytes, storage_bytes, task_slices, query_seconds }
     }
 
     pub fn batch(&self, result: &str) {

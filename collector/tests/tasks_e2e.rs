@@ -91,6 +91,8 @@ fn streamed_tasks_give_timelines_and_per_task_flame_graphs() {
     let collector = Collector::start(dir.path(), &[]);
     let sent = stream_asyncio(&collector, "tasks", &[]);
     check_tasks(&collector, "tasks", sent);
+    // 20 tasks × 11 slices, plus main's.
+    assert!(collector.metric("ember_collector_task_slices_total") >= 220);
 }
 
 #[test]

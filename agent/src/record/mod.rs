@@ -230,6 +230,13 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     process_batch(&mut session, &mut pipeline, &mut events);
     pipeline.finish();
     pipeline.stats.decode_errors = session.stats().decode_errors;
+    if let Some(tasks) = &pipeline.tasks {
+        for (_, timeline) in tasks.timelines() {
+            pipeline.stats.tasks += timeline.tasks.len() as u64;
+            pipeline.stats.task_slices += timeline.tasks.values().map(|t| t.slices.len() as u64).sum::<u64>();
+        }
+        pipeline.stats.lost_task_records = tasks.lost_bytes / crate::tasks::ring::RECORD_SIZE;
+    }
     match reason {
         StopReason::Interrupted => tracing::info!("interrupted; writing what was recorded"),
         StopReason::TargetsExited if launched.is_none() => {

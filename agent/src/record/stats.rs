@@ -15,6 +15,10 @@ pub struct Stats {
     pub corrupt_map_lines: u64,
     pub processes: u64,
     pub threads: u64,
+    /// asyncio tasks and run slices read from task monitors, and monitor records lost.
+    pub tasks: u64,
+    pub task_slices: u64,
+    pub lost_task_records: u64,
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -63,6 +67,13 @@ impl Stats {
             let _ = write!(s, "; {} corrupt perf-map lines skipped", self.corrupt_map_lines);
         }
         s.push('\n');
+        if self.tasks > 0 || self.lost_task_records > 0 {
+            let _ = writeln!(
+                s,
+                "ember: asyncio: {} tasks, {} run slices; {} task records lost (the target outran the agent)",
+                self.tasks, self.task_slices, self.lost_task_records
+            );
+        }
         s
     }
 }
@@ -88,5 +99,8 @@ mod tests {
         assert!(text.contains("10 truncated by the stack copy (5.0%), 9 of them completed (90.0%)"), "{text}");
         assert!(text.contains("2 unwind failures (1.0%)"), "{text}");
         assert!(text.contains("lost records: 1"), "{text}");
+        assert!(!text.contains("asyncio"), "no task line without tasks: {text}");
+        let text = Stats { tasks: 3, task_slices: 12, lost_task_records: 2, ..stats }.summary(2.0, 99);
+        assert!(text.contains("asyncio: 3 tasks, 12 run slices; 2 task records lost"), "{text}");
     }
 }

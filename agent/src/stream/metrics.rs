@@ -23,17 +23,21 @@ pub struct AgentMetrics {
     pub bytes: Counter,
     pub dropped_samples: Counter,
     pub lost_records: Counter,
+    pub task_slices: Counter,
+    pub lost_task_records: Counter,
     pub reconnects: Counter,
     pub buffer_bytes: Gauge,
     pub targets: Gauge,
 }
 
-pub const METRIC_NAMES: [&str; 8] = [
+pub const METRIC_NAMES: [&str; 10] = [
     "ember_agent_samples_total",
     "ember_agent_batches_total",
     "ember_agent_sent_bytes_total",
     "ember_agent_dropped_samples_total",
     "ember_agent_lost_records_total",
+    "ember_agent_task_slices_total",
+    "ember_agent_lost_task_records_total",
     "ember_agent_reconnects_total",
     "ember_agent_buffer_bytes",
     "ember_agent_targets",
@@ -54,6 +58,8 @@ impl AgentMetrics {
             bytes: Counter::default(),
             dropped_samples: Counter::default(),
             lost_records: Counter::default(),
+            task_slices: Counter::default(),
+            lost_task_records: Counter::default(),
             reconnects: Counter::default(),
             buffer_bytes: Gauge::default(),
             targets: Gauge::default(),
@@ -75,6 +81,12 @@ impl AgentMetrics {
             "lost_records",
             "Records the kernel lost because a ring buffer was full",
             m.lost_records.clone(),
+        );
+        registry.register("task_slices", "asyncio task run slices read from task monitors", m.task_slices.clone());
+        registry.register(
+            "lost_task_records",
+            "Task monitor records overwritten before the agent read them",
+            m.lost_task_records.clone(),
         );
         registry.register("reconnects", "Failed sends that led to a reconnect with backoff", m.reconnects.clone());
         registry.register("buffer_bytes", "Bytes of batches waiting for an ack", m.buffer_bytes.clone());

@@ -100,6 +100,11 @@ impl Flusher {
     }
 }
 
+fn count_tasks(metrics: &AgentMetrics, batch: &v1::Batch) {
+    metrics.task_slices.inc_by(batch.tasks.iter().map(|b| b.slice_task.len() as u64).sum());
+    metrics.lost_task_records.inc_by(batch.tasks.iter().map(|b| b.lost_records).sum());
+}
+
 /// Runs until the targets exit or a signal arrives. Reports start-up success or failure on
 /// `ready` before sampling, and returns the launched command's exit.
 pub fn run(
@@ -173,6 +178,7 @@ pub fn run(
         if last_flush.elapsed() >= config.flush_interval {
             last_flush = Instant::now();
             if let Some(batch) = flusher.flush(&mut pipeline) {
+                count_tasks(&metrics, &batch);
                 if batches.blocking_send(batch).is_err() {
                     break;
                 }
@@ -211,6 +217,7 @@ pub fn run(
     process_batch(&mut session, &mut pipeline, &mut events);
     pipeline.finish();
     if let Some(batch) = flusher.flush(&mut pipeline) {
+        count_tasks(&metrics, &batch);
         let _ = batches.blocking_send(batch);
     }
     if bootstrap.is_some() {

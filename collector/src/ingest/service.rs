@@ -45,6 +45,7 @@ impl Ingest for IngestService {
             self.metrics.batch("invalid");
             Status::invalid_argument(format!("malformed batch: {e}"))
         })?;
+        let slices: u64 = new.series.iter().map(|s| s.tasks.slices.len() as u64).sum();
         let store = self.store.clone();
         let outcome = tokio::task::spawn_blocking(move || store.ingest(&new))
             .await
@@ -54,6 +55,7 @@ impl Ingest for IngestService {
             Ok(IngestOutcome::Stored { samples }) => {
                 self.metrics.batch("stored");
                 self.metrics.samples.inc_by(samples);
+                self.metrics.task_slices.inc_by(slices);
                 self.metrics.bytes.inc_by(size as u64);
                 Ok(Response::new(Ack { sequence: batch.sequence, duplicate: false }))
             }
