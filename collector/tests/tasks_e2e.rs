@@ -13,9 +13,21 @@ fn stream_asyncio(collector: &Collector, service: &str, args: &[&str]) -> u64 {
     let script = fixture("asyncio_cpu.py").display().to_string();
     let mut command = vec![py.as_str(), script.as_str()];
     command.extend_from_slice(args);
-    let out = Running::start(&mut stream_cmd(collector, &["--rate", "499", "--service", service], &command)).finish();
+    // Flushing every 200 ms cuts the run into several batches, so tasks and their slices
+    // straddle batch boundaries.
+    let mut cmd = agent_cmd();
+    cmd.args(["stream", "--collector", &collector.url(), "--flush-interval", "200ms", "--rate", "499"])
+        .args(["--service", service, "--"])
+        .args(&command);
+    let out = Running::start(&mut cmd).finish();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
+    let batches: u64 = err
+        .split(" samples in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no batch count in {err}"));
+    assert!(batches >= 2, "several batches: {err}");
     sent_samples(&err)
 }
 
