@@ -26,8 +26,11 @@ const AGG: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("agg")
 const RAW: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("raw");
 /// (agent id, sequence) → when it was stored: how repeats are recognised.
 const BATCHES: TableDefinition<(&str, u64), i64> = TableDefinition::new("batches");
-/// (series, task id) → task record.
-const TASKS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("tasks");
+/// (series, bucket the task finished in or [`PENDING`], task id) → task record. Keyed by end,
+/// so a query reads only tasks that finished in or after its range, and retention drops
+/// finished tasks by range.
+const TASKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("tasks");
+const PENDING: i64 = i64::MAX;
 /// (series, bucket start ms, blob id) → run slices starting in that bucket.
 const SLICES: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("slices");
 
@@ -279,8 +282,15 @@ impl EmbeddedStore {
                         info.last_seen_ms = info.last_seen_ms.max(last.div_euclid(1_000_000));
                     }
                     for task in &series.tasks.tasks {
+                        let ended = match task.done_ns {
+                            Some(done) => {
+                                task_table.remove((sid, PENDING, task.id)).map_err(storage_error)?;
+                                bucket_of(done.div_euclid(1_000_000))
+                            }
+                            None => PENDING,
+                        };
                         task_table
-                            .insert((sid, task.id), tasks::encode_task(task).as_slice())
+                            .insert((sid, ended, task.id), tasks::encode_task(task).as_slice())
                             .map_err(storage_error)?;
                     }
                     let mut slice_buckets: BTreeMap<i64, Vec<TaskSlice>> = BTreeMap::new();
@@ -551,9 +561,10 @@ impl Store for EmbeddedStore {
                 }
                 found.slices.sort_by_key(|sl| sl.start_ns);
                 let ran: std::collections::HashSet<u64> = found.slices.iter().map(|sl| sl.task).collect();
-                for item in task_table.range((s.id, 0)..=(s.id, u64::MAX)).map_err(storage_error)? {
+                let keys = (s.id, bucket_of(range.from_ms), 0)..=(s.id, PENDING, u64::MAX);
+                for item in task_table.range(keys).map_err(storage_error)? {
                     let (key, bytes) = item.map_err(storage_error)?;
-                    let task = tasks::decode_task(key.value().1, bytes.value())?;
+                    let task = tasks::decode_task(key.value().2, bytes.value())?;
                     let alive = task.created_ns < to_ns && task.done_ns.is_none_or(|d| d >= from_ns);
                     if alive || ran.contains(&task.id) {
                         found.tasks.push(task);
@@ -587,21 +598,16 @@ impl Store for EmbeddedStore {
                 let mut raw = txn.open_table(RAW).map_err(storage_error)?;
                 let mut slices = txn.open_table(SLICES).map_err(storage_error)?;
                 let mut task_table = txn.open_table(TASKS).map_err(storage_error)?;
-                let raw_cutoff_ns = raw_keep_before_ms.saturating_mul(1_000_000);
                 for s in &series {
                     let old_slices = slices
                         .extract_from_if((s.id, i64::MIN, 0)..(s.id, raw_cutoff.max(cutoff), 0), |_, _| true)
                         .map_err(storage_error)?;
                     report.raw_blobs_removed += old_slices.count() as u64;
                     // Finished tasks go with their slices; live ones stay while their series does.
-                    let gone_series = s.last_seen_ms < keep_before_ms;
-                    let old_tasks = task_table
-                        .extract_from_if((s.id, 0)..=(s.id, u64::MAX), |key, bytes| {
-                            gone_series
-                                || tasks::decode_task(key.1, bytes)
-                                    .map_or(true, |t| t.done_ns.is_some_and(|d| d < raw_cutoff_ns))
-                        })
-                        .map_err(storage_error)?;
+                    let end =
+                        if s.last_seen_ms < keep_before_ms { (s.id, PENDING, u64::MAX) } else { (s.id, raw_cutoff, 0) };
+                    let old_tasks =
+                        task_table.extract_from_if((s.id, i64::MIN, 0)..end, |_, _| true).map_err(storage_error)?;
                     report.tasks_removed += old_tasks.count() as u64;
                     let old = agg
                         .extract_from_if((s.id, i64::MIN, 0)..(s.id, cutoff, 0), |_, _| true)
