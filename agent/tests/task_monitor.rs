@@ -10,25 +10,31 @@ use common::*;
 use ember_agent::tasks::ring::{Outcome, RingReader};
 use ember_agent::tasks::timeline::Timeline;
 
-fn record(eager: bool) -> Timeline {
+/// Runs a fixture that starts the monitor on the ring path it is given; returns its stdout
+/// and the timeline read back from the ring.
+fn run_fixture(name: &str, args: &[&str]) -> (String, Timeline) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = dir.path().join("tasks.ring");
-    let mut cmd = Command::new(python312());
-    cmd.arg(fixture("asyncio_tasks.py"))
+    let out = Command::new(python312())
+        .arg(fixture(name))
         .arg(&ring)
-        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("python"));
-    if eager {
-        cmd.arg("eager");
-    }
-    let out = cmd.output().expect("python3.12 runs");
+        .args(args)
+        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("python"))
+        .output()
+        .expect("python3.12 runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut reader = RingReader::open(ring).expect("the monitor wrote a ring");
     let mut events = Vec::new();
     reader.poll(&mut events).expect("ring reads");
-    assert_eq!(reader.lost_bytes, 0);
+    assert_eq!(reader.lost_records, 0);
     let mut timeline = Timeline::default();
     timeline.apply(events);
-    timeline
+    assert_eq!(timeline.unmatched, 0, "every stop matched a running task");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), timeline)
+}
+
+fn record(eager: bool) -> Timeline {
+    run_fixture("asyncio_tasks.py", if eager { &["eager"] } else { &[] }).1
 }
 
 fn check(timeline: &Timeline) {
@@ -58,6 +64,11 @@ fn check(timeline: &Timeline) {
         failing.done.as_ref().map(|d| (d.1, d.2.clone())),
         Some((Outcome::Exception, Some("ValueError".into())))
     );
+    // Event-loop lag: a step scheduled through call_soon knows when it became ready.
+    let worker = &timeline.by_name("worker-0")[0];
+    let with_ready: Vec<_> = worker.slices.iter().filter_map(|s| s.ready.map(|r| (r, s.start))).collect();
+    assert!(with_ready.len() >= 3, "the resumed steps carry their ready time: {:?}", worker.slices);
+    assert!(with_ready.iter().all(|(ready, start)| ready <= start));
     // Slices of different tasks on one thread never overlap: an eager child splits its parent.
     let mut all: Vec<_> = timeline.tasks.values().flat_map(|t| t.slices.iter().copied()).collect();
     all.sort_by_key(|s| s.start);
@@ -72,4 +83,25 @@ fn tasks_under_a_task_group() {
 #[test]
 fn eager_tasks_under_a_task_group() {
     check(&record(true));
+}
+
+#[test]
+fn each_loop_thread_gets_its_own_slices() {
+    let (stdout, timeline) = run_fixture("asyncio_threads.py", &[]);
+    let ids: serde_json::Value = serde_json::from_str(stdout.trim()).expect("thread ids as JSON");
+    for side in ["main", "side"] {
+        let thread = ids[side].as_u64().expect("a thread id");
+        for i in 0..3 {
+            let tasks = timeline.by_name(&format!("{side}-{i}"));
+            assert_eq!(tasks.len(), 1, "{side}-{i}");
+            // worker(20): the first step and one resume per await.
+            assert_eq!(tasks[0].slices.len(), 21, "{side}-{i}: {:?}", tasks[0].slices);
+            assert!(tasks[0].slices.iter().all(|s| s.thread == thread), "{side}-{i} ran on its loop's thread");
+            assert!(matches!(tasks[0].done, Some((_, Outcome::Result, None))));
+        }
+        let mut on_thread: Vec<_> =
+            timeline.tasks.values().flat_map(|t| t.slices.iter().copied()).filter(|s| s.thread == thread).collect();
+        on_thread.sort_by_key(|s| s.start);
+        assert!(on_thread.windows(2).all(|w| w[0].end <= w[1].start), "one task at a time on {side}");
+    }
 }

@@ -62,6 +62,17 @@ fn check_tasks(collector: &Collector, service: &str, sent: u64) {
             let (start, end) = (s[0].as_i64().expect("start"), s[1].as_i64().expect("end"));
             assert!(created <= start && start <= end && end <= done, "{t}");
         }
+        // Event-loop lag: every step after the first was scheduled by call_soon, so its ready
+        // time is known, and it is never after the step started.
+        let ready: Vec<(i64, i64)> = t["ready"]
+            .as_array()
+            .expect("ready")
+            .iter()
+            .zip(t["slices"].as_array().expect("slices"))
+            .filter_map(|(r, s)| Some((r.as_i64()?, s[0].as_i64()?)))
+            .collect();
+        assert!(ready.len() >= 10, "ready times of the resumed steps: {t}");
+        assert!(ready.iter().all(|(r, start)| r <= start), "{t}");
     }
     let run_time = |list: &[&serde_json::Value]| list.iter().map(|t| t["running"].as_i64().unwrap_or(0)).sum::<i64>();
     let ratio = run_time(&heavy) as f64 / run_time(&light) as f64;

@@ -235,7 +235,7 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
             pipeline.stats.tasks += timeline.tasks.len() as u64;
             pipeline.stats.task_slices += timeline.tasks.values().map(|t| t.slices.len() as u64).sum::<u64>();
         }
-        pipeline.stats.lost_task_records = tasks.lost_bytes / crate::tasks::ring::RECORD_SIZE;
+        pipeline.stats.lost_task_records = tasks.lost_records;
     }
     match reason {
         StopReason::Interrupted => tracing::info!("interrupted; writing what was recorded"),

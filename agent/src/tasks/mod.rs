@@ -48,7 +48,8 @@ pub struct TaskTracker {
     /// Processes without a ring yet, and when we last looked.
     absent: BTreeMap<Pid, Instant>,
     streaming: bool,
-    pub lost_bytes: u64,
+    /// Task records overwritten before they were read, over every ring.
+    pub lost_records: u64,
 }
 
 #[derive(Debug)]
@@ -75,11 +76,11 @@ impl TaskTracker {
         }
         for (pid, reader) in &mut self.readers {
             let mut events = Vec::new();
-            let before = reader.ring.lost_bytes;
+            let before = reader.ring.lost_records;
             if let Err(e) = reader.ring.poll(&mut events) {
                 tracing::debug!(%pid, "task ring read failed: {e}");
             }
-            self.lost_bytes += reader.ring.lost_bytes - before;
+            self.lost_records += reader.ring.lost_records - before;
             reader.timeline.apply(events);
         }
     }
@@ -118,8 +119,8 @@ impl TaskTracker {
         let mut out = BTreeMap::new();
         for (pid, r) in &mut self.readers {
             let delta = r.timeline.take_delta();
-            let lost = (r.ring.lost_bytes - r.lost_taken) / ring::RECORD_SIZE;
-            r.lost_taken = r.ring.lost_bytes;
+            let lost = r.ring.lost_records - r.lost_taken;
+            r.lost_taken = r.ring.lost_records;
             if !delta.is_empty() || lost > 0 {
                 out.insert(*pid, (delta, lost));
             }

@@ -1,24 +1,43 @@
 //! Reading the ring that `ember_monitor` (agent/python) writes in the target:
-//! `/tmp/ember-<pid>.ring`, a 64-byte header and 32-byte records. The writer never waits for
-//! us; if we fall more than a ring behind, the records in between are lost and counted.
+//! `/tmp/ember-<pid>.ring`, a 64-byte header and 16-byte records, format 2, specified in
+//! docs/TASK_RING.md. The writer never waits for us; if we fall more than a ring behind, the
+//! records in between are lost and counted. This module turns records into [`TaskEvent`]s;
+//! [`super::timeline`] turns those into run slices.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-pub const MAGIC: &[u8; 8] = b"EMBRING1";
+pub const MAGIC: &[u8; 8] = b"EMBRING2";
 pub const HEADER_SIZE: u64 = 64;
-pub const RECORD_SIZE: u64 = 32;
+pub const RECORD_SIZE: u64 = 16;
+const VERSION: u64 = 2;
+/// Tagged words have bit 62 set; a first word below it is a bare STOP, i.e. a time.
+const TAG: u64 = 1 << 62;
+/// Header words.
+const PUBLISHED: usize = 3;
+const LAP: usize = 4;
+const CREATED: usize = 7;
+/// A reader racing the writer retries the header this often before calling it "nothing new".
+const HEADER_RETRIES: usize = 100;
 
-const STRING: u8 = 1;
-const CREATE: u8 = 2;
-const START: u8 = 3;
-const STOP: u8 = 4;
-const DONE: u8 = 5;
-const NAME: u8 = 6;
-/// CREATE flag: the name is asyncio's default `Task-N`, and `a` holds N.
-const DEFAULT_NAME: u8 = 1;
+const START: u64 = 1;
+const STOP: u64 = 2;
+const DONE: u64 = 3;
+const CREATE: u64 = 4;
+const TASK: u64 = 5;
+const NAME: u64 = 7;
+const STRING: u64 = 8;
+const STRING_DATA: u64 = 9;
+const LOOP: u64 = 10;
+const THREAD: u64 = 11;
+const MODE: u64 = 12;
+const READY: u64 = 13;
+/// CREATE flag: the name is asyncio's default `Task-N`, and the TASK record holds N.
+const DEFAULT_NAME: u64 = 1;
+/// Strings are at most this long (the writer truncates).
+const MAX_STRING: u64 = 4096;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,31 +56,41 @@ pub enum TaskEvent {
         name: String,
         coro: String,
         parent: Option<u32>,
+        /// The event loop the task belongs to; its steps run on that loop's thread.
+        loop_id: u32,
     },
     Renamed {
         task: u32,
         name: String,
     },
-    /// The task started running on thread `tid` (pthread id, as Python's threading.get_ident).
+    /// A step began. Task 0 is a watched coroutine running outside any task.
     Started {
         task: u32,
         time: i64,
-        thread: u64,
-        /// When the task became ready to run, if known (event-loop lag is time minus ready).
-        ready: Option<i64>,
     },
-    /// The task stopped running: it awaits something (`finished` false) or it returned or raised.
+    /// A step ended; `None` is the task running on the only asyncio thread.
     Stopped {
-        task: u32,
+        task: Option<u32>,
         time: i64,
-        thread: u64,
-        finished: bool,
     },
+    /// The task finished; it follows the stop of its last step.
     Done {
         task: u32,
-        time: i64,
         outcome: Outcome,
         exception: Option<String>,
+    },
+    /// From `time` on, loop `loop_id` runs on OS thread `thread` (the tid perf samples carry).
+    Loop {
+        loop_id: u32,
+        time: i64,
+        thread: u64,
+    },
+    /// A second thread runs asyncio: from here on every stop names its task.
+    MultiThread,
+    /// The task became ready to run (its next step was scheduled).
+    Ready {
+        task: u32,
+        time: i64,
     },
 }
 
@@ -69,23 +98,27 @@ pub enum TaskEvent {
 pub enum RingError {
     #[error("cannot read {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{0} is not an ember task ring")]
+    #[error("{0} is not an ember task ring (format 2)")]
     NotARing(PathBuf),
 }
 
-/// Decodes records from a contiguous byte run, carrying string state between calls.
+/// Decodes records, carrying strings and half-read blocks between calls.
 #[derive(Debug, Default)]
 pub struct Decoder {
     strings: HashMap<u32, String>,
-    /// A string record whose bytes have not all arrived yet.
-    pending: Option<(u32, usize, Vec<u8>)>,
+    /// Strings whose bytes have not all arrived: id → (length, bytes so far).
+    pending_strings: HashMap<u32, (usize, Vec<u8>)>,
+    /// A CREATE waiting for its TASK record: (task, time, default name, loop).
+    pending_create: Option<(u32, i64, bool, u32)>,
+    /// A LOOP waiting for its THREAD record: (loop, time).
+    pending_loop: Option<(u32, i64)>,
     pub unknown_records: u64,
 }
 
-fn field<const N: usize>(r: &[u8], at: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&r[at..at + N]);
-    out
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(out)
 }
 
 impl Decoder {
@@ -93,55 +126,88 @@ impl Decoder {
         u32::try_from(id).ok().and_then(|id| self.strings.get(&id)).cloned().unwrap_or_default()
     }
 
-    /// Decodes whole 32-byte records.
+    /// Records were lost: blocks whose head may be gone are dropped.
+    pub fn lost(&mut self) {
+        self.pending_strings.clear();
+        self.pending_create = None;
+        self.pending_loop = None;
+    }
+
+    /// Decodes whole 16-byte records.
     pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<TaskEvent>) {
         for r in bytes.chunks_exact(RECORD_SIZE as usize) {
-            if let Some((id, len, mut data)) = self.pending.take() {
-                let take = (len - data.len()).min(r.len());
-                data.extend_from_slice(&r[..take]);
-                if data.len() == len {
-                    self.strings.insert(id, String::from_utf8_lossy(&data).into_owned());
-                } else {
-                    self.pending = Some((id, len, data));
-                }
+            let (info, value) = (word(r, 0), word(r, 8));
+            if info < TAG {
+                // A bare STOP: the running task yielded at time `info`; the value is stale.
+                self.pending_create = None;
+                self.pending_loop = None;
+                out.push(TaskEvent::Stopped { task: None, time: info as i64 });
                 continue;
             }
-            let kind = r[0];
-            let flags = r[1];
-            let length = u16::from_le_bytes(field(r, 2)) as usize;
-            let task = u32::from_le_bytes(field(r, 4));
-            let time = i64::from_le_bytes(field(r, 8));
-            let a = i64::from_le_bytes(field(r, 16));
-            let b = i64::from_le_bytes(field(r, 24));
+            let kind = info & 0xff;
+            let flags = (info >> 8) & 0xff;
+            let id = ((info >> 16) & 0xffff_ffff) as u32;
+            let time = value as i64;
+            if kind != TASK {
+                self.pending_create = None;
+            }
+            if kind != THREAD {
+                self.pending_loop = None;
+            }
             match kind {
-                STRING if length == 0 => {
-                    self.strings.insert(task, String::new());
-                }
-                STRING => self.pending = Some((task, length, Vec::with_capacity(length))),
-                CREATE => out.push(TaskEvent::Created {
-                    task,
-                    time,
-                    name: if flags & DEFAULT_NAME != 0 {
-                        format!("Task-{}", a as u64 & 0xffff_ffff)
-                    } else {
-                        self.string(a as u64 & 0xffff_ffff)
-                    },
-                    coro: self.string((a as u64) >> 32),
-                    parent: u32::try_from(b).ok().filter(|&p| p != 0),
-                }),
-                NAME => out.push(TaskEvent::Renamed { task, name: self.string(a as u64) }),
-                START => out.push(TaskEvent::Started { task, time, thread: a as u64, ready: None }),
-                STOP => out.push(TaskEvent::Stopped { task, time, thread: a as u64, finished: b != 0 }),
+                START => out.push(TaskEvent::Started { task: id, time }),
+                STOP => out.push(TaskEvent::Stopped { task: (id != 0).then_some(id), time }),
                 DONE => out.push(TaskEvent::Done {
-                    task,
-                    time,
-                    outcome: match a {
+                    task: id,
+                    outcome: match flags {
                         1 => Outcome::Exception,
                         2 => Outcome::Cancelled,
                         _ => Outcome::Result,
                     },
-                    exception: (a == 1).then(|| self.string(b as u64)),
+                    exception: (flags == 1).then(|| self.string(value)),
                 }),
+                CREATE => {
+                    let loop_id = ((info >> 48) & 0x3fff) as u32;
+                    self.pending_create = Some((id, time, flags & DEFAULT_NAME != 0, loop_id));
+                }
+                TASK => {
+                    if let Some((task, time, default_name, loop_id)) = self.pending_create.take() {
+                        let name = value & 0xffff_ffff;
+                        out.push(TaskEvent::Created {
+                            task,
+                            time,
+                            name: if default_name { format!("Task-{name}") } else { self.string(name) },
+                            coro: self.string(value >> 32),
+                            parent: (id != 0).then_some(id),
+                            loop_id,
+                        });
+                    }
+                }
+                NAME => out.push(TaskEvent::Renamed { task: id, name: self.string(value) }),
+                STRING if value == 0 => {
+                    self.strings.insert(id, String::new());
+                }
+                STRING if value <= MAX_STRING => {
+                    self.pending_strings.insert(id, (value as usize, Vec::with_capacity(value as usize)));
+                }
+                STRING_DATA => {
+                    if let Some((len, data)) = self.pending_strings.get_mut(&id) {
+                        data.extend_from_slice(&value.to_le_bytes());
+                        if data.len() >= *len {
+                            let text = String::from_utf8_lossy(&data[..*len]).into_owned();
+                            self.pending_strings.remove(&id);
+                            self.strings.insert(id, text);
+                        }
+                    }
+                }
+                LOOP => self.pending_loop = Some((id, time)),
+                THREAD => {
+                    if let Some((loop_id, time)) = self.pending_loop.take().filter(|(l, _)| *l == id) {
+                        out.push(TaskEvent::Loop { loop_id, time, thread: value });
+                    }
+                }
+                MODE if value == 1 => out.push(TaskEvent::MultiThread),
+                READY => out.push(TaskEvent::Ready { task: id, time }),
                 _ => self.unknown_records += 1,
             }
         }
@@ -153,66 +219,111 @@ impl Decoder {
 pub struct RingReader {
     path: PathBuf,
     file: File,
-    capacity: u64,
+    slots: u64,
+    /// The ring's creation time; a new one means the target restarted its ring.
+    created: u64,
+    /// Records read so far (lap × slots + slot).
     read_pos: u64,
     decoder: Decoder,
-    /// Bytes of records overwritten before we read them.
-    pub lost_bytes: u64,
+    /// Records overwritten before we read them.
+    pub lost_records: u64,
+}
+
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RingError + '_ {
+    move |source| RingError::Io { path: path.to_path_buf(), source }
 }
 
 impl RingReader {
     pub fn open(path: PathBuf) -> Result<Self, RingError> {
-        let file = File::open(&path).map_err(|source| RingError::Io { path: path.clone(), source })?;
-        let mut header = [0u8; HEADER_SIZE as usize];
-        file.read_exact_at(&mut header, 0).map_err(|source| RingError::Io { path: path.clone(), source })?;
-        if &header[..8] != MAGIC {
-            return Err(RingError::NotARing(path));
-        }
-        let capacity = u64::from(u32::from_le_bytes(field(&header, 12)));
-        if capacity == 0 || capacity % RECORD_SIZE != 0 {
-            return Err(RingError::NotARing(path));
-        }
-        Ok(Self { path, file, capacity, read_pos: 0, decoder: Decoder::default(), lost_bytes: 0 })
+        let file = File::open(&path).map_err(io(&path))?;
+        let mut reader =
+            Self { path, file, slots: 0, created: 0, read_pos: 0, decoder: Decoder::default(), lost_records: 0 };
+        reader.read_layout()?;
+        Ok(reader)
     }
 
-    fn write_pos(&self) -> Result<u64, RingError> {
-        let mut pos = [0u8; 8];
-        self.file.read_exact_at(&mut pos, 16).map_err(|source| RingError::Io { path: self.path.clone(), source })?;
-        Ok(u64::from_le_bytes(pos))
+    fn header(&self) -> Result<[u64; 8], RingError> {
+        let mut bytes = [0u8; HEADER_SIZE as usize];
+        self.file.read_exact_at(&mut bytes, 0).map_err(io(&self.path))?;
+        Ok(std::array::from_fn(|i| word(&bytes, i * 8)))
     }
 
-    /// Reads every record written since the last call.
+    fn read_layout(&mut self) -> Result<(), RingError> {
+        let h = self.header()?;
+        let layout_ok = h[0].to_le_bytes() == *MAGIC
+            && h[1] & 0xffff_ffff == VERSION
+            && h[1] >> 32 == RECORD_SIZE
+            && h[2] >= 2
+            && h[2].is_power_of_two()
+            && h[2] <= 1 << 32;
+        if !layout_ok {
+            return Err(RingError::NotARing(self.path.clone()));
+        }
+        self.slots = h[2];
+        self.created = h[CREATED];
+        self.read_pos = 0;
+        self.decoder = Decoder::default();
+        Ok(())
+    }
+
+    /// Records written and published so far, or `None` if the ring was recreated. The header
+    /// is read seqlock-style: lap, published slot, then the lap again.
+    fn write_pos(&self) -> Result<Option<u64>, RingError> {
+        for _ in 0..HEADER_RETRIES {
+            let h = self.header()?;
+            if h[CREATED] != self.created {
+                return Ok(None);
+            }
+            let mut lap = [0u8; 8];
+            self.file.read_exact_at(&mut lap, (LAP * 8) as u64).map_err(io(&self.path))?;
+            let (lap1, lap2, published) = (h[LAP], u64::from_le_bytes(lap), h[PUBLISHED] as i64);
+            if lap1 == lap2 && (-1..self.slots as i64).contains(&published) {
+                return Ok(Some(lap1.saturating_mul(self.slots).saturating_add((published + 1) as u64)));
+            }
+        }
+        // The writer kept moving under us; try again at the next poll.
+        Ok(Some(self.read_pos))
+    }
+
+    /// Reads every record published since the last call.
     pub fn poll(&mut self, out: &mut Vec<TaskEvent>) -> Result<(), RingError> {
-        let write_pos = self.write_pos()?;
-        if write_pos < self.read_pos {
-            // The target restarted its ring: start over.
-            self.read_pos = 0;
-            self.decoder = Decoder::default();
+        let pos = match self.write_pos()? {
+            Some(pos) => pos,
+            None => {
+                // The target started a new ring (a new ember_monitor.start()): start over.
+                self.read_layout()?;
+                self.write_pos()?.unwrap_or(0)
+            }
+        };
+        // A position that went back for a moment (the writer wrapping around) is "nothing new".
+        if pos <= self.read_pos {
+            return Ok(());
         }
-        if write_pos - self.read_pos > self.capacity {
-            let skip = write_pos - self.capacity - self.read_pos;
-            self.lost_bytes += skip;
+        if pos - self.read_pos > self.slots {
+            let skip = pos - self.slots - self.read_pos;
+            self.lost_records += skip;
             self.read_pos += skip;
-            // A string's bytes may have been lost; resynchronise at a record boundary.
-            self.decoder.pending = None;
+            self.decoder.lost();
         }
-        let mut bytes = vec![0u8; (write_pos - self.read_pos) as usize];
+        let count = (pos - self.read_pos) as usize;
+        let mut bytes = vec![0u8; count * RECORD_SIZE as usize];
         let mut filled = 0;
-        while filled < bytes.len() {
-            let at = (self.read_pos + filled as u64) % self.capacity;
-            let run = ((self.capacity - at) as usize).min(bytes.len() - filled);
-            self.file
-                .read_exact_at(&mut bytes[filled..filled + run], HEADER_SIZE + at)
-                .map_err(|source| RingError::Io { path: self.path.clone(), source })?;
+        while filled < count {
+            let slot = (self.read_pos + filled as u64) % self.slots;
+            let run = ((self.slots - slot) as usize).min(count - filled);
+            let range = filled * RECORD_SIZE as usize..(filled + run) * RECORD_SIZE as usize;
+            self.file.read_exact_at(&mut bytes[range], HEADER_SIZE + slot * RECORD_SIZE).map_err(io(&self.path))?;
             filled += run;
         }
-        // The writer may have lapped us while we copied; what it overwrote is not trusted.
-        let after = self.write_pos()?;
-        let overwritten = after.saturating_sub(self.read_pos + self.capacity).min(bytes.len() as u64);
-        let usable = &bytes[overwritten as usize..];
-        self.lost_bytes += overwritten;
-        self.decoder.feed(usable, out);
-        self.read_pos = write_pos;
+        // The writer may have lapped us while we copied: what it overwrote is not trusted.
+        let after = self.write_pos()?.unwrap_or(pos);
+        let overwritten = after.saturating_sub(self.read_pos + self.slots).min(count as u64);
+        if overwritten > 0 {
+            self.lost_records += overwritten;
+            self.decoder.lost();
+        }
+        self.decoder.feed(&bytes[overwritten as usize * RECORD_SIZE as usize..], out);
+        self.read_pos = pos;
         Ok(())
     }
 }
@@ -221,59 +332,77 @@ impl RingReader {
 mod tests {
     use super::*;
 
-    fn record(kind: u8, length: u16, task: u32, time: i64, a: i64, b: i64) -> Vec<u8> {
-        let mut r = vec![kind, 0];
-        r.extend(length.to_le_bytes());
-        r.extend(task.to_le_bytes());
-        r.extend(time.to_le_bytes());
-        r.extend(a.to_le_bytes());
-        r.extend(b.to_le_bytes());
-        r
+    fn tagged(kind: u64, flags: u64, id: u32, extra: u64, value: u64) -> Vec<u8> {
+        let info = TAG | kind | flags << 8 | u64::from(id) << 16 | extra << 48;
+        [info.to_le_bytes(), value.to_le_bytes()].concat()
     }
 
     fn string(id: u32, text: &str) -> Vec<u8> {
-        let mut r = record(STRING, text.len() as u16, id, 0, 0, 0);
-        let mut data = text.as_bytes().to_vec();
-        data.resize(text.len().div_ceil(32) * 32, 0);
-        r.extend(data);
-        r
+        let mut out = tagged(STRING, 0, id, 0, text.len() as u64);
+        for chunk in text.as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            out.extend(tagged(STRING_DATA, 0, id, 0, u64::from_le_bytes(word)));
+        }
+        out
     }
 
     #[test]
     fn decodes_a_task_life() {
         let mut bytes = string(1, "worker-0");
-        bytes.extend(string(2, "a_coroutine_with_a_long_qualified_name_over_32_bytes"));
-        bytes.extend(record(CREATE, 0, 7, 100, 1 | (2 << 32), 3));
-        bytes.extend(record(START, 0, 7, 110, 42, 0));
-        bytes.extend(record(STOP, 0, 7, 120, 42, 1));
+        bytes.extend(string(2, "a_coroutine_with_a_long_qualified_name_over_8_bytes"));
+        bytes.extend(tagged(LOOP, 0, 1, 0, 90));
+        bytes.extend(tagged(THREAD, 0, 1, 0, 4242));
+        bytes.extend(tagged(CREATE, 0, 7, 1, 100));
+        bytes.extend(tagged(TASK, 0, 3, 0, 1 | 2 << 32));
+        bytes.extend(tagged(CREATE, DEFAULT_NAME, 8, 1, 101));
+        bytes.extend(tagged(TASK, 0, 0, 0, 12 | 2 << 32));
+        bytes.extend(tagged(READY, 0, 7, 0, 105));
+        bytes.extend(tagged(START, 0, 7, 0, 110));
+        bytes.extend([115u64.to_le_bytes(), 0u64.to_le_bytes()].concat()); // bare STOP
         bytes.extend(string(3, "ValueError"));
-        bytes.extend(record(DONE, 0, 7, 121, 1, 3));
+        bytes.extend(tagged(STOP, 2, 7, 0, 120));
+        bytes.extend(tagged(DONE, 1, 7, 0, 3));
+        bytes.extend(tagged(MODE, 0, 0, 0, 1));
         let mut events = Vec::new();
         let mut d = Decoder::default();
         // Feed in two pieces, split inside the long string.
-        let (a, b) = bytes.split_at(64);
+        let (a, b) = bytes.split_at(16 * 5);
         d.feed(a, &mut events);
         d.feed(b, &mut events);
+        let coro = "a_coroutine_with_a_long_qualified_name_over_8_bytes".to_string();
         assert_eq!(
             events,
             vec![
+                TaskEvent::Loop { loop_id: 1, time: 90, thread: 4242 },
                 TaskEvent::Created {
                     task: 7,
                     time: 100,
                     name: "worker-0".into(),
-                    coro: "a_coroutine_with_a_long_qualified_name_over_32_bytes".into(),
-                    parent: Some(3)
+                    coro: coro.clone(),
+                    parent: Some(3),
+                    loop_id: 1
                 },
-                TaskEvent::Started { task: 7, time: 110, thread: 42, ready: None },
-                TaskEvent::Stopped { task: 7, time: 120, thread: 42, finished: true },
-                TaskEvent::Done {
-                    task: 7,
-                    time: 121,
-                    outcome: Outcome::Exception,
-                    exception: Some("ValueError".into())
-                },
+                TaskEvent::Created { task: 8, time: 101, name: "Task-12".into(), coro, parent: None, loop_id: 1 },
+                TaskEvent::Ready { task: 7, time: 105 },
+                TaskEvent::Started { task: 7, time: 110 },
+                TaskEvent::Stopped { task: None, time: 115 },
+                TaskEvent::Stopped { task: Some(7), time: 120 },
+                TaskEvent::Done { task: 7, outcome: Outcome::Exception, exception: Some("ValueError".into()) },
+                TaskEvent::MultiThread,
             ]
         );
+    }
+
+    #[test]
+    fn halves_of_blocks_after_a_loss_are_dropped() {
+        let mut d = Decoder::default();
+        let mut events = Vec::new();
+        d.feed(&tagged(CREATE, 0, 7, 0, 100), &mut events);
+        d.lost();
+        d.feed(&tagged(TASK, 0, 0, 0, 0), &mut events);
+        d.feed(&tagged(THREAD, 0, 1, 0, 4242), &mut events);
+        assert!(events.is_empty(), "{events:?}");
     }
 
     #[test]
@@ -282,30 +411,52 @@ mod tests {
         let mut events = Vec::new();
         let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         d.feed(&junk, &mut events);
-        d.feed(&junk[..31], &mut events);
+        d.feed(&junk[..15], &mut events);
+    }
+
+    fn ring_file(slots: u64, records: &[Vec<u8>], lap: u64, published: i64) -> Vec<u8> {
+        let mut file = vec![0u8; (HEADER_SIZE + slots * RECORD_SIZE) as usize];
+        let header: [u64; 8] =
+            [u64::from_le_bytes(*MAGIC), VERSION | RECORD_SIZE << 32, slots, published as u64, lap, 1, 1, 777];
+        for (i, w) in header.iter().enumerate() {
+            file[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        for (n, r) in records.iter().enumerate() {
+            let at = (HEADER_SIZE + (n as u64 % slots) * RECORD_SIZE) as usize;
+            file[at..at + 16].copy_from_slice(r);
+        }
+        file
     }
 
     #[test]
     fn a_reader_that_falls_behind_counts_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.ring");
-        let capacity = 4 * RECORD_SIZE;
-        let mut file = vec![0u8; (HEADER_SIZE + capacity) as usize];
-        file[..8].copy_from_slice(MAGIC);
-        file[12..16].copy_from_slice(&(capacity as u32).to_le_bytes());
-        // Six START records written into a four-record ring: the first two were overwritten.
-        for i in 0..6u64 {
-            let at = (HEADER_SIZE + (i * RECORD_SIZE) % capacity) as usize;
-            file[at..at + 32].copy_from_slice(&record(START, 0, i as u32 + 1, i as i64, 9, 0));
-        }
-        file[16..24].copy_from_slice(&(6 * RECORD_SIZE).to_le_bytes());
-        std::fs::write(&path, &file).expect("write ring");
-        let mut reader = RingReader::open(path).expect("opens");
+        // Six START records written into a four-slot ring: the first two were overwritten.
+        let records: Vec<Vec<u8>> = (0..6u32).map(|i| tagged(START, 0, i + 1, 0, u64::from(i))).collect();
+        std::fs::write(&path, ring_file(4, &records, 1, 1)).expect("write ring");
+        let mut reader = RingReader::open(path.clone()).expect("opens");
         let mut events = Vec::new();
         reader.poll(&mut events).expect("reads");
         let tasks: Vec<u32> =
             events.iter().map(|e| if let TaskEvent::Started { task, .. } = e { *task } else { 0 }).collect();
         assert_eq!(tasks, vec![3, 4, 5, 6]);
-        assert_eq!(reader.lost_bytes, 2 * RECORD_SIZE);
+        assert_eq!(reader.lost_records, 2);
+        // Nothing new: nothing read twice.
+        events.clear();
+        reader.poll(&mut events).expect("reads");
+        assert!(events.is_empty());
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_ring() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("x.ring");
+        let mut file = ring_file(4, &[], 0, -1);
+        file[0] = b'X';
+        std::fs::write(&path, &file).expect("write");
+        assert!(matches!(RingReader::open(path.clone()), Err(RingError::NotARing(_))));
+        std::fs::write(&path, &file[..10]).expect("write");
+        assert!(matches!(RingReader::open(path), Err(RingError::Io { .. })));
     }
 }
