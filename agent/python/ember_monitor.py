@@ -89,7 +89,16 @@ _LOCAL_EVENTS = _E.PY_START | _E.PY_RESUME | _E.PY_YIELD | _E.PY_RETURN
 _GLOBAL_EVENTS = _E.PY_THROW | _E.PY_UNWIND
 _EVENTS = (_E.PY_START, _E.PY_RESUME, _E.PY_YIELD, _E.PY_RETURN, _E.PY_THROW, _E.PY_UNWIND)
 # Tasks' START words, in order of task id. Module-wide: a restarted monitor reuses no id.
-_next_task_info = iter(range(TAG | 1 << 16 | START, TAG | 1 << 48, 1 << 16)).__next__
+
+
+def _task_infos():
+    """START words with task ids 1 .. 2**32-1, then again from 1: after four billion tasks an
+    id is reused (the agent replaces the old task) rather than create_task failing."""
+    while True:
+        yield from range(TAG | 1 << 16 | START, TAG | 1 << 48, 1 << 16)
+
+
+_next_task_info = _task_infos().__next__
 
 
 class _Ring:
@@ -210,6 +219,7 @@ def _writer(ring, mon):
             header[4] = lap
         first[w] = info
         second[w] = t
+        header[3] = w
 
     # ---- slow-path writers, each atomic on its own
     def put1(i0, v0):
@@ -352,7 +362,7 @@ def _writer(ring, mon):
             coro_sid = entry[1] if entry else string(getattr(coro, "__qualname__", type(coro).__name__))
         name = task.get_name()
         create = info + (CREATE - START) | loop_id << 48
-        if name[:5] == "Task-" and name[5:].isdigit():
+        if name[:5] == "Task-" and name[5:].isascii() and name[5:].isdecimal():
             # asyncio's default name: its number, not one more string per task.
             create |= DEFAULT_NAME
             name_field = int(name[5:]) & 0xFFFFFFFF
@@ -396,7 +406,7 @@ def _writer(ring, mon):
                     except ValueError:  # a Task subclass naming its tasks
                         name_field = string(name)
                         c = info + (CREATE - START) | loop_bits
-                elif name[:5] == "Task-" and name[5:].isdigit():
+                elif name[:5] == "Task-" and name[5:].isascii() and name[5:].isdecimal():
                     c = info + (CREATE - START) | loop_bits | DEFAULT_NAME
                     name_field = int(name[5:]) & 0xFFFFFFFF
                 else:
@@ -481,6 +491,9 @@ def _writer(ring, mon):
                 header[4] = lap
             first[w] = info + (READY - START)
             second[w] = t
+            # Published at once: one step can wake thousands of tasks, and a reader checks
+            # for overwritten records against the published position.
+            header[3] = w
             return handle
 
         call_soon._ember = True
@@ -563,7 +576,6 @@ class _Monitor:
         if sid is not None:
             return sid
         sid = self.next_string()
-        self.strings[text] = sid
         data = text.encode("utf-8", "replace")[:4096]
         put1 = self.w["put1"]
         tag = TAG | sid << 16
@@ -571,6 +583,9 @@ class _Monitor:
         # Each STRING_DATA names its string: another thread's records may come in between.
         for i in range(0, len(data), 8):
             put1(tag | STRING_DATA, int.from_bytes(data[i:i + 8].ljust(8, b"\0"), "little", signed=True))
+        # Only now may other threads use the id: a string is complete before anything names it.
+        # (Two threads interning the same text at once get two ids; both are valid.)
+        self.strings[text] = sid
         return sid
 
     # ---- tasks

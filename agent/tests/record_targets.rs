@@ -57,6 +57,48 @@ fn a_target_in_its_own_pid_and_mount_namespace() {
 }
 
 #[test]
+fn task_slices_of_a_target_in_its_own_pid_namespace_join_its_samples() {
+    let _serial = serial();
+    // The target starts the monitor itself; its ring is in its own /tmp and its thread ids are
+    // those of its namespace, which the agent must translate to join them with samples.
+    let script = format!(
+        "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 PYTHONPATH={} {} -c \"$code\" 30",
+        fixture("asyncio_serve.py").display(),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python").display(),
+        python312().display()
+    );
+    let wrapper = Target::spawn(Command::new("unshare").args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]));
+    assert_eq!(wrapper.wait_for("ready", Duration::from_secs(20)), "ready 1");
+    let host_pid = only_child(wrapper.pid());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trace = dir.path().join("ns.trace.json");
+    let out = run(ember()
+        .args(["record", "--rate", "199", "--duration", "2", "--pid", &host_pid.to_string(), "-o"])
+        .arg(&trace));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).expect("trace")).expect("JSON");
+    let events = trace["traceEvents"].as_array().expect("traceEvents");
+    assert!(events.iter().any(|e| e["cat"] == "task" && e["name"] == "spin"), "spin's slices were read: {err}");
+    let samples: Vec<_> = events.iter().filter(|e| e["cat"] == "sample").collect();
+    let in_spin = samples.iter().filter(|s| s["args"]["task"] == "spin").count();
+    assert!(
+        in_spin * 10 >= samples.len() * 8 && !samples.is_empty(),
+        "{in_spin} of {} samples attributed to spin: thread ids were translated",
+        samples.len()
+    );
+}
+
+#[test]
 fn kernel_frames_with_kernel_flag() {
     let _serial = serial();
     let code = "import time\nend = time.monotonic() + 1.5\nf = open('/dev/urandom', 'rb', buffering=0)\n\

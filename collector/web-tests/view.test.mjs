@@ -82,6 +82,7 @@ await check('hovering shows name, file, self, total and percentage', async () =>
   const c = await page.locator('#flame').boundingBox();
   // The second row (depth 1) of the icicle: the program's outermost frame.
   await page.mouse.move(c.x + c.width / 3, c.y + 18 + 9);
+  assert.ok(await page.locator('#tooltip').isVisible(), 'the tooltip stays up while the pointer is on the frame');
   const text = await page.locator('#tooltip').innerText();
   assert.match(text, /self: \d+ \(/);
   assert.match(text, /total: \d+ \(\d+\.\d+%\)/);
@@ -241,6 +242,9 @@ await check('the timeline zooms and pans, and comes back to the whole range', as
   assert.ok(await page.evaluate(() => window.ember.timeline().viewFrom) > from, 'D pans right');
   await page.getByRole('button', { name: 'Show the whole timeline' }).click();
   assert.equal((await timelineInfo()).span, whole);
+  for (let i = 0; i < 60; i++) await page.getByRole('button', { name: 'Zoom out of the timeline' }).click();
+  assert.ok((await timelineInfo()).span <= whole * 100 + 1, 'zooming out stops at 100 times the data');
+  await page.getByRole('button', { name: 'Show the whole timeline' }).click();
 });
 
 await check('hovering a slice tells its task, duration and lag', async () => {
@@ -249,6 +253,7 @@ await check('hovering a slice tells its task, duration and lag', async () => {
     return v.slicePoint(v.groups.find((g) => g.name === 'heavy').tasks[1], 3);
   });
   await page.mouse.move(p.x, p.y);
+  assert.ok(await page.locator('#tooltip').isVisible());
   const text = await page.locator('#tooltip').innerText();
   assert.match(text, /^heavy \(task \d+, PID \d+\)/);
   assert.match(text, /slice 4 of 11: ran \d/);

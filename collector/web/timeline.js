@@ -70,7 +70,7 @@
           if (Math.abs(dx) > 3) drag.moved = true;
           if (drag.moved) { const us = dx * (drag.to - drag.from) / this.plotWidth(); this.setView(drag.from - us, drag.to - us); }
         }
-        if (e.target === canvas) this.hover(e); else if (this.opts.onHover) this.opts.onHover(null);
+        if (e.target === canvas) this.hover(e);
       });
       window.addEventListener('mouseup', (e) => {
         if (drag && !drag.moved && e.target === canvas) this.click(e);
@@ -129,7 +129,11 @@
     xOf(us) { return LABEL + (us - this.viewFrom) / (this.viewTo - this.viewFrom) * this.plotWidth(); }
 
     setView(from, to) {
-      const span = Math.max(1, to - from);
+      // Between 1 µs and 100 times the data's span, so the axis stays representable.
+      const whole = Math.max(1, this.to - this.from);
+      const span = Math.min(Math.max(1, to - from), whole * 100);
+      const center = Math.min(Math.max((from + to) / 2, this.from - whole * 50), this.to + whole * 50);
+      from = center - span / 2;
       this.viewFrom = from; this.viewTo = from + span;
       this.draw();
       if (this.opts.onView) this.opts.onView();

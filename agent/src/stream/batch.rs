@@ -12,6 +12,11 @@ use crate::process::{FrameKey, Pid};
 use crate::tasks::ring::Outcome;
 use crate::tasks::timeline::TaskDelta;
 
+/// CLOCK_MONOTONIC stays below 2^62 ns (146 years of uptime); anything else is corrupt.
+fn plausible(ns: i64) -> bool {
+    (1..1 << 62).contains(&ns)
+}
+
 /// Per process, the task changes of a window and the monitor records lost meanwhile.
 pub type TaskDeltas = BTreeMap<Pid, (TaskDelta, u64)>;
 
@@ -67,7 +72,7 @@ impl BatchBuilder {
 
     fn task_block(&mut self, pid: Pid, delta: &TaskDelta, lost_records: u64) -> v1::TaskBlock {
         let mut block = v1::TaskBlock { process: pid.0, lost_records, ..Default::default() };
-        for t in &delta.tasks {
+        for t in delta.tasks.iter().filter(|t| plausible(t.created)) {
             let (done_nanos, state, exception) = match &t.done {
                 None => (0, v1::TaskState::Pending, None),
                 Some((time, Outcome::Result, _)) => (*time, v1::TaskState::Finished, None),
@@ -79,20 +84,24 @@ impl BatchBuilder {
                 name: self.string(&t.name),
                 coro: self.string(&t.coro),
                 parent: t.parent.map_or(0, u64::from),
-                created_nanos: u64::try_from(t.created).unwrap_or(0),
-                done_nanos: u64::try_from(done_nanos).unwrap_or(0),
+                created_nanos: t.created as u64,
+                done_nanos: if plausible(done_nanos) { done_nanos as u64 } else { 0 },
                 state: state as i32,
                 exception: exception.map_or(0, |e| self.string(e)),
             });
         }
-        let any_ready = delta.slices.iter().any(|(_, s)| s.ready.is_some());
-        for (task, s) in &delta.slices {
+        // Times come from the target's memory: a slice that makes no sense is dropped here, so
+        // it cannot get the whole batch (samples included) refused by the collector.
+        let slices: Vec<_> =
+            delta.slices.iter().filter(|(_, s)| plausible(s.start) && plausible(s.end) && s.end >= s.start).collect();
+        let any_ready = slices.iter().any(|(_, s)| s.ready.is_some());
+        for (task, s) in slices {
             block.slice_task.push(u64::from(*task));
             block.slice_tid.push(u32::try_from(s.thread).unwrap_or(0));
-            block.slice_start_nanos.push(u64::try_from(s.start).unwrap_or(0));
-            block.slice_duration_nanos.push(u64::try_from(s.end - s.start).unwrap_or(0));
+            block.slice_start_nanos.push(s.start as u64);
+            block.slice_duration_nanos.push((s.end - s.start) as u64);
             if any_ready {
-                block.slice_ready_nanos.push(s.ready.and_then(|r| u64::try_from(r).ok()).unwrap_or(0));
+                block.slice_ready_nanos.push(s.ready.filter(|&r| plausible(r)).map_or(0, |r| r as u64));
             }
         }
         block
@@ -168,6 +177,25 @@ mod tests {
     use super::*;
     use crate::aggregate::{SampleOwner, StackId, TimedSample};
     use crate::process::Tid;
+
+    #[test]
+    fn slices_with_impossible_times_are_dropped_not_sent() {
+        use crate::tasks::timeline::{Slice, TaskDelta};
+        let ok = Slice { start: 100, end: 200, thread: 7, ready: Some(90) };
+        let delta = TaskDelta {
+            tasks: Vec::new(),
+            slices: vec![
+                (1, ok),
+                (1, Slice { start: 300, end: 200, ..ok }),
+                (1, Slice { start: -5, ..ok }),
+                (1, Slice { end: i64::MAX, ..ok }),
+            ],
+        };
+        let block = BatchBuilder::default().task_block(Pid(3), &delta, 0);
+        assert_eq!(block.slice_start_nanos, vec![100]);
+        assert_eq!(block.slice_duration_nanos, vec![100]);
+        assert_eq!(block.slice_ready_nanos, vec![90]);
+    }
 
     #[test]
     fn a_window_becomes_compact_columns() {

@@ -59,6 +59,20 @@ struct Reader {
     lost_taken: u64,
     /// The process had exited at the last sweep.
     gone: bool,
+    /// The process lives in another PID namespace, so its thread ids need translating.
+    namespaced: bool,
+}
+
+/// The host thread id of the thread that process `pid` knows as `ns_tid` (the last `NSpid`
+/// field of each thread's status).
+fn host_tid(pid: Pid, ns_tid: u64) -> Option<u64> {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    threads.flatten().find_map(|entry| {
+        let host: u64 = entry.file_name().to_str()?.parse().ok()?;
+        let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+        let ns = crate::process::procfs::parse_ns_pid(&status)?;
+        (u64::from(ns.0) == ns_tid).then_some(host)
+    })
 }
 
 impl TaskTracker {
@@ -80,7 +94,22 @@ impl TaskTracker {
             if let Err(e) = reader.ring.poll(&mut events) {
                 tracing::debug!(%pid, "task ring read failed: {e}");
             }
-            self.lost_records += reader.ring.lost_records - before;
+            let lost = reader.ring.lost_records - before;
+            self.lost_records += lost;
+            if lost > 0 {
+                reader.timeline.lost();
+            }
+            if reader.namespaced {
+                // The monitor sees thread ids of its own PID namespace; samples carry the host's.
+                for event in &mut events {
+                    if let ring::TaskEvent::Loop { thread, .. } = event {
+                        match host_tid(*pid, *thread) {
+                            Some(host) => *thread = host,
+                            None => tracing::debug!(%pid, "no host thread id for namespace thread {thread}"),
+                        }
+                    }
+                }
+            }
             reader.timeline.apply(events);
         }
     }
@@ -99,7 +128,8 @@ impl TaskTracker {
         };
         self.absent.remove(&pid);
         let timeline = if self.streaming { timeline::Timeline::streaming() } else { timeline::Timeline::default() };
-        self.readers.insert(pid, Reader { ring, timeline, lost_taken: 0, gone: false });
+        let namespaced = ns_pid != pid.0;
+        self.readers.insert(pid, Reader { ring, timeline, lost_taken: 0, gone: false, namespaced });
     }
 
     pub fn timelines(&self) -> impl Iterator<Item = (Pid, &timeline::Timeline)> {

@@ -21,6 +21,15 @@ const LAP: usize = 4;
 const CREATED: usize = 7;
 /// A reader racing the writer retries the header this often before calling it "nothing new".
 const HEADER_RETRIES: usize = 100;
+/// Bounds on what a ring header may claim, so a hostile file cannot make us allocate much.
+const MIN_SLOTS: u64 = 64;
+const MAX_SLOTS: u64 = 1 << 24;
+/// Records the writer may have stored beyond the published position (bare STOPs).
+const UNPUBLISHED_MARGIN: u64 = 64;
+/// Records copied per read, so a large backlog is read in bounded pieces.
+const CHUNK_RECORDS: u64 = 1 << 16;
+/// Strings whose bytes are still arriving; more means a broken writer.
+const MAX_PENDING_STRINGS: usize = 1024;
 
 const START: u64 = 1;
 const STOP: u64 = 2;
@@ -100,6 +109,8 @@ pub enum RingError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{0} is not an ember task ring (format 2)")]
     NotARing(PathBuf),
+    #[error("{0} is not a regular file")]
+    NotAFile(PathBuf),
 }
 
 /// Decodes records, carrying strings and half-read blocks between calls.
@@ -188,6 +199,9 @@ impl Decoder {
                     self.strings.insert(id, String::new());
                 }
                 STRING if value <= MAX_STRING => {
+                    if self.pending_strings.len() >= MAX_PENDING_STRINGS {
+                        self.pending_strings.clear();
+                    }
                     self.pending_strings.insert(id, (value as usize, Vec::with_capacity(value as usize)));
                 }
                 STRING_DATA => {
@@ -234,8 +248,18 @@ fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RingError + '_ {
 }
 
 impl RingReader {
+    /// Opens a ring. The path comes from the target's file system, so a FIFO (which would
+    /// block the open) or a symlink is refused rather than followed.
     pub fn open(path: PathBuf) -> Result<Self, RingError> {
-        let file = File::open(&path).map_err(io(&path))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(io(&path))?;
+        if !file.metadata().map_err(io(&path))?.is_file() {
+            return Err(RingError::NotAFile(path));
+        }
         let mut reader =
             Self { path, file, slots: 0, created: 0, read_pos: 0, decoder: Decoder::default(), lost_records: 0 };
         reader.read_layout()?;
@@ -253,10 +277,10 @@ impl RingReader {
         let layout_ok = h[0].to_le_bytes() == *MAGIC
             && h[1] & 0xffff_ffff == VERSION
             && h[1] >> 32 == RECORD_SIZE
-            && h[2] >= 2
-            && h[2].is_power_of_two()
-            && h[2] <= 1 << 32;
-        if !layout_ok {
+            && (MIN_SLOTS..=MAX_SLOTS).contains(&h[2])
+            && h[2].is_power_of_two();
+        let file_len = self.file.metadata().map_err(io(&self.path))?.len();
+        if !layout_ok || file_len < HEADER_SIZE + h[2] * RECORD_SIZE {
             return Err(RingError::NotARing(self.path.clone()));
         }
         self.slots = h[2];
@@ -299,31 +323,35 @@ impl RingReader {
         if pos <= self.read_pos {
             return Ok(());
         }
-        if pos - self.read_pos > self.slots {
-            let skip = pos - self.slots - self.read_pos;
+        // The writer may be a few unpublished records past `pos`: keep a margin from its lap.
+        let window = self.slots - UNPUBLISHED_MARGIN;
+        if pos - self.read_pos > window {
+            let skip = pos - window - self.read_pos;
             self.lost_records += skip;
             self.read_pos += skip;
             self.decoder.lost();
         }
-        let count = (pos - self.read_pos) as usize;
-        let mut bytes = vec![0u8; count * RECORD_SIZE as usize];
-        let mut filled = 0;
-        while filled < count {
-            let slot = (self.read_pos + filled as u64) % self.slots;
-            let run = ((self.slots - slot) as usize).min(count - filled);
-            let range = filled * RECORD_SIZE as usize..(filled + run) * RECORD_SIZE as usize;
-            self.file.read_exact_at(&mut bytes[range], HEADER_SIZE + slot * RECORD_SIZE).map_err(io(&self.path))?;
-            filled += run;
+        while self.read_pos < pos {
+            let count = (pos - self.read_pos).min(CHUNK_RECORDS);
+            let mut bytes = vec![0u8; (count * RECORD_SIZE) as usize];
+            let mut filled = 0;
+            while filled < count {
+                let slot = (self.read_pos + filled) % self.slots;
+                let run = (self.slots - slot).min(count - filled);
+                let range = (filled * RECORD_SIZE) as usize..((filled + run) * RECORD_SIZE) as usize;
+                self.file.read_exact_at(&mut bytes[range], HEADER_SIZE + slot * RECORD_SIZE).map_err(io(&self.path))?;
+                filled += run;
+            }
+            // The writer may have lapped us while we copied: what it overwrote is not trusted.
+            let after = self.write_pos()?.unwrap_or(pos).max(pos);
+            let overwritten = (after + UNPUBLISHED_MARGIN).saturating_sub(self.read_pos + self.slots).min(count);
+            if overwritten > 0 {
+                self.lost_records += overwritten;
+                self.decoder.lost();
+            }
+            self.decoder.feed(&bytes[(overwritten * RECORD_SIZE) as usize..], out);
+            self.read_pos += count;
         }
-        // The writer may have lapped us while we copied: what it overwrote is not trusted.
-        let after = self.write_pos()?.unwrap_or(pos);
-        let overwritten = after.saturating_sub(self.read_pos + self.slots).min(count as u64);
-        if overwritten > 0 {
-            self.lost_records += overwritten;
-            self.decoder.lost();
-        }
-        self.decoder.feed(&bytes[overwritten as usize * RECORD_SIZE as usize..], out);
-        self.read_pos = pos;
         Ok(())
     }
 }
@@ -432,16 +460,17 @@ mod tests {
     fn a_reader_that_falls_behind_counts_the_loss() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("r.ring");
-        // Six START records written into a four-slot ring: the first two were overwritten.
-        let records: Vec<Vec<u8>> = (0..6u32).map(|i| tagged(START, 0, i + 1, 0, u64::from(i))).collect();
-        std::fs::write(&path, ring_file(4, &records, 1, 1)).expect("write ring");
+        // 200 START records written into a 128-slot ring: the first 72 were overwritten, and
+        // the reader keeps a 64-record margin from the writer, so 136 are lost.
+        let records: Vec<Vec<u8>> = (0..200u32).map(|i| tagged(START, 0, i + 1, 0, u64::from(i))).collect();
+        std::fs::write(&path, ring_file(128, &records, 1, 71)).expect("write ring");
         let mut reader = RingReader::open(path.clone()).expect("opens");
         let mut events = Vec::new();
         reader.poll(&mut events).expect("reads");
         let tasks: Vec<u32> =
             events.iter().map(|e| if let TaskEvent::Started { task, .. } = e { *task } else { 0 }).collect();
-        assert_eq!(tasks, vec![3, 4, 5, 6]);
-        assert_eq!(reader.lost_records, 2);
+        assert_eq!(tasks, (137..=200).collect::<Vec<u32>>());
+        assert_eq!(reader.lost_records, 136);
         // Nothing new: nothing read twice.
         events.clear();
         reader.poll(&mut events).expect("reads");
@@ -452,11 +481,27 @@ mod tests {
     fn rejects_what_is_not_a_ring() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.ring");
-        let mut file = ring_file(4, &[], 0, -1);
-        file[0] = b'X';
-        std::fs::write(&path, &file).expect("write");
+        let good = ring_file(64, &[], 0, -1);
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        std::fs::write(&path, &bad).expect("write");
         assert!(matches!(RingReader::open(path.clone()), Err(RingError::NotARing(_))));
-        std::fs::write(&path, &file[..10]).expect("write");
-        assert!(matches!(RingReader::open(path), Err(RingError::Io { .. })));
+        // A header claiming more slots than the file holds, or absurdly many.
+        for slots in [128u64, 1 << 40] {
+            let mut big = good.clone();
+            big[16..24].copy_from_slice(&slots.to_le_bytes());
+            std::fs::write(&path, &big).expect("write");
+            assert!(matches!(RingReader::open(path.clone()), Err(RingError::NotARing(_))), "{slots}");
+        }
+        std::fs::write(&path, &good[..10]).expect("write");
+        assert!(matches!(RingReader::open(path.clone()), Err(RingError::Io { .. })));
+        // A FIFO would block a plain open; a symlink is not followed.
+        let fifo = dir.path().join("fifo.ring");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert!(matches!(RingReader::open(fifo), Err(RingError::NotAFile(_))));
+        std::fs::write(&path, &good).expect("write");
+        let link = dir.path().join("link.ring");
+        std::os::unix::fs::symlink(&path, &link).expect("symlink");
+        assert!(RingReader::open(link).is_err());
     }
 }

@@ -71,6 +71,8 @@ pub struct Timeline {
     last_stop: i64,
     /// Stops that matched no running task (after lost records).
     pub unmatched: u64,
+    /// A second thread runs asyncio: stops name their task.
+    multi: bool,
     /// Slices closed since the last delta, when streaming.
     ended: Vec<(u32, Slice)>,
     streaming: bool,
@@ -99,7 +101,7 @@ impl Timeline {
                     self.loop_thread.insert(loop_id, thread);
                     self.single_thread.get_or_insert(thread);
                 }
-                TaskEvent::MultiThread => {}
+                TaskEvent::MultiThread => self.multi = true,
                 TaskEvent::Created { task, time, name, coro, parent, loop_id } => {
                     self.tasks.insert(
                         task,
@@ -141,11 +143,24 @@ impl Timeline {
         }
     }
 
+    /// Records were lost: which task runs where, and pending ready times, are unknown until
+    /// the next start on each thread. Better no slice than a wrong one.
+    pub fn lost(&mut self) {
+        self.stacks.clear();
+        for t in self.tasks.values_mut() {
+            t.ready = None;
+        }
+    }
+
     fn start(&mut self, task: u32, time: i64) {
+        if self.multi && task != 0 && !self.tasks.contains_key(&task) {
+            // Its CREATE was lost: its loop, hence its thread, is unknown.
+            return;
+        }
         let thread = if task != 0 { self.thread_of(task) } else { self.single_thread.unwrap_or(0) };
         let mut stack = self.stacks.remove(&thread).unwrap_or_default();
         match stack.last_mut() {
-            Some(top) if top.task == task => top.depth += 1,
+            Some(top) if top.task == task => top.depth = top.depth.saturating_add(1),
             top => {
                 if let Some(top) = top {
                     // An eager child's first step runs inside its parent's: split the parent.
@@ -171,7 +186,7 @@ impl Timeline {
         };
         match stack.last_mut() {
             Some(top) if task.is_none_or(|t| t == top.task) => {
-                top.depth -= 1;
+                top.depth = top.depth.saturating_sub(1);
                 if top.depth == 0 {
                     let ended = *top;
                     stack.pop();
@@ -308,5 +323,16 @@ mod tests {
         assert_eq!(second.tasks[0].done, Some((12, Outcome::Result, None)));
         assert_eq!(second.slices.len(), 1);
         assert!(t.tasks.is_empty(), "finished tasks are forgotten after streaming");
+    }
+
+    #[test]
+    fn after_a_loss_nothing_is_resumed_from_a_stale_stack() {
+        let mut t = Timeline::default();
+        let events = life();
+        t.apply(events[..4].to_vec()); // task 1 started; its stop will be lost
+        t.lost();
+        t.apply([TaskEvent::Started { task: 1, time: 50 }, TaskEvent::Stopped { task: None, time: 60 }]);
+        assert_eq!(t.tasks[&1].slices, vec![Slice { start: 50, end: 60, thread: 9, ready: None }]);
+        assert_eq!(t.stacks.get(&9).map(Vec::len), Some(0), "no phantom task below");
     }
 }

@@ -157,7 +157,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
         let target = &mut series[p].tasks;
         target.tasks.extend(tasks.tasks);
         target.slices.extend(tasks.slices);
-        target.lost_records += tasks.lost_records;
+        target.lost_records = target.lost_records.saturating_add(tasks.lost_records);
     }
     Ok(NewBatch { agent_id: batch.agent_id.clone(), sequence: batch.sequence, frames, stacks, series })
 }

@@ -31,6 +31,9 @@ const BATCHES: TableDefinition<(&str, u64), i64> = TableDefinition::new("batches
 /// finished tasks by range.
 const TASKS: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("tasks");
 const PENDING: i64 = i64::MAX;
+/// How far before a range the slices that run into it are looked for: one step of an asyncio
+/// task longer than this (a minute of blocking the loop) is missed by queries starting later.
+const SLICE_LOOKBACK_MS: i64 = 60_000;
 /// (series, bucket start ms, blob id) → run slices starting in that bucket.
 const SLICES: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new("slices");
 
@@ -550,9 +553,9 @@ impl Store for EmbeddedStore {
             };
             for s in &series {
                 let mut found = SeriesTasks { series: s.id, labels: s.labels.clone(), ..SeriesTasks::default() };
-                // Slices are filed under the bucket they start in; one bucket back catches
+                // Slices are filed under the bucket they start in; looking a minute back catches
                 // those that started before the range and run into it.
-                let first = bucket_of(range.from_ms) - super::BUCKET_MS;
+                let first = bucket_of(range.from_ms).saturating_sub(SLICE_LOOKBACK_MS);
                 let keys = (s.id, first, 0)..=(s.id, bucket_of(range.to_ms - 1), u64::MAX);
                 for item in slice_table.range(keys).map_err(storage_error)? {
                     let (_, blob) = item.map_err(storage_error)?;

@@ -159,7 +159,7 @@ pub fn decode_slices(bytes: &[u8]) -> Result<Vec<TaskSlice>, CodecError> {
             tid,
             start_ns,
             end_ns,
-            ready_ns: ready.checked_sub(1).map(|d| start_ns - unzigzag(d)),
+            ready_ns: ready.checked_sub(1).map(|d| start_ns.wrapping_sub(unzigzag(d))),
         });
     }
     Ok(out)
