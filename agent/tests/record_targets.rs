@@ -18,15 +18,13 @@ fn only_child(pid: u32) -> u32 {
     child.unwrap_or_default()
 }
 
-#[test]
-fn a_target_in_its_own_pid_and_mount_namespace() {
-    let _serial = serial();
-    // Like a container: the target is PID 1 of a new PID namespace and has a private /tmp,
-    // so its perf map is /tmp/perf-1.map inside, invisible at the host's /tmp.
-    // The fixture is read before the private /tmp hides it (the checkout may live under /tmp).
+/// Runs `fixture` with python3.12 as PID 1 of a new PID namespace with a private /tmp, like a
+/// container, once it has printed "ready 1". Returns the wrapper and the target's host PID.
+/// The fixture is read before the private /tmp hides it (the checkout may live under /tmp).
+fn spawn_in_namespace(fixture_name: &str, env: &str) -> (Target, u32) {
     let script = format!(
-        "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 {} -c \"$code\" 30",
-        fixture("serve.py").display(),
+        "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 {env} {} -c \"$code\" 30",
+        fixture(fixture_name).display(),
         python312().display()
     );
     let wrapper = Target::spawn(Command::new("unshare").args([
@@ -42,6 +40,14 @@ fn a_target_in_its_own_pid_and_mount_namespace() {
     let ready = wrapper.wait_for("ready", Duration::from_secs(20));
     assert_eq!(ready, "ready 1", "the target sees itself as PID 1");
     let host_pid = only_child(wrapper.pid());
+    (wrapper, host_pid)
+}
+
+#[test]
+fn a_target_in_its_own_pid_and_mount_namespace() {
+    let _serial = serial();
+    // Its perf map is /tmp/perf-1.map inside, invisible at the host's /tmp.
+    let (_wrapper, host_pid) = spawn_in_namespace("serve.py", "");
     assert!(!std::path::Path::new(&format!("/tmp/perf-{host_pid}.map")).exists());
 
     let out = run(ember().args(["record", "--duration", "2", "--pid", &host_pid.to_string()]));
@@ -61,24 +67,8 @@ fn task_slices_of_a_target_in_its_own_pid_namespace_join_its_samples() {
     let _serial = serial();
     // The target starts the monitor itself; its ring is in its own /tmp and its thread ids are
     // those of its namespace, which the agent must translate to join them with samples.
-    let script = format!(
-        "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 PYTHONPATH={} {} -c \"$code\" 30",
-        fixture("asyncio_serve.py").display(),
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python").display(),
-        python312().display()
-    );
-    let wrapper = Target::spawn(Command::new("unshare").args([
-        "--pid",
-        "--fork",
-        "--mount",
-        "--mount-proc",
-        "--",
-        "sh",
-        "-c",
-        &script,
-    ]));
-    assert_eq!(wrapper.wait_for("ready", Duration::from_secs(20)), "ready 1");
-    let host_pid = only_child(wrapper.pid());
+    let monitor = format!("PYTHONPATH={}", std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python").display());
+    let (_wrapper, host_pid) = spawn_in_namespace("asyncio_serve.py", &monitor);
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("ns.trace.json");
     let out = run(ember()
