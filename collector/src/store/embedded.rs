@@ -573,6 +573,26 @@ impl Store for EmbeddedStore {
                         found.tasks.push(task);
                     }
                 }
+                // Slices whose task record never arrived (a batch the agent had to drop) still
+                // show, under a placeholder, rather than vanish with their samples.
+                let known: std::collections::HashSet<u64> = found.tasks.iter().map(|t| t.id).collect();
+                let mut orphans: BTreeMap<u64, i64> = BTreeMap::new();
+                for sl in found.slices.iter().filter(|sl| !known.contains(&sl.task)) {
+                    let first = orphans.entry(sl.task).or_insert(sl.start_ns);
+                    *first = (*first).min(sl.start_ns);
+                }
+                for (id, first) in orphans {
+                    found.tasks.push(super::TaskRecord {
+                        id,
+                        name: format!("(task {id}, record lost)"),
+                        coro: String::new(),
+                        parent: 0,
+                        created_ns: first,
+                        done_ns: None,
+                        state: super::TaskState::Pending,
+                        exception: String::new(),
+                    });
+                }
                 if !found.tasks.is_empty() || !found.slices.is_empty() {
                     out.push(found);
                 }
@@ -833,6 +853,11 @@ mod tests {
         let later = store.tasks(&all(), TimeRange { from_ms: T0 + 30, to_ms: T0 + 60_000 }).expect("tasks");
         assert_eq!(later[0].tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![2]);
         // Raw retention drops finished tasks and slices; live tasks stay with their series.
+        // A slice of a task whose record was lost still shows, under a placeholder.
+        store.ingest(&with_tasks(3, vec![], vec![(9, T0 + 16)])).expect("ok");
+        let found = store.tasks(&all(), range).expect("tasks");
+        let orphan = found[0].tasks.iter().find(|t| t.id == 9).expect("placeholder for task 9");
+        assert_eq!(orphan.name, "(task 9, record lost)");
         let report = store.apply_retention(T0 - 1, T0 + 20_000).expect("retention");
         assert_eq!(report.tasks_removed, 1);
         let left = store.tasks(&all(), range).expect("tasks");
