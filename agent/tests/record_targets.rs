@@ -20,10 +20,20 @@ fn only_child(pid: u32) -> u32 {
 
 /// Runs `fixture` with python3.12 as PID 1 of a new PID namespace with a private /tmp, like a
 /// container, once it has printed "ready 1". Returns the wrapper and the target's host PID.
-/// The fixture is read before the private /tmp hides it (the checkout may live under /tmp).
-fn spawn_in_namespace(fixture_name: &str, env: &str) -> (Target, u32) {
+/// Files are read before the private /tmp hides them (the checkout may live under /tmp); with
+/// `with_monitor`, ember_monitor.py is copied into the new /tmp and put on PYTHONPATH.
+fn spawn_in_namespace(fixture_name: &str, with_monitor: bool) -> (Target, u32) {
+    let monitor = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/ember_monitor.py");
+    let install_monitor = if with_monitor {
+        format!(
+            "mon=$(cat {}) && mount -t tmpfs tmpfs /tmp && mkdir /tmp/ember && printf '%s\\n' \"$mon\" > /tmp/ember/ember_monitor.py && export PYTHONPATH=/tmp/ember",
+            monitor.display()
+        )
+    } else {
+        "mount -t tmpfs tmpfs /tmp".to_string()
+    };
     let script = format!(
-        "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && exec env PYTHONPERFSUPPORT=1 {env} {} -c \"$code\" 30",
+        "code=$(cat {}) && {install_monitor} && exec env PYTHONPERFSUPPORT=1 {} -c \"$code\" 30",
         fixture(fixture_name).display(),
         python312().display()
     );
@@ -47,7 +57,7 @@ fn spawn_in_namespace(fixture_name: &str, env: &str) -> (Target, u32) {
 fn a_target_in_its_own_pid_and_mount_namespace() {
     let _serial = serial();
     // Its perf map is /tmp/perf-1.map inside, invisible at the host's /tmp.
-    let (_wrapper, host_pid) = spawn_in_namespace("serve.py", "");
+    let (_wrapper, host_pid) = spawn_in_namespace("serve.py", false);
     assert!(!std::path::Path::new(&format!("/tmp/perf-{host_pid}.map")).exists());
 
     let out = run(ember().args(["record", "--duration", "2", "--pid", &host_pid.to_string()]));
@@ -67,8 +77,7 @@ fn task_slices_of_a_target_in_its_own_pid_namespace_join_its_samples() {
     let _serial = serial();
     // The target starts the monitor itself; its ring is in its own /tmp and its thread ids are
     // those of its namespace, which the agent must translate to join them with samples.
-    let monitor = format!("PYTHONPATH={}", std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python").display());
-    let (_wrapper, host_pid) = spawn_in_namespace("asyncio_serve.py", &monitor);
+    let (_wrapper, host_pid) = spawn_in_namespace("asyncio_serve.py", true);
     let dir = tempfile::tempdir().expect("tempdir");
     let trace = dir.path().join("ns.trace.json");
     let out = run(ember()
