@@ -64,9 +64,7 @@ pub async fn timeline(State(state): State<AppState>, Query(params): Params) -> R
         Ok((found, samples))
     })
     .await?;
-    let pids: HashMap<u32, String> =
-        found.iter().map(|s| (s.series, s.labels.get("pid").cloned().unwrap_or_default())).collect();
-    let mut tasks = build(&found, &pids);
+    let mut tasks = build(&found);
     let attribution = Attribution::new(found);
     let index: HashMap<(u32, u64), usize> = tasks.iter().enumerate().map(|(i, t)| ((t.process, t.id), i)).collect();
     let mut outside = 0u64;
@@ -102,9 +100,10 @@ pub async fn timeline(State(state): State<AppState>, Query(params): Params) -> R
     .into_response())
 }
 
-fn build(found: &[SeriesTasks], pids: &HashMap<u32, String>) -> Vec<TimelineTask> {
+fn build(found: &[SeriesTasks]) -> Vec<TimelineTask> {
     let mut out = Vec::new();
     for s in found {
+        let pid = s.labels.get("pid").cloned().unwrap_or_default();
         let mut slices: HashMap<u64, Vec<_>> = HashMap::new();
         for slice in &s.slices {
             slices.entry(slice.task).or_default().push(slice);
@@ -113,7 +112,7 @@ fn build(found: &[SeriesTasks], pids: &HashMap<u32, String>) -> Vec<TimelineTask
             let mine = slices.remove(&t.id).unwrap_or_default();
             out.push(TimelineTask {
                 process: s.series,
-                pid: pids.get(&s.series).cloned().unwrap_or_default(),
+                pid: pid.clone(),
                 id: t.id,
                 name: t.name.clone(),
                 coro: t.coro.clone(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::{Labels, Selector, TimeRange};
-use crate::store::{SeriesTasks, StackCounts, Store, StoreError, TaskRecord, BUCKET_MS};
+use crate::store::{SeriesTasks, StackCounts, Steps, Store, StoreError, TaskRecord, BUCKET_MS};
 
 /// The labels that select samples by task rather than series.
 pub const TASK_LABELS: [&str; 3] = ["task", "task_id", "task_coro"];
@@ -119,19 +119,13 @@ pub fn timeseries(
     range: TimeRange,
     step_ms: i64,
 ) -> Result<Vec<(i64, u64)>, StoreError> {
-    let step = step_ms.max(BUCKET_MS);
-    let start = crate::store::bucket_of(range.from_ms);
-    let points = ((range.to_ms - start + step - 1) / step).max(1) as usize;
-    let mut out: Vec<(i64, u64)> = (0..points).map(|i| (start + i as i64 * step, 0)).collect();
+    let mut steps = Steps::new(range, step_ms);
     // Whole buckets, as the unfiltered series is.
-    let whole = TimeRange { from_ms: start, to_ms: crate::store::bucket_of(range.to_ms - 1) + BUCKET_MS };
+    let whole = TimeRange { from_ms: steps.start(), to_ms: crate::store::bucket_of(range.to_ms - 1) + BUCKET_MS };
     for (time_ns, weight, _) in task_samples(store, selector, filter, whole)? {
-        let slot = (time_ns.div_euclid(1_000_000) - start).div_euclid(step);
-        if let Some(point) = usize::try_from(slot).ok().and_then(|i| out.get_mut(i)) {
-            point.1 += weight;
-        }
+        steps.add(time_ns.div_euclid(1_000_000), weight);
     }
-    Ok(out)
+    Ok(steps.points())
 }
 
 #[cfg(test)]

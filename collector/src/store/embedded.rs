@@ -491,10 +491,8 @@ impl Store for EmbeddedStore {
 
     fn timeseries(&self, selector: &Selector, range: TimeRange, step_ms: i64) -> Result<Vec<(i64, u64)>, StoreError> {
         let series = self.matching_series(selector, range)?;
-        let step = step_ms.max(super::BUCKET_MS);
-        let start = bucket_of(range.from_ms);
-        let points = ((range.to_ms - start + step - 1) / step).max(1) as usize;
-        let mut out: Vec<(i64, u64)> = (0..points).map(|i| (start + i as i64 * step, 0)).collect();
+        let mut steps = super::Steps::new(range, step_ms);
+        let start = steps.start();
         self.with_db(|db| {
             let txn = db.begin_read().map_err(storage_error)?;
             let Some(agg) = read_table(&txn, AGG)? else { return Ok(()) };
@@ -502,18 +500,14 @@ impl Store for EmbeddedStore {
                 let range_keys = (s.id, start, 0)..=(s.id, bucket_of(range.to_ms - 1), u64::MAX);
                 for item in agg.range(range_keys).map_err(storage_error)? {
                     let (key, blob) = item.map_err(storage_error)?;
-                    let bucket = key.value().1;
-                    let slot = ((bucket - start) / step) as usize;
                     let mut sum = 0;
                     codec::for_each_count(blob.value(), |_, c| sum += c)?;
-                    if let Some(point) = out.get_mut(slot) {
-                        point.1 += sum;
-                    }
+                    steps.add(key.value().1, sum);
                 }
             }
             Ok(())
         })?;
-        Ok(out)
+        Ok(steps.points())
     }
 
     fn raw_samples(&self, selector: &Selector, range: TimeRange) -> Result<Vec<(u32, RawSample)>, StoreError> {
@@ -563,25 +557,23 @@ impl Store for EmbeddedStore {
                     found.slices.extend(slices.into_iter().filter(|sl| sl.end_ns >= from_ns && sl.start_ns < to_ns));
                 }
                 found.slices.sort_by_key(|sl| sl.start_ns);
-                let ran: std::collections::HashSet<u64> = found.slices.iter().map(|sl| sl.task).collect();
+                // Tasks with slices in range, and when each first ran (slices are in start order).
+                let mut ran: BTreeMap<u64, i64> = BTreeMap::new();
+                for sl in &found.slices {
+                    ran.entry(sl.task).or_insert(sl.start_ns);
+                }
                 let keys = (s.id, bucket_of(range.from_ms), 0)..=(s.id, PENDING, u64::MAX);
                 for item in task_table.range(keys).map_err(storage_error)? {
                     let (key, bytes) = item.map_err(storage_error)?;
                     let task = tasks::decode_task(key.value().2, bytes.value())?;
                     let alive = task.created_ns < to_ns && task.done_ns.is_none_or(|d| d >= from_ns);
-                    if alive || ran.contains(&task.id) {
+                    if ran.remove(&task.id).is_some() || alive {
                         found.tasks.push(task);
                     }
                 }
                 // Slices whose task record never arrived (a batch the agent had to drop) still
                 // show, under a placeholder, rather than vanish with their samples.
-                let known: std::collections::HashSet<u64> = found.tasks.iter().map(|t| t.id).collect();
-                let mut orphans: BTreeMap<u64, i64> = BTreeMap::new();
-                for sl in found.slices.iter().filter(|sl| !known.contains(&sl.task)) {
-                    let first = orphans.entry(sl.task).or_insert(sl.start_ns);
-                    *first = (*first).min(sl.start_ns);
-                }
-                for (id, first) in orphans {
+                for (id, first) in ran {
                     found.tasks.push(super::TaskRecord {
                         id,
                         name: format!("(task {id}, record lost)"),

@@ -22,6 +22,41 @@ pub fn bucket_of(ms: i64) -> i64 {
     ms.div_euclid(BUCKET_MS) * BUCKET_MS
 }
 
+/// Sample counts per step of a time series: one point per `step_ms` (at least a bucket) from the
+/// bucket holding the range's start. The aggregated and the task-filtered series both fill it.
+#[derive(Debug)]
+pub struct Steps {
+    start: i64,
+    step: i64,
+    points: Vec<(i64, u64)>,
+}
+
+impl Steps {
+    pub fn new(range: TimeRange, step_ms: i64) -> Self {
+        let step = step_ms.max(BUCKET_MS);
+        let start = bucket_of(range.from_ms);
+        let count = ((range.to_ms - start + step - 1) / step).max(1) as usize;
+        Self { start, step, points: (0..count).map(|i| (start + i as i64 * step, 0)).collect() }
+    }
+
+    /// The first bucket the series covers.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// Adds `count` to the step holding `ms`, if there is one.
+    pub fn add(&mut self, ms: i64, count: u64) {
+        let slot = (ms - self.start).div_euclid(self.step);
+        if let Some(point) = usize::try_from(slot).ok().and_then(|i| self.points.get_mut(i)) {
+            point.1 += count;
+        }
+    }
+
+    pub fn points(self) -> Vec<(i64, u64)> {
+        self.points
+    }
+}
+
 /// A validated batch, with batch-local frame and stack indexes.
 #[derive(Debug, Clone, Default)]
 pub struct NewBatch {
