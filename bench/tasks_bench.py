@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Overhead of ember's asyncio task monitor (agent/python/ember_monitor.py).
 
-    python3.12 bench/tasks_bench.py [--rounds 7] [--instructions]
+    python3.12 bench/tasks_bench.py [--rounds 7] [--instructions] [--agent target/release/ember-agent]
+
+The monitor is taken from the agent (`ember-agent export-monitor`), so the native fast path
+(_ember_accel) is measured as the agent ships it; "pure Python" turns it off
+(EMBER_MONITOR_ACCEL=0), as for a program that imports ember_monitor.py alone.
 
 Each configuration runs in a fresh interpreter pinned to one CPU; the time is the minimum of N
 rounds, plain and monitored interleaved, as in ../shared/reference/asyncio-monitoring.md, where
@@ -16,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +32,7 @@ N = int(os.environ.get("EMBER_BENCH_TASKS", "10000"))
 if mode != "plain":
     import atexit, ember_monitor
     path = f"/tmp/ember-bench-{os.getpid()}.ring"
-    ember_monitor.start(path=path, lag=mode != "monitor-nolag")
+    ember_monitor.start(path=path, lag=mode != "monitor-nolag", accel=mode != "python")
     atexit.register(lambda: os.path.exists(path) and os.unlink(path))
 
 async def leaf():
@@ -69,7 +74,7 @@ else:
     asyncio.run(main())
 '''
 
-MODES = ["plain", "monitor", "monitor-nolag"]
+MODES = ["plain", "monitor", "monitor-nolag", "python"]
 LABELS = {
     "worst": "10,000 tasks × 10 trivial awaits",
     "worst-eager": "the same, eager_task_factory",
@@ -81,8 +86,11 @@ TARGETS = {"worst": "≤ 1.25×", "worst-eager": "≤ 1.25×", "service": "≤ 1
            "no-asyncio": "nothing measurable"}
 
 
+MONITOR_DIR = None  # where the agent exported the monitor
+
+
 def env(tasks=None):
-    e = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "agent/python"), PYTHONHASHSEED="0")
+    e = dict(os.environ, PYTHONPATH=MONITOR_DIR, PYTHONHASHSEED="0")
     if tasks:
         e["EMBER_BENCH_TASKS"] = str(tasks)
     return e
@@ -105,29 +113,46 @@ def per_task(python, mode, kind):
     return (instructions(python, mode, kind, 4000) - instructions(python, mode, kind, 2000)) / (tasks(4000) - tasks(2000))
 
 
+def export_monitor(agent, into):
+    """The monitor files as the agent ships them."""
+    if not os.access(agent, os.X_OK):
+        sys.exit(f"no agent at {agent}: build it first (cargo build --release -p ember-agent) or pass --agent")
+    subprocess.run([agent, "export-monitor", into], check=True, stdout=subprocess.DEVNULL)
+
+
 def main():
+    global MONITOR_DIR
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--agent", default=os.path.join(ROOT, "target/release/ember-agent"))
     ap.add_argument("--instructions", action="store_true", help="also count instructions with valgrind")
     args = ap.parse_args()
-    print(f"python {args.python}, {args.rounds} rounds, minimum, pinned to one CPU\n")
-    print("| workload | plain (s) | monitor (s) | slowdown | lag off (s) | slowdown | target |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory(prefix="ember-bench-") as MONITOR_DIR:
+        export_monitor(args.agent, MONITOR_DIR)
+        report(args)
+
+
+def report(args):
+    header = ("| workload | plain | monitor | slowdown | lag off | slowdown | pure Python | slowdown | target |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"python {args.python}, {args.rounds} rounds, minimum, pinned to one CPU; times in seconds\n")
+    print(header)
     for kind, label in LABELS.items():
         times = {m: [] for m in MODES}
         for _ in range(args.rounds):
             for m in MODES:
                 times[m].append(run(args.python, m, kind))
-        b, m, n = (min(times[x]) for x in MODES)
-        print(f"| {label} | {b:.3f} | {m:.3f} | {m / b:.3f}× | {n:.3f} | {n / b:.3f}× | {TARGETS[kind]} |")
+        b, m, n, p = (min(times[x]) for x in MODES)
+        print(f"| {label} | {b:.3f} | {m:.3f} | {m / b:.3f}× | {n:.3f} | {n / b:.3f}× | {p:.3f} | {p / b:.3f}× "
+              f"| {TARGETS[kind]} |")
     if args.instructions:
         print("\nInstructions per task (callgrind, N = 4000 minus N = 2000 tasks):\n")
-        print("| workload | plain | monitor | slowdown | lag off | slowdown | target |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(header)
         for kind in ["worst", "worst-eager", "service", "service-eager"]:
-            b, m, n = (per_task(args.python, x, kind) for x in MODES)
-            print(f"| {LABELS[kind]} | {b:,.0f} | {m:,.0f} | {m / b:.3f}× | {n:,.0f} | {n / b:.3f}× | {TARGETS[kind]} |")
+            b, m, n, p = (per_task(args.python, x, kind) for x in MODES)
+            print(f"| {LABELS[kind]} | {b:,.0f} | {m:,.0f} | {m / b:.3f}× | {n:,.0f} | {n / b:.3f}× | {p:,.0f} "
+                  f"| {p / b:.3f}× | {TARGETS[kind]} |")
 
 
 if __name__ == "__main__":

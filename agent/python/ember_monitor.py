@@ -45,13 +45,15 @@ MAGIC = b"EMBRING2"
 VERSION = 2
 HEADER_SIZE = 64
 RECORD_SIZE = 16
-DEFAULT_CAPACITY = 2 << 20  # bytes of records: 131072 slots (and ~5 MiB of Python heap, see _Ring)
+DEFAULT_CAPACITY = 2 << 20  # bytes of records: 131072 slots (pure Python: ~5 MiB of heap, see succ)
 LAG = True  # record READY (event-loop lag) unless start(lag=False)
 
 # Header words (little-endian i64): 0 magic, 1 version | record size << 32, 2 slots,
-# 3 published slot (-1: none yet in this lap), 4 lap, 5 pid, 6 flags (bit 0: READY recorded),
+# 3 published slot (-1: none yet in this lap), 4 lap, 5 pid, 6 flags (bit 0: READY recorded,
+# bit 1: written by _ember_accel),
 # 7 monotonic_ns when the ring was created (a new value means the ring was recreated).
 PUBLISHED, LAP = 3, 4
+LAG_RECORDED, NATIVE = 1, 2  # header word 6 (flags)
 
 # A tagged word: bit 62 set, kind in bits 0-7, flags 8-15, a task (or other) id 16-47, 48-61 per
 # kind. Word 1 ("value") follows the kind. A word 0 below 2**62 (a time: monotonic_ns stays below
@@ -102,8 +104,7 @@ _next_task_info = _task_infos().__next__
 
 
 class _Ring:
-    """The mapped file. `succ` costs 8 bytes of tuple and one int object (32 bytes) per slot:
-    the price of a slot reservation that allocates nothing."""
+    """The mapped file."""
 
     def __init__(self, path, capacity):
         import mmap
@@ -126,9 +127,6 @@ class _Ring:
         self.header = view[:HEADER_SIZE].cast("q")
         words = view[HEADER_SIZE:].cast("l" if struct.calcsize("l") == 8 else "q")
         self.first, self.second = words[0::2], words[1::2]
-        # A tuple of ints is not tracked by the cyclic GC; a list would be traversed by every
-        # full collection.
-        self.succ = tuple(range(1, slots)) + (None,)
         h = self.header
         h[0] = int.from_bytes(MAGIC, "little")
         h[1] = VERSION | RECORD_SIZE << 32
@@ -139,28 +137,27 @@ class _Ring:
         h[7] = time.monotonic_ns()
 
 
-def _writer(ring, mon):
-    """The record writers and the sys.monitoring callbacks, as closures over one ring.
+def _python_hot_path(ring, mon):
+    """The ring's writers in pure Python, as closures over one ring: the sys.monitoring
+    callbacks of every step, the record writers, and READY for `call_soon`.
 
     `k` is the next slot, `lap` how many times the ring wrapped. Every reservation is
         w = k; k = succ[w]     (TypeError when w is None: wrap around, inline, no call)
     followed by the stores and, for what must be seen at once, publishing `w`; no call in
     between. On wrap-around PUBLISHED is reset before LAP moves, so that a reader never sees a
-    position ahead of what is written."""
+    position ahead of what is written. `succ` costs 8 bytes of tuple and one int object (32
+    bytes) per slot: the price of a slot reservation that allocates nothing."""
     import time
 
-    first, second, header, succ = ring.first, ring.second, ring.header, ring.succ
+    first, second, header = ring.first, ring.second, ring.header
+    # A tuple of ints is not tracked by the cyclic GC; a list would be traversed by every
+    # full collection.
+    succ = tuple(range(1, ring.slots)) + (None,)
     now = time.monotonic_ns
     ct = mon.current_task
-    getframe = sys._getframe
-    watched = mon.watched
     adopt = mon.adopt
-    string = mon.string
-    cancelled_error = mon.cancelled_error
-    next_task_info = _next_task_info
     k = 0
     lap = 0
-    multi = False  # see MODE
 
     # ---- the hot path: one callback per step start and end
     def on_start(code, offset):
@@ -268,6 +265,101 @@ def _writer(ring, mon):
         w = k
         header[3] = ring.slots - 1 if w is None else w - 1
 
+    # ---- READY: the event-loop lag, from BaseEventLoop.call_soon (see _Monitor.ensure_ring)
+    def make_call_soon(original):
+        from asyncio.events import Handle
+
+        def call_soon(self, callback, *args, context=None):
+            nonlocal k, lap
+            # BaseEventLoop.call_soon and _call_soon inlined; debug mode keeps the original.
+            if self._closed or self._debug:
+                handle = original(self, callback, *args, context=context)
+            else:
+                handle = Handle(callback, args, self, context)
+                self._ready.append(handle)
+            # A C task schedules its step (a TaskStepMethWrapper) and its wakeup (the builtin
+            # task_wakeup, bound) through here; both have the task as __self__. getattr with a
+            # default: raising AttributeError for every other callback would cost a microsecond.
+            info = getattr(getattr(callback, "__self__", None), "_ember", 0)
+            if not info:
+                return handle
+            t = now()
+            w = k
+            try:
+                k = succ[w]
+            except TypeError:
+                w = 0
+                k = 1
+                header[3] = -1
+                lap += 1
+                header[4] = lap
+            first[w] = info + (READY - START)
+            second[w] = t
+            # Published at once: one step can wake thousands of tasks, and a reader checks
+            # for overwritten records against the published position.
+            header[3] = w
+            return handle
+
+        return call_soon
+
+    return dict(on_start=on_start, on_yield=on_yield, on_yield_multi=on_yield_multi, put1=put1, put2=put2,
+                publish=publish, make_call_soon=make_call_soon)
+
+
+def _native_hot_path(ring, mon, accel):
+    """The same writers from _ember_accel (agent/accel/ember_accel.rs), which from here on owns
+    the ring's write position: every record goes through it."""
+    import asyncio.futures
+
+    accel.init(ring.map, mon.current_task, mon.adopt, asyncio.futures.Future,
+               getattr(asyncio.futures, "_PyFuture", None))
+    ready = accel.ready
+
+    def make_call_soon(original):
+        from asyncio.events import Handle
+
+        def call_soon(self, callback, *args, context=None):
+            if self._closed or self._debug:
+                handle = original(self, callback, *args, context=context)
+            else:
+                handle = Handle(callback, args, self, context)
+                self._ready.append(handle)
+            ready(callback)
+            return handle
+
+        return call_soon
+
+    return dict(on_start=accel.on_start, on_yield=accel.on_yield, on_yield_multi=accel.on_yield_multi,
+                put1=accel.put, put2=accel.put2, publish=accel.publish, make_call_soon=make_call_soon)
+
+
+def _load_accel():
+    """_ember_accel if it can be used here, else None (the pure-Python writers are used)."""
+    if os.environ.get("EMBER_MONITOR_ACCEL", "1") == "0":
+        return None
+    try:
+        import _ember_accel
+    except ImportError:
+        return None
+    return _ember_accel if getattr(_ember_accel, "RING_VERSION", None) == VERSION else None
+
+
+def _writer(ring, mon, hot):
+    """The sys.monitoring callbacks and record writers: the per-step ones from `hot` (see
+    _python_hot_path), the rest, which run once per task, written in terms of them."""
+    import time
+
+    now = time.monotonic_ns
+    ct = mon.current_task
+    getframe = sys._getframe
+    watched = mon.watched
+    adopt = mon.adopt
+    string = mon.string
+    cancelled_error = mon.cancelled_error
+    next_task_info = _next_task_info
+    put1, put2 = hot["put1"], hot["put2"]
+    multi = False  # see MODE
+
     # ---- once per task or per coroutine, not per step
     def on_throw(code, offset, exc):
         # A step resumed by throw() (cancellation) starts with PY_THROW, not PY_RESUME. PY_THROW
@@ -284,7 +376,6 @@ def _writer(ring, mon):
         put1(info | THROWN, now())
 
     def on_return(code, offset, value):
-        nonlocal k, lap
         task = ct()
         try:
             info = task._ember
@@ -299,32 +390,7 @@ def _writer(ring, mon):
         if coro.cr_code is not code or coro.cr_frame.f_lasti != offset:
             put1(info + (STOP - START) | HOW_RETURN, now())
             return
-        stop = info + (STOP - START) | HOW_RETURN
-        done = info + (DONE - START)
-        t = now()
-        w = k
-        try:
-            k = succ[w]
-        except TypeError:
-            w = 0
-            k = 1
-            header[3] = -1
-            lap += 1
-            header[4] = lap
-        first[w] = stop
-        second[w] = t
-        w = k
-        try:
-            k = succ[w]
-        except TypeError:
-            w = 0
-            k = 1
-            header[3] = -1
-            lap += 1
-            header[4] = lap
-        first[w] = done
-        second[w] = 0
-        header[3] = w
+        put2(info + (STOP - START) | HOW_RETURN, now(), info + (DONE - START), 0)
 
     def on_unwind(code, offset, exc):
         if id(code) not in watched:
@@ -383,7 +449,6 @@ def _writer(ring, mon):
             def factory(loop, coro, **kwargs):
                 # No `previous`: the task cannot run before we return, so register it after,
                 # with create()'s work inline (this runs once per task).
-                nonlocal k, lap
                 task = task_type(coro, loop=loop, **kwargs) if kwargs else task_type(coro, loop=loop)
                 if not mon.active:
                     return task
@@ -413,31 +478,7 @@ def _writer(ring, mon):
                     c = info + (CREATE - START) | loop_bits
                     name_field = string(name)
                 parent = getattr(ct(loop), "_ember", 0) & ID_MASK | (TAG | TASK)
-                value = name_field | entry[1] << 32
-                t = now()
-                w = k
-                try:
-                    k = succ[w]
-                except TypeError:
-                    w = 0
-                    k = 1
-                    header[3] = -1
-                    lap += 1
-                    header[4] = lap
-                first[w] = c
-                second[w] = t
-                w = k
-                try:
-                    k = succ[w]
-                except TypeError:
-                    w = 0
-                    k = 1
-                    header[3] = -1
-                    lap += 1
-                    header[4] = lap
-                first[w] = parent
-                second[w] = value
-                header[3] = w
+                put2(c, now(), parent, name_field | entry[1] << 32)
                 return task
         else:
             def factory(loop, coro, **kwargs):
@@ -461,68 +502,32 @@ def _writer(ring, mon):
         factory._ember_previous = previous
         return factory
 
-    # ---- READY: the event-loop lag, from BaseEventLoop.call_soon (see _Monitor.ensure_ring)
-    def make_call_soon(original):
-        from asyncio.events import Handle
-
-        def call_soon(self, callback, *args, context=None):
-            nonlocal k, lap
-            # BaseEventLoop.call_soon and _call_soon inlined; debug mode keeps the original.
-            if self._closed or self._debug:
-                handle = original(self, callback, *args, context=context)
-            else:
-                handle = Handle(callback, args, self, context)
-                self._ready.append(handle)
-            # A C task schedules its step (a TaskStepMethWrapper) and its wakeup (the builtin
-            # task_wakeup, bound) through here; both have the task as __self__. getattr with a
-            # default: raising AttributeError for every other callback would cost a microsecond.
-            info = getattr(getattr(callback, "__self__", None), "_ember", 0)
-            if not info:
-                return handle
-            t = now()
-            w = k
-            try:
-                k = succ[w]
-            except TypeError:
-                w = 0
-                k = 1
-                header[3] = -1
-                lap += 1
-                header[4] = lap
-            first[w] = info + (READY - START)
-            second[w] = t
-            # Published at once: one step can wake thousands of tasks, and a reader checks
-            # for overwritten records against the published position.
-            header[3] = w
-            return handle
-
-        call_soon._ember = True
-        return call_soon
-
     def go_multi():
         nonlocal multi
         if not multi:
             multi = True
-            sys.monitoring.register_callback(mon.tool, _E.PY_YIELD, on_yield_multi)
+            sys.monitoring.register_callback(mon.tool, _E.PY_YIELD, hot["on_yield_multi"])
             put1(TAG | MODE, 1)
 
     def is_multi():
         return multi
 
-    return dict(put1=put1, put2=put2, publish=publish, on_start=on_start, on_yield=on_yield,
-                on_throw=on_throw, on_return=on_return, on_unwind=on_unwind, go_multi=go_multi,
-                is_multi=is_multi, make_call_soon=make_call_soon, create=create,
+    return dict(put1=put1, put2=put2, publish=hot["publish"], on_start=hot["on_start"],
+                on_yield=hot["on_yield"], on_throw=on_throw, on_return=on_return, on_unwind=on_unwind,
+                go_multi=go_multi, is_multi=is_multi, make_call_soon=hot["make_call_soon"], create=create,
                 make_factory=make_factory)
 
 
 class _Monitor:
-    def __init__(self, ring_args, tool_id, lag):
+    def __init__(self, ring_args, tool_id, lag, use_accel):
         import asyncio.exceptions
         import asyncio.tasks
         import time
 
         self.ring_args = ring_args
         self.lag = lag
+        self.use_accel = use_accel
+        self.accel = None  # _ember_accel, when it writes the records
         self.ring = None  # created when a loop is first used, so other programs leave no file
         self.tool = tool_id
         self.active = True
@@ -547,7 +552,13 @@ class _Monitor:
         import atexit
 
         self.ring = _Ring(*self.ring_args)
-        self.w = w = _writer(self.ring, self)
+        self.accel = _load_accel() if self.use_accel else None
+        if self.accel is not None:
+            hot = _native_hot_path(self.ring, self, self.accel)
+            self.ring.header[6] |= NATIVE
+        else:
+            hot = _python_hot_path(self.ring, self)
+        self.w = w = _writer(self.ring, self, hot)
         if self.lag:
             # C tasks schedule their steps and wakeups with loop.call_soon, looked up by name.
             # The copy that writes READY replaces BaseEventLoop.call_soon on the class: an
@@ -559,7 +570,7 @@ class _Monitor:
             original = cls.__dict__["call_soon"]
             cls.call_soon = w["make_call_soon"](original)
             self.undo.append(lambda: setattr(cls, "call_soon", original))
-            self.ring.header[6] = 1
+            self.ring.header[6] |= LAG_RECORDED
         names = ("on_start", "on_start", "on_yield", "on_return", "on_throw", "on_unwind")
         for event, name in zip(_EVENTS, names):
             sys.monitoring.register_callback(self.tool, event, w[name])
@@ -613,11 +624,10 @@ class _Monitor:
                 self.loop_thread = ident
             else:
                 self.w["go_multi"]()
-        multi = self.w["is_multi"]()
         if task is None:
             # A monitored coroutine driven outside any task. In single-thread mode its STOP is
             # written anyway, so a START of "no task" (task 0) keeps them paired.
-            return 0 if multi else TAG | START
+            return 0 if self.w["is_multi"]() else TAG | START
         creating = self.creating
         if creating is not None and creating[0] is task.get_coro():
             self.creating = None  # tells the factory the task is registered
@@ -626,7 +636,7 @@ class _Monitor:
             parent_info = 0
             loop_id = self.loop_id(task.get_loop(), running=True)
         info = self.w["create"](task, parent_info, loop_id)
-        return info or (0 if multi else TAG | START)
+        return info or (0 if self.w["is_multi"]() else TAG | START)
 
     def renamed(self, task):
         """Records a name given right after the factory (by create_task or TaskGroup)."""
@@ -729,10 +739,12 @@ def _free_tool_id():
     raise RuntimeError("ember_monitor: every sys.monitoring tool id is taken")
 
 
-def start(path=None, capacity=DEFAULT_CAPACITY, lag=None):
+def start(path=None, capacity=DEFAULT_CAPACITY, lag=None, accel=True):
     """Starts recording asyncio tasks of this process. Safe to call more than once. Costs
     nothing until the program imports asyncio: the hooks are installed by an import hook.
-    `lag`: also record when each task became ready to run (READY); default LAG."""
+    `lag`: also record when each task became ready to run (READY); default LAG.
+    `accel`: write records with _ember_accel, the native fast path ember-agent puts next to
+    this module, when it can be imported (environment EMBER_MONITOR_ACCEL=0 turns it off)."""
     global _monitor
     if _monitor is not None:
         return _monitor
@@ -740,7 +752,7 @@ def start(path=None, capacity=DEFAULT_CAPACITY, lag=None):
         # Records are atomic because of the GIL; without it they could interleave.
         return None
     args = (path or RING_PATH_TEMPLATE.format(pid=os.getpid()), capacity)
-    _monitor = _Pending(args, LAG if lag is None else lag)
+    _monitor = _Pending(args, LAG if lag is None else lag, accel)
     if "asyncio.base_events" in sys.modules:
         _hook_asyncio()
     else:
@@ -751,9 +763,10 @@ def start(path=None, capacity=DEFAULT_CAPACITY, lag=None):
 class _Pending:
     """start() was called, asyncio is not imported yet."""
 
-    def __init__(self, ring_args, lag):
+    def __init__(self, ring_args, lag, accel):
         self.ring_args = ring_args
         self.lag = lag
+        self.accel = accel
 
 
 class _AfterImport:
@@ -799,7 +812,7 @@ def _hook_asyncio():
 
     tool = _free_tool_id()
     sys.monitoring.use_tool_id(tool, "ember")
-    monitor = _Monitor(pending.ring_args, tool, pending.lag)
+    monitor = _Monitor(pending.ring_args, tool, pending.lag, pending.accel)
     _monitor = monitor
     BaseEventLoop = base_events.BaseEventLoop
 
@@ -906,3 +919,5 @@ def stop(_forked=False):
     for event in _EVENTS:
         sys.monitoring.register_callback(monitor.tool, event, None)
     sys.monitoring.free_tool_id(monitor.tool)
+    if monitor.accel is not None:
+        monitor.accel.close()

@@ -34,6 +34,16 @@ pub enum Command {
     Record(RecordArgs),
     /// Sample continuously and send the samples to an ember-collector.
     Stream(StreamArgs),
+    /// Write the asyncio task monitor (ember_monitor.py and its native fast path) into a
+    /// directory, for programs that start it themselves: put the directory on PYTHONPATH, then
+    /// `import ember_monitor; ember_monitor.start()`.
+    ExportMonitor(ExportMonitorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportMonitorArgs {
+    /// Directory to write into (created if missing).
+    pub dir: PathBuf,
 }
 
 /// How samples are taken; shared by `record` and `stream`.
@@ -285,7 +295,7 @@ mod tests {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Record(r) => r.into_config().map_err(|e| e.to_string()),
-            Command::Stream(_) => Err("not record".into()),
+            Command::Stream(_) | Command::ExportMonitor(_) => Err("not record".into()),
         }
     }
 

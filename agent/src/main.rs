@@ -30,5 +30,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(outcome.exit_code())
         }
         Command::Stream(args) => Ok(ember_agent::stream::run(args.into_config()?)?),
+        Command::ExportMonitor(args) => {
+            let written = ember_agent::tasks::bootstrap::export_monitor(&args.dir)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(0)
+        }
     }
 }

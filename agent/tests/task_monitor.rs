@@ -10,20 +10,35 @@ use common::*;
 use ember_agent::tasks::ring::{Outcome, RingReader};
 use ember_agent::tasks::timeline::Timeline;
 
+/// How the monitor writes its records.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writer {
+    /// `_ember_accel`, the native fast path the agent ships.
+    Native,
+    /// The monitor alone, as in a program that imports it without the agent.
+    Python,
+}
+
 /// Runs a fixture that starts the monitor on the ring path it is given; returns its stdout
 /// and the timeline read back from the ring.
-fn run_fixture(name: &str, args: &[&str]) -> (String, Timeline) {
+fn run_fixture(name: &str, args: &[&str], writer: Writer) -> (String, Timeline) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ring = dir.path().join("tasks.ring");
+    let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
     let out = Command::new(python312())
         .arg(fixture(name))
         .arg(&ring)
         .args(args)
-        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")).join("python"))
+        .env("PYTHONPATH", format!("{}:{}", python_dir.display(), env!("EMBER_ACCEL_DIR")))
+        .env("EMBER_MONITOR_ACCEL", if writer == Writer::Native { "1" } else { "0" })
+        // CPython's memory debug hooks: a reference the native writer got wrong shows up as a
+        // use of freed memory.
+        .env("PYTHONMALLOC", "debug")
         .output()
         .expect("python3.12 runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut reader = RingReader::open(ring).expect("the monitor wrote a ring");
+    assert_eq!(reader.native().expect("ring header"), writer == Writer::Native, "the writer asked for");
     let mut events = Vec::new();
     reader.poll(&mut events).expect("ring reads");
     assert_eq!(reader.lost_records, 0);
@@ -33,8 +48,8 @@ fn run_fixture(name: &str, args: &[&str]) -> (String, Timeline) {
     (String::from_utf8_lossy(&out.stdout).into_owned(), timeline)
 }
 
-fn record(eager: bool) -> Timeline {
-    run_fixture("asyncio_tasks.py", if eager { &["eager"] } else { &[] }).1
+fn record(eager: bool, writer: Writer) -> Timeline {
+    run_fixture("asyncio_tasks.py", if eager { &["eager"] } else { &[] }, writer).1
 }
 
 fn check(timeline: &Timeline) {
@@ -77,17 +92,36 @@ fn check(timeline: &Timeline) {
 
 #[test]
 fn tasks_under_a_task_group() {
-    check(&record(false));
+    check(&record(false, Writer::Native));
 }
 
 #[test]
 fn eager_tasks_under_a_task_group() {
-    check(&record(true));
+    check(&record(true, Writer::Native));
+}
+
+#[test]
+fn tasks_under_a_task_group_pure_python() {
+    check(&record(false, Writer::Python));
+}
+
+#[test]
+fn eager_tasks_under_a_task_group_pure_python() {
+    check(&record(true, Writer::Python));
 }
 
 #[test]
 fn each_loop_thread_gets_its_own_slices() {
-    let (stdout, timeline) = run_fixture("asyncio_threads.py", &[]);
+    loop_threads(Writer::Native);
+}
+
+#[test]
+fn each_loop_thread_gets_its_own_slices_pure_python() {
+    loop_threads(Writer::Python);
+}
+
+fn loop_threads(writer: Writer) {
+    let (stdout, timeline) = run_fixture("asyncio_threads.py", &[], writer);
     let ids: serde_json::Value = serde_json::from_str(stdout.trim()).expect("thread ids as JSON");
     for side in ["main", "side"] {
         let thread = ids[side].as_u64().expect("a thread id");
@@ -104,4 +138,35 @@ fn each_loop_thread_gets_its_own_slices() {
         on_thread.sort_by_key(|s| s.start);
         assert!(on_thread.windows(2).all(|w| w[0].end <= w[1].start), "one task at a time on {side}");
     }
+}
+
+#[test]
+fn native_fast_path_frees_every_task_and_refuses_bad_calls() {
+    let (stdout, timeline) = run_fixture("accel_checks.py", &[], Writer::Native);
+    let created: usize = stdout.trim().parse().expect("the fixture prints its task count");
+    let workers = timeline.tasks.values().filter(|t| t.coro == "work").count();
+    assert_eq!(workers, created, "every task recorded");
+    let after = timeline.tasks.values().find(|t| t.coro == "after").expect("recorded after the refused calls");
+    assert_eq!(after.slices.len(), 2);
+}
+
+#[test]
+fn native_fast_path_on_python_3_13() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ring = dir.path().join("tasks.ring");
+    let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
+    let out = Command::new(python_version("3.13"))
+        .arg(fixture("asyncio_tasks.py"))
+        .arg(&ring)
+        .env("PYTHONPATH", format!("{}:{}", python_dir.display(), env!("EMBER_ACCEL_DIR")))
+        .output()
+        .expect("python3.13 runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut reader = RingReader::open(ring).expect("the monitor wrote a ring");
+    assert!(reader.native().expect("ring header"), "the abi3 module loads in 3.13");
+    let mut events = Vec::new();
+    reader.poll(&mut events).expect("ring reads");
+    let mut timeline = Timeline::default();
+    timeline.apply(events);
+    check(&timeline);
 }

@@ -2,7 +2,8 @@
 //! (sys.monitoring) and read here from its shared-memory ring. See ARCHITECTURE.md.
 //!
 //! The module is embedded in the agent ([`MONITOR_SOURCE`]) so nothing has to be installed in
-//! the target's environment; [`bootstrap`] starts it in commands ember launches.
+//! the target's environment, with its optional native fast path ([`ACCEL_LIBRARY`]);
+//! [`bootstrap`] starts it in commands ember launches.
 
 pub mod bootstrap;
 pub mod ring;
@@ -16,6 +17,14 @@ use crate::process::Pid;
 
 /// The monitor's Python source, as shipped inside the agent binary.
 pub const MONITOR_SOURCE: &str = include_str!("../../python/ember_monitor.py");
+
+/// `_ember_accel`, the monitor's per-step work in native code (agent/accel/ember_accel.rs,
+/// built by build.rs for the CPython 3.12+ stable ABI). The monitor uses it when it imports,
+/// and works the same, only slower, without it.
+pub const ACCEL_LIBRARY: &[u8] = include_bytes!(env!("EMBER_ACCEL_LIBRARY"));
+
+/// The file name CPython imports `_ember_accel` from.
+pub const ACCEL_FILE_NAME: &str = "_ember_accel.abi3.so";
 
 /// Whether to track asyncio tasks, from `--tasks` / `--no-tasks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,6 +70,9 @@ struct Reader {
     gone: bool,
     /// The process lives in another PID namespace, so its thread ids need translating.
     namespaced: bool,
+    /// Which writer the monitor uses has been logged (once records arrive: the monitor sets
+    /// that flag before its first record).
+    announced: bool,
 }
 
 /// The host thread id of the thread that process `pid` knows as `ns_tid` (the last `NSpid`
@@ -93,6 +105,14 @@ impl TaskTracker {
             let before = reader.ring.lost_records;
             if let Err(e) = reader.ring.poll(&mut events) {
                 tracing::debug!(%pid, "task ring read failed: {e}");
+            }
+            if !events.is_empty() && !reader.announced {
+                reader.announced = true;
+                match reader.ring.native() {
+                    Ok(true) => tracing::info!(%pid, "asyncio task monitor running, native fast path"),
+                    Ok(false) => tracing::info!(%pid, "asyncio task monitor running in pure Python (slower per step)"),
+                    Err(e) => tracing::debug!(%pid, "task ring header: {e}"),
+                }
             }
             let lost = reader.ring.lost_records - before;
             self.lost_records += lost;
@@ -129,7 +149,7 @@ impl TaskTracker {
         self.absent.remove(&pid);
         let timeline = if self.streaming { timeline::Timeline::streaming() } else { timeline::Timeline::default() };
         let namespaced = ns_pid != pid.0;
-        self.readers.insert(pid, Reader { ring, timeline, lost_taken: 0, gone: false, namespaced });
+        self.readers.insert(pid, Reader { ring, timeline, lost_taken: 0, gone: false, namespaced, announced: false });
     }
 
     pub fn timelines(&self) -> impl Iterator<Item = (Pid, &timeline::Timeline)> {

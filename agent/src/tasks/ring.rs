@@ -18,7 +18,10 @@ const TAG: u64 = 1 << 62;
 /// Header words.
 const PUBLISHED: usize = 3;
 const LAP: usize = 4;
+const FLAGS: usize = 6;
 const CREATED: usize = 7;
+/// Header flag: the records are written by `_ember_accel`, the monitor's native fast path.
+const FLAG_NATIVE: u64 = 2;
 /// A reader racing the writer retries the header this often before calling it "nothing new".
 const HEADER_RETRIES: usize = 100;
 /// Bounds on what a ring header may claim, so a hostile file cannot make us allocate much.
@@ -307,6 +310,12 @@ impl RingReader {
         }
         // The writer kept moving under us; try again at the next poll.
         Ok(Some(self.read_pos))
+    }
+
+    /// Whether the monitor writes with its native fast path (`_ember_accel`) rather than in
+    /// pure Python.
+    pub fn native(&self) -> Result<bool, RingError> {
+        Ok(self.header()?[FLAGS] & FLAG_NATIVE != 0)
     }
 
     /// Reads every record published since the last call.
