@@ -108,6 +108,9 @@ extern "C" {
     fn PyBuffer_Release(view: *mut PyBuffer);
     fn PyType_IsSubtype(a: *mut PyObject, b: *mut PyObject) -> c_int;
     fn PyUnicode_InternFromString(s: *const c_char) -> *mut PyObject;
+    fn PyInterpreterState_Get() -> *mut c_void;
+    fn PyInterpreterState_GetID(interpreter: *mut c_void) -> i64;
+    static mut PyExc_RuntimeError: *mut PyObject;
     fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
 }
 
@@ -469,6 +472,14 @@ unsafe extern "C" fn monotonic_ns(_: *mut PyObject, _: *const *mut PyObject, _: 
 unsafe extern "C" fn init(_: *mut PyObject, args: *const *mut PyObject, nargs: isize) -> *mut PyObject {
     if nargs != 5 {
         return type_error(c"init(buffer, current_task, adopt, future_type, py_future_type)");
+    }
+    // The ring and the callables are process-wide: a second interpreter (which has its own
+    // objects and its own sys.monitoring) must not take them over.
+    // SAFETY: GIL held, so there is a current interpreter.
+    if unsafe { PyInterpreterState_GetID(PyInterpreterState_Get()) } != 0 {
+        // SAFETY: GIL held; a static message.
+        unsafe { PyErr_SetString(PyExc_RuntimeError, c"_ember_accel: main interpreter only".as_ptr()) };
+        return null_mut();
     }
     // SAFETY: GIL held; five arguments, checked above; the buffer struct is filled by
     // PyObject_GetBuffer before it is read.

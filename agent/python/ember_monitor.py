@@ -10,7 +10,12 @@ agent/src/tasks/ring.rs decodes it.
     import ember_monitor
     ember_monitor.start()
 
-Why the hot path looks the way it does (each point was measured, see docs/BENCHMARKS.md):
+The per-step work has a native fast path, _ember_accel (agent/accel/ember_accel.rs), which the
+agent writes next to this file (`ember-agent export-monitor DIR` for in-code use). When it
+imports, it writes every record; otherwise the pure-Python writers below write the same records
+at about 1.6x the worst-case cost (docs/BENCHMARKS.md).
+
+Why the pure-Python hot path looks the way it does (each point was measured):
 - Callbacks are plain closures over cells: no method call, no attribute of an object, no
   threading.local, no dict.
 - A task's id lives on the task (`task._ember` is its precomputed START record word): as cheap
@@ -485,17 +490,19 @@ def _writer(ring, mon, hot):
                 if not mon.active:
                     return previous(loop, coro, **kwargs)
                 code = getattr(coro, "cr_code", None)
-                if code is not None and id(code) not in watched:
-                    watch(code)
+                coro_sid = None
+                if code is not None:
+                    entry = watched.get(id(code)) or watch(code)
+                    coro_sid = entry[1]
                 # An eager task's first step runs inside `previous`: adopt() registers it there,
-                # with the parent and loop from `creating`, and clears `creating`.
-                mon.creating = creating = (coro, getattr(ct(loop), "_ember", 0), loop_id)
+                # with the parent, loop and coroutine from `creating`, and clears `creating`.
+                mon.creating = creating = (coro, getattr(ct(loop), "_ember", 0), loop_id, coro_sid)
                 task = previous(loop, coro, **kwargs)
                 if mon.creating is creating:
                     mon.creating = None
-                    create(task, creating[1], loop_id)
+                    create(task, creating[1], loop_id, coro_sid)
                 elif not hasattr(task, "_ember"):  # another thread replaced `creating`
-                    create(task, creating[1], loop_id)
+                    create(task, creating[1], loop_id, coro_sid)
                 return task
 
         factory._ember = True
@@ -534,7 +541,7 @@ class _Monitor:
         self.watched = {}  # id(code) -> [code, qualname string id]: root coroutines' code
         self.strings = {}
         self.next_string = iter(range(1, 1 << 32)).__next__
-        self.creating = None  # (coro, parent's START word, loop id) while a factory runs
+        self.creating = None  # (coro, parent's START word, loop id, coro string id) in a factory
         self.loops = {}  # id(loop) -> (loop id, weak reference)
         self.next_loop = iter(range(1, 1 << 14)).__next__
         self.loop_thread = None  # _thread.get_ident() of the first thread that ran a loop
@@ -552,11 +559,15 @@ class _Monitor:
         import atexit
 
         self.ring = _Ring(*self.ring_args)
+        hot = None
         self.accel = _load_accel() if self.use_accel else None
         if self.accel is not None:
-            hot = _native_hot_path(self.ring, self, self.accel)
-            self.ring.header[6] |= NATIVE
-        else:
+            try:
+                hot = _native_hot_path(self.ring, self, self.accel)
+                self.ring.header[6] |= NATIVE
+            except (RuntimeError, ValueError, TypeError, BufferError):  # e.g. a subinterpreter
+                self.accel = None
+        if hot is None:
             hot = _python_hot_path(self.ring, self)
         self.w = w = _writer(self.ring, self, hot)
         if self.lag:
@@ -631,11 +642,9 @@ class _Monitor:
         creating = self.creating
         if creating is not None and creating[0] is task.get_coro():
             self.creating = None  # tells the factory the task is registered
-            parent_info, loop_id = creating[1], creating[2]
+            info = self.w["create"](task, creating[1], creating[2], creating[3])
         else:
-            parent_info = 0
-            loop_id = self.loop_id(task.get_loop(), running=True)
-        info = self.w["create"](task, parent_info, loop_id)
+            info = self.w["create"](task, 0, self.loop_id(task.get_loop(), running=True))
         return info or (0 if self.w["is_multi"]() else TAG | START)
 
     def renamed(self, task):
