@@ -90,7 +90,6 @@ extern "C" {
     fn Py_IncRef(o: *mut PyObject);
     fn Py_DecRef(o: *mut PyObject);
     fn PyLong_AsLong(o: *mut PyObject) -> c_long;
-    fn PyLong_FromLongLong(v: i64) -> *mut PyObject;
     fn PyErr_Occurred() -> *mut PyObject;
     fn PyErr_Clear();
     fn PyErr_SetString(kind: *mut PyObject, message: *const c_char);
@@ -248,8 +247,8 @@ fn none() -> *mut PyObject {
     }
 }
 
-/// A new reference kept for the duration of a call into Python, so that `close` (which the
-/// call might reach) cannot free the callable under our feet.
+/// An owned reference, released on drop: to keep a callable of the ring alive across a call
+/// into Python (which might reach `close`), or a call's result until we are done with it.
 struct Held(*mut PyObject);
 
 impl Held {
@@ -312,28 +311,38 @@ fn current_start_word() -> i64 {
     let Some((current_task, adopt)) = with_ring(|ring| (Held::new(ring.current_task), Held::new(ring.adopt))) else {
         return 0;
     };
-    // SAFETY: GIL held; the callables are kept alive by `Held`.
+    let Some((task, known)) = running_task(&current_task) else {
+        return 0;
+    };
+    // SAFETY: GIL held; `task` is live (`Held`), `adopt` is kept alive by `Held`.
+    known.unwrap_or_else(|| unsafe {
+        let args = [task.0];
+        let result = PyObject_Vectorcall(adopt.0, args.as_ptr(), 1, null_mut());
+        let word = if result.is_null() { None } else { as_i64(result) };
+        if !result.is_null() {
+            Py_DecRef(result);
+        }
+        word.unwrap_or_else(|| {
+            PyErr_Clear();
+            0
+        })
+    })
+}
+
+/// The running task (None if there is none, or asking failed: the error is cleared) and its
+/// START word, if it has one.
+fn running_task(current_task: &Held) -> Option<(Held, Option<i64>)> {
+    // SAFETY: GIL held; the callable is kept alive by `Held`.
     unsafe {
         let task = PyObject_CallNoArgs(current_task.0);
         if task.is_null() {
             PyErr_Clear();
-            return 0;
+            return None;
         }
-        let known = if task == addr_of_mut!(_Py_NoneStruct) { None } else { instance_int(task, names().ember) };
-        let word = known.unwrap_or_else(|| {
-            let args = [task];
-            let result = PyObject_Vectorcall(adopt.0, args.as_ptr(), 1, null_mut());
-            let word = if result.is_null() { None } else { as_i64(result) };
-            if !result.is_null() {
-                Py_DecRef(result);
-            }
-            word.unwrap_or_else(|| {
-                PyErr_Clear();
-                0
-            })
-        });
-        Py_DecRef(task);
-        word
+        // `task` is a new reference: `Held` owns it from here on.
+        let task = Held(task);
+        let word = if task.0 == addr_of_mut!(_Py_NoneStruct) { None } else { instance_int(task.0, names().ember) };
+        Some((task, word))
     }
 }
 
@@ -361,19 +370,8 @@ unsafe extern "C" fn on_yield_multi(_: *mut PyObject, _: *const *mut PyObject, _
     let Some(current_task) = with_ring(|ring| Held::new(ring.current_task)) else {
         return none();
     };
-    // SAFETY: GIL held; the callable is kept alive by `Held`.
-    let word = unsafe {
-        let task = PyObject_CallNoArgs(current_task.0);
-        if task.is_null() {
-            PyErr_Clear();
-            return none();
-        }
-        let word = if task == addr_of_mut!(_Py_NoneStruct) { None } else { instance_int(task, names().ember) };
-        Py_DecRef(task);
-        word
-    };
     // No word: no START was written for it either.
-    if let Some(word) = word {
+    if let Some((_, Some(word))) = running_task(&current_task) {
         let time = now();
         with_ring(|ring| ring.put(word + (STOP - START), time));
     }
@@ -443,27 +441,10 @@ unsafe extern "C" fn put2(_: *mut PyObject, args: *const *mut PyObject, nargs: i
     none()
 }
 
-/// stamp(word): one record, (word, now), published.
-unsafe extern "C" fn stamp(_: *mut PyObject, args: *const *mut PyObject, nargs: isize) -> *mut PyObject {
-    // SAFETY: `args` holds `nargs` objects.
-    let Some([word]) = (unsafe { int_args::<1>(args, nargs) }) else {
-        return type_error(c"stamp(word: int)");
-    };
-    let time = now();
-    with_ring(|ring| ring.put(word, time));
-    none()
-}
-
 /// publish(): makes the bare STOPs written since the last published record visible.
 unsafe extern "C" fn publish(_: *mut PyObject, _: *const *mut PyObject, _: isize) -> *mut PyObject {
     with_ring(|ring| ring.header(PUBLISHED).store(ring.next as i64 - 1, Ordering::Release));
     none()
-}
-
-/// monotonic_ns(): the clock the records use.
-unsafe extern "C" fn monotonic_ns(_: *mut PyObject, _: *const *mut PyObject, _: isize) -> *mut PyObject {
-    // SAFETY: GIL held.
-    unsafe { PyLong_FromLongLong(now()) }
 }
 
 /// init(buffer, current_task, adopt, future_type, py_future_type): takes over writing the ring
@@ -589,7 +570,7 @@ macro_rules! method {
     };
 }
 
-struct ModuleTables(UnsafeCell<(PyModuleDef, [PyMethodDef; 12])>);
+struct ModuleTables(UnsafeCell<(PyModuleDef, [PyMethodDef; 10])>);
 
 // SAFETY: handed to CPython once, at import, under the GIL.
 unsafe impl Sync for ModuleTables {}
@@ -618,9 +599,7 @@ static MODULE: ModuleTables = ModuleTables(UnsafeCell::new((
         method!(ready, "ready(callback): READY if callback belongs to a task"),
         method!(put, "put(first, second)"),
         method!(put2, "put2(first, second, first, second)"),
-        method!(stamp, "stamp(word)"),
         method!(publish, "publish()"),
-        method!(monotonic_ns, "monotonic_ns()"),
         PyMethodDef { name: null(), meth: None, flags: 0, doc: null() },
     ],
 )));
