@@ -32,10 +32,8 @@ os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 mode, kind = sys.argv[1], sys.argv[2]
 N = int(os.environ.get("EMBER_BENCH_TASKS", "10000"))
 if mode != "plain":
-    import atexit, ember_monitor
-    path = f"/tmp/ember-bench-{os.getpid()}.ring"
-    ember_monitor.start(path=path, lag=mode != "monitor-nolag", accel=mode != "python")
-    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    import ember_monitor
+    ember_monitor.start(lag=mode != "monitor-nolag", accel=mode != "python")
 
 async def leaf():
     await asyncio.sleep(0)

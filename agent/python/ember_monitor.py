@@ -2,8 +2,10 @@
 
 Standard library only, CPython 3.12+ (GIL builds). It turns on sys.monitoring (PEP 669) *local*
 events for each task's root coroutine only, so code outside tasks pays nothing, and writes
-16-byte records into a shared-memory ring, /tmp/ember-<pid>.ring, which the agent reads through
-/proc/PID/root. Writing never blocks: when nobody reads, the ring wraps, and a reader that falls
+16-byte records into a shared-memory ring: a sealed memfd named "ember-task-ring", so no file of
+any file system is involved, and the ring can neither be planted nor truncated (which would kill
+this process with SIGBUS). The agent reads it through /proc/PID/fd, or passes in one it made for
+a command it launches (EMBER_TASK_RING_FD). Writing never blocks: when nobody reads, the ring wraps, and a reader that falls
 behind counts what it missed. docs/TASK_RING.md describes the ring exactly;
 agent/src/tasks/ring.rs decodes it.
 
@@ -43,9 +45,10 @@ import _thread
 import os
 import sys
 
-__all__ = ["start", "stop", "RING_PATH_TEMPLATE"]
+__all__ = ["start", "stop"]
 
-RING_PATH_TEMPLATE = "/tmp/ember-{pid}.ring"
+MEMFD_NAME = "ember-task-ring"
+RING_FD_ENV = "EMBER_TASK_RING_FD"  # a ring the agent made for this process
 MAGIC = b"EMBRING2"
 VERSION = 2
 HEADER_SIZE = 64
@@ -108,37 +111,96 @@ def _task_infos():
 _next_task_info = _task_infos().__next__
 
 
-class _Ring:
-    """The mapped file."""
+_memory = None  # (fd, mmap, pid): this process's ring memory, kept for its life
+_agent_fd = None  # the agent's ring for this process, claimed by start()
 
-    def __init__(self, path, capacity):
-        import mmap
-        import struct
-        import time
 
+def _claim_agent_ring():
+    """The descriptor of a ring ember-agent made for this process, if it is one: a memfd
+    sealed against shrinking, with the ring's layout and this process's pid in its header.
+    The variable is removed, so programs this one starts do not look for it."""
+    import fcntl
+
+    text = os.environ.pop(RING_FD_ENV, None)
+    if text is None:
+        return None
+    try:
+        fd = int(text)
+        sealed = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+        if fcntl.fcntl(fd, fcntl.F_GET_SEALS) & sealed != sealed:
+            return None
+        header = os.pread(fd, HEADER_SIZE, 0)
+        if len(header) != HEADER_SIZE or header[:8] != MAGIC:
+            return None
+        word = [int.from_bytes(header[i:i + 8], "little", signed=True) for i in range(0, HEADER_SIZE, 8)]
+        slots = word[2]
+        if (word[1] != VERSION | RECORD_SIZE << 32 or not 64 <= slots <= 1 << 24 or slots & (slots - 1)
+                or word[5] != os.getpid() or os.fstat(fd).st_size != HEADER_SIZE + slots * RECORD_SIZE):
+            return None
+        os.set_inheritable(fd, False)
+        return fd
+    except (ValueError, OSError):  # not a number, not open, not a memfd: not ours to use
+        return None
+
+
+def _ring_memory(capacity):
+    """The ring's memory: the agent's, or a new memfd sealed so it never changes size."""
+    global _memory
+    if _memory is not None and _memory[2] == os.getpid():
+        return _memory[1]
+    import fcntl
+    import mmap
+
+    global _agent_fd
+    fd, _agent_fd = _agent_fd, None
+    if fd is None:
         slots = 64
         while slots * 2 * RECORD_SIZE <= capacity:
             slots *= 2
-        self.slots = slots
-        size = HEADER_SIZE + slots * RECORD_SIZE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            os.ftruncate(fd, size)
-            self.map = mmap.mmap(fd, size)
-        finally:
+            os.ftruncate(fd, HEADER_SIZE + slots * RECORD_SIZE)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        except OSError:
             os.close(fd)
-        self.path = path
+            raise
+    _memory = (fd, mmap.mmap(fd, os.fstat(fd).st_size), os.getpid())
+    return _memory[1]
+
+
+def _forget_memory_in_child():
+    """A forked child must not write to, or show the agent, its parent's ring."""
+    global _memory
+    if _memory is not None and _memory[2] != os.getpid():
+        try:
+            os.close(_memory[0])
+        except OSError:
+            pass
+        _memory = None
+
+
+class _Ring:
+    """The ring: its memory, and views of the header and of the two words of every slot."""
+
+    def __init__(self, capacity):
+        import struct
+        import time
+
+        self.map = _ring_memory(capacity)
+        self.slots = slots = (len(self.map) - HEADER_SIZE) // RECORD_SIZE
         view = memoryview(self.map)
         self.header = view[:HEADER_SIZE].cast("q")
         words = view[HEADER_SIZE:].cast("l" if struct.calcsize("l") == 8 else "q")
         self.first, self.second = words[0::2], words[1::2]
         h = self.header
+        h[7] = 0  # not a ring until complete: the reader waits
         h[0] = int.from_bytes(MAGIC, "little")
         h[1] = VERSION | RECORD_SIZE << 32
         h[2] = slots
         h[PUBLISHED] = -1
         h[LAP] = 0
         h[5] = os.getpid()
+        h[6] = 0
         h[7] = time.monotonic_ns()
 
 
@@ -748,9 +810,10 @@ def _free_tool_id():
     raise RuntimeError("ember_monitor: every sys.monitoring tool id is taken")
 
 
-def start(path=None, capacity=DEFAULT_CAPACITY, lag=None, accel=True):
+def start(capacity=DEFAULT_CAPACITY, lag=None, accel=True):
     """Starts recording asyncio tasks of this process. Safe to call more than once. Costs
     nothing until the program imports asyncio: the hooks are installed by an import hook.
+    `capacity`: bytes of records in the ring (a ring the agent passed in keeps its own size).
     `lag`: also record when each task became ready to run (READY); default LAG.
     `accel`: write records with _ember_accel, the native fast path ember-agent puts next to
     this module, when it can be imported (environment EMBER_MONITOR_ACCEL=0 turns it off)."""
@@ -760,8 +823,10 @@ def start(path=None, capacity=DEFAULT_CAPACITY, lag=None, accel=True):
     if hasattr(sys, "_is_gil_enabled") and not sys._is_gil_enabled():
         # Records are atomic because of the GIL; without it they could interleave.
         return None
-    args = (path or RING_PATH_TEMPLATE.format(pid=os.getpid()), capacity)
-    _monitor = _Pending(args, LAG if lag is None else lag, accel)
+    global _agent_fd
+    if _agent_fd is None:
+        _agent_fd = _claim_agent_ring()
+    _monitor = _Pending((capacity,), LAG if lag is None else lag, accel)
     if "asyncio.base_events" in sys.modules:
         _hook_asyncio()
     else:
@@ -909,10 +974,11 @@ def _hook_asyncio():
 def _after_fork():
     if isinstance(_monitor, _Monitor) and _monitor.active:
         stop(_forked=True)
+    _forget_memory_in_child()
 
 
 def stop(_forked=False):
-    """Stops recording; the ring file stays for the agent to finish reading."""
+    """Stops recording; the ring stays for the agent to finish reading."""
     global _monitor
     monitor, _monitor = _monitor, None
     if not isinstance(monitor, _Monitor):

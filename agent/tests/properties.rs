@@ -11,7 +11,7 @@ fn config(stack_bytes: u32) -> SamplingConfig {
 }
 
 fn read_all(chunks: &[&[u8]]) -> (Vec<(u64, String)>, u64) {
-    let mut reader = PerfMapReader::new("/nonexistent".into());
+    let mut reader = PerfMapReader::detached();
     let mut table = PerfMapTable::default();
     let mut strings = Interner::default();
     for chunk in chunks {

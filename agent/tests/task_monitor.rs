@@ -4,10 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::*;
-use ember_agent::tasks::ring::{Outcome, RingReader};
+use std::sync::Arc;
+
+use ember_agent::tasks::ring::Outcome;
+use ember_agent::tasks::shared::{SharedRing, RING_FD_ENV};
 use ember_agent::tasks::timeline::Timeline;
 
 /// How the monitor writes its records.
@@ -19,30 +22,41 @@ enum Writer {
     Python,
 }
 
-/// Runs a fixture that starts the monitor on the ring path it is given; returns its stdout
-/// and the timeline read back from the ring.
+/// Runs a fixture that starts the monitor, on a ring made for it as the agent makes one for a
+/// command it launches; returns its stdout and the timeline read back from the ring.
 fn run_fixture(name: &str, args: &[&str], writer: Writer) -> (String, Timeline) {
     run_fixture_in(&python312(), name, args, writer)
 }
 
 fn run_fixture_in(python: &Path, name: &str, args: &[&str], writer: Writer) -> (String, Timeline) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ring = dir.path().join("tasks.ring");
+    use std::os::unix::process::CommandExt;
+    let ring = Arc::new(SharedRing::create(1 << 17).expect("a ring"));
     let python_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python");
-    let out = Command::new(python)
+    let mut command = Command::new(python);
+    command
         .arg(fixture(name))
-        .arg(&ring)
         .args(args)
         .env("PYTHONPATH", format!("{}:{}", python_dir.display(), env!("EMBER_ACCEL_DIR")))
+        .env(RING_FD_ENV, ring.fd().to_string())
         .env("EMBER_MONITOR_ACCEL", if writer == Writer::Native { "1" } else { "0" })
         // CPython's memory debug hooks: a reference the native writer got wrong shows up as a
         // use of freed memory.
-        .env("PYTHONMALLOC", "debug")
-        .output()
-        .expect("python3.12 runs");
+        .env("PYTHONMALLOC", "debug");
+    let child_ring = ring.clone();
+    // SAFETY: prepare_child makes only async-signal-safe calls.
+    unsafe {
+        command.pre_exec(move || {
+            child_ring.prepare_child();
+            Ok(())
+        });
+    }
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("python3.12 runs");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("python3.12 runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut reader = RingReader::open(ring).expect("the monitor wrote a ring");
+    let mut reader = ring.reader().expect("the ring reads");
     assert_eq!(reader.native().expect("ring header"), writer == Writer::Native, "the writer asked for");
+    assert_eq!(reader.writer_pid().expect("ring header"), u64::from(pid), "the monitor took the ring");
     let mut events = Vec::new();
     reader.poll(&mut events).expect("ring reads");
     assert_eq!(reader.lost_records, 0);

@@ -51,8 +51,13 @@ impl ChildExit {
 }
 
 /// Forks a child that will run `command` with `extra_env` added once [`GatedChild::release`]
-/// is called. It inherits stdin, stdout and stderr.
-pub fn spawn_gated(command: &[String], extra_env: &[(&str, &str)]) -> Result<GatedChild, LaunchError> {
+/// is called. It inherits stdin, stdout and stderr. `before_exec` runs in the child right
+/// before exec, so it may only make async-signal-safe calls.
+pub fn spawn_gated(
+    command: &[String],
+    extra_env: &[(&str, &str)],
+    before_exec: &dyn Fn(),
+) -> Result<GatedChild, LaunchError> {
     let program = command.first().ok_or(LaunchError::Empty)?;
     let argv: Vec<CString> = command.iter().map(|a| CString::new(a.as_bytes())).collect::<Result<_, _>>()?;
     let mut envp: Vec<CString> = Vec::new();
@@ -86,6 +91,7 @@ pub fn spawn_gated(command: &[String], extra_env: &[(&str, &str)]) -> Result<Gat
                 Ok(1) => {}
                 _ => unsafe { libc::_exit(127) },
             }
+            before_exec();
             let errno = match nix::unistd::execvpe(&program_c, &argv, &envp) {
                 Err(errno) => errno,
                 Ok(never) => match never {},

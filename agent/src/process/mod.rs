@@ -7,6 +7,7 @@ pub mod memory;
 pub mod procfs;
 pub mod python;
 pub mod state;
+pub mod target_file;
 
 pub use ids::{NsPid, Pid, Tid};
 pub use state::{FrameKey, ProcessState};

@@ -84,6 +84,21 @@ pub fn parse_ns_pid(status: &str) -> Option<NsPid> {
     line.split_whitespace().last()?.parse().ok().map(NsPid)
 }
 
+/// The real, effective, saved and file-system uids of a process (`Uid:` of its status).
+pub fn uids(pid: Pid) -> Result<Vec<u32>, ProcfsError> {
+    let path = PathBuf::from(format!("/proc/{pid}/status"));
+    let text = read(path.clone())?;
+    parse_uids(&text).ok_or(ProcfsError::Parse { path, what: "Uid line" })
+}
+
+pub fn parse_uids(status: &str) -> Option<Vec<u32>> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut uids: Vec<u32> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;
+    uids.sort_unstable();
+    uids.dedup();
+    (!uids.is_empty()).then_some(uids)
+}
+
 pub fn perf_event_paranoid() -> String {
     fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
         .map(|s| s.trim().to_string())

@@ -2,16 +2,18 @@
 //! mappings (with their unwind modules) and its perf map.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use framehop::Unwinder;
 
 use super::ids::{NsPid, Pid, Tid};
 use super::python::{self, Runtime};
+use super::target_file::{self, Owner};
 use super::{memory, procfs};
 use crate::intern::{Interner, StrId};
-use crate::symbolize::perf_map::{PerfMapReader, PerfMapTable};
-use crate::unwind::{ElfCache, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache};
+use crate::symbolize::perf_map::{MapLocation, PerfMapReader, PerfMapTable};
+use crate::unwind::{
+    ElfCache, ElfError, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache,
+};
 
 /// Largest anonymous region read to check trampolines (CPython's arenas are 64 KiB).
 const MAX_ARENA_READ: u64 = 1 << 20;
@@ -78,15 +80,16 @@ impl ProcessState {
     pub fn from_proc(pid: Pid, elf: &mut ElfCache) -> Result<Self, procfs::ProcfsError> {
         let ns_pid = procfs::ns_pid(pid)?;
         let comm = procfs::comm(pid, Tid(pid.0)).unwrap_or_default();
-        let mut state = Self::empty(pid, ns_pid, comm);
+        let uids = procfs::uids(pid)?;
+        let mut state = Self::empty(pid, ns_pid, comm, uids);
         state.refresh_maps(elf)?;
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         state.runtime = python::detect(exe.as_deref(), state.mappings.values().map(|m| m.path.as_str()));
         Ok(state)
     }
 
-    fn empty(pid: Pid, ns_pid: NsPid, comm: String) -> Self {
-        let map_path = procfs::in_root(pid, &format!("/tmp/perf-{ns_pid}.map"));
+    fn empty(pid: Pid, ns_pid: NsPid, comm: String, uids: Vec<u32>) -> Self {
+        let map = MapLocation { pid, file_name: format!("perf-{ns_pid}.map"), owner: Owner::OneOf(uids) };
         Self {
             pid,
             ns_pid,
@@ -97,10 +100,17 @@ impl ProcessState {
             unwinder: NativeUnwinder::new(),
             cache: UnwindCache::new(),
             perf_map: PerfMapTable::default(),
-            perf_map_reader: PerfMapReader::new(map_path),
+            perf_map_reader: PerfMapReader::new(map),
             completer: StackCompleter::default(),
             arena_bytes: HashMap::new(),
             exited: false,
+        }
+    }
+
+    fn perf_map_owner_uids(&self) -> Vec<u32> {
+        match self.perf_map_reader.owner() {
+            Some(Owner::OneOf(uids)) => uids.clone(),
+            _ => Vec::new(),
         }
     }
 
@@ -109,7 +119,8 @@ impl ProcessState {
     /// map names, so the child starts from the parent's table and adds its own map on top.
     pub fn forked_from(parent: &ProcessState, pid: Pid, elf: &mut ElfCache) -> Self {
         let ns_pid = procfs::ns_pid(pid).unwrap_or(NsPid(pid.0));
-        let mut child = Self::empty(pid, ns_pid, parent.comm.clone());
+        let uids = procfs::uids(pid).unwrap_or_else(|_| parent.perf_map_owner_uids());
+        let mut child = Self::empty(pid, ns_pid, parent.comm.clone(), uids);
         child.runtime = parent.runtime;
         child.perf_map = parent.perf_map.clone();
         for (&start, m) in &parent.mappings {
@@ -128,7 +139,9 @@ impl ProcessState {
         let pid = self.pid;
         let ns_pid = self.ns_pid;
         let threads = std::mem::take(&mut self.threads);
-        *self = Self::empty(pid, ns_pid, self.comm.clone());
+        // exec may change uids (a setuid program).
+        let uids = procfs::uids(pid).unwrap_or_else(|_| self.perf_map_owner_uids());
+        *self = Self::empty(pid, ns_pid, self.comm.clone(), uids);
         self.threads = threads;
         let _ = self.refresh_maps(elf);
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
@@ -181,9 +194,16 @@ impl ProcessState {
                 Some((maj, min, ino)) if ino != 0 => FileIdentity::DevInode(maj, min, ino),
                 _ => FileIdentity::Path(format!("{}:{path}", self.pid)),
             };
-            let open_path = procfs::in_root(self.pid, path);
-            let fallback = format!("/proc/{}/map_files/{start:x}-{end:x}", self.pid);
-            elf.load(identity.clone(), path, &open_path).or_else(|| elf.load(identity, path, Path::new(&fallback)))
+            let pid = self.pid;
+            elf.load(identity, path, || {
+                // The path as the kernel printed it, resolved in the target's root without
+                // following links; else the mapped file itself (needs CAP_SYS_ADMIN or
+                // CAP_CHECKPOINT_RESTORE).
+                target_file::open_mapped_path(pid, path).or_else(|first| {
+                    let exact = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+                    open_nonblocking(&exact).map_err(|_| ElfError::Target { path: path.into(), source: first })
+                })
+            })
         } else {
             None
         };
@@ -282,4 +302,10 @@ impl ProcessState {
             None => FrameKey::Unknown { region: strings.intern("[unknown]"), addr },
         }
     }
+}
+
+/// Opens a magic link of `/proc` (which must be followed) without blocking on a FIFO.
+fn open_nonblocking(path: &str) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
 }

@@ -13,7 +13,9 @@ use crate::aggregate::view::{self, ViewOptions};
 use crate::export::{self, Format, Meta};
 use crate::perf::{PerfError, SamplingConfig, SamplingSession};
 use crate::process::launch::{self, ChildExit, LaunchError};
+use crate::process::target_file::Owner;
 use crate::process::{procfs, Pid, ProcessState};
+use crate::symbolize::perf_map::{MapLocation, PerfMapReader};
 use crate::symbolize::SymbolTable;
 use output::{Output, OutputError};
 use pipeline::Pipeline;
@@ -137,14 +139,25 @@ pub fn start_targets(
             Ok(Started { pids: pids.clone(), launched: None, text })
         }
         Targets::Command(command) => {
-            let pythonpath = bootstrap.map(|b| b.pythonpath());
+            let monitor_env = bootstrap.map(|b| b.env());
             let mut env = vec![("PYTHONPERFSUPPORT", "1")];
-            if let Some(path) = &pythonpath {
-                env.push(("PYTHONPATH", path.as_str()));
+            for (key, value) in monitor_env.iter().flatten() {
+                env.push((key, value.as_str()));
             }
-            let child = launch::spawn_gated(command, &env)?;
-            let map = procfs::in_root(child.pid, &format!("/tmp/perf-{}.map", child.pid));
-            pipeline.expect_launched(child.pid, std::fs::metadata(&map).map_or(0, |m| m.len()));
+            let child = match bootstrap {
+                Some(b) => launch::spawn_gated(command, &env, &|| b.ring.prepare_child())?,
+                None => launch::spawn_gated(command, &env, &|| {})?,
+            };
+            if let (Some(b), Some(tasks)) = (bootstrap, pipeline.tasks.as_mut()) {
+                match b.ring.reader() {
+                    Ok(reader) => tasks.adopt(child.pid, reader, false),
+                    Err(e) => tracing::warn!("cannot read the task ring made for the command: {e}"),
+                }
+            }
+            // What a map of an earlier process with this PID already holds is stale.
+            let owner = procfs::uids(child.pid).map_or(Owner::OneOf(Vec::new()), Owner::OneOf);
+            let map = MapLocation { pid: child.pid, file_name: format!("perf-{}.map", child.pid), owner };
+            pipeline.expect_launched(child.pid, PerfMapReader::new(map).current_len());
             if let Err(e) = session.attach_thread(crate::process::Tid(child.pid.0), true) {
                 child.abort();
                 return Err(e.into());
@@ -172,7 +185,7 @@ pub fn warn_about_runtime(state: &ProcessState) {
              Start it with `python -X perf`, or with PYTHONPERFSUPPORT=1 in its environment, or call \
              `sys.activate_stack_trampoline(\"perf\")` inside it. Recording native stacks meanwhile; \
              ember picks the map up if it appears",
-            state.perf_map_reader.path().display()
+            state.perf_map_reader.display_path()
         );
     }
 }
@@ -265,9 +278,6 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     } else {
         output.write(|out| export::write(config.format, &view, &meta, out), &view)
     };
-    if let (Some(_), Some(tasks)) = (&bootstrap, &pipeline.tasks) {
-        remove_launched_rings(tasks, launched);
-    }
     drop(bootstrap);
 
     // A launched command keeps running after --duration or Ctrl-C ends the recording;
@@ -280,17 +290,6 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     }
     written?;
     Ok(RecordOutcome { stats, child_exit })
-}
-
-/// The rings of a command ember started the monitor in (and of its children that have
-/// exited) are ember's to clean up.
-pub fn remove_launched_rings(tasks: &crate::tasks::TaskTracker, launched: Option<Pid>) {
-    for pid in tasks.pids().into_iter().chain(launched) {
-        if launched == Some(pid) || !procfs::process_exists(pid) {
-            let [_, local] = crate::tasks::ring_paths(pid, pid.0);
-            let _ = std::fs::remove_file(local);
-        }
-    }
 }
 
 /// The task monitor's files, for a launched command when tasks are wanted.

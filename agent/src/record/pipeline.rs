@@ -24,7 +24,6 @@ pub struct Pipeline {
     keys: Vec<FrameKey>,
     /// asyncio task timelines, when the task monitor runs in the targets.
     pub tasks: Option<TaskTracker>,
-    launched: HashSet<Pid>,
 }
 
 impl Pipeline {
@@ -39,7 +38,6 @@ impl Pipeline {
             threads_seen: HashSet::new(),
             keys: Vec::new(),
             tasks: None,
-            launched: HashSet::new(),
         }
     }
 
@@ -82,14 +80,12 @@ impl Pipeline {
     /// Remembers a launched command whose state is created once it has exec'd.
     pub fn expect_launched(&mut self, pid: Pid, perf_map_len: u64) {
         self.launched_map_offsets.insert(pid, perf_map_len);
-        self.launched.insert(pid);
     }
 
     /// Reads the task rings of every process (the monitor writes one per process).
     pub fn poll_tasks(&mut self) {
         let Some(tasks) = &mut self.tasks else { return };
-        let launched = &self.launched;
-        tasks.poll(self.processes.values().map(|s| (s.pid, s.ns_pid.0, launched.contains(&s.pid))));
+        tasks.poll(self.processes.values().map(|s| (s.pid, s.ns_pid.0)));
     }
 
     fn is_expected(&self, pid: Pid) -> bool {

@@ -17,10 +17,7 @@ use crate::perf::{SamplingConfig, SamplingSession};
 use crate::process::launch::{self, ChildExit};
 use crate::process::{procfs, Pid};
 use crate::record::pipeline::Pipeline;
-use crate::record::{
-    process_batch, remove_launched_rings, start_targets, task_bootstrap, warn_about_runtime, RecordError, Started,
-    Targets,
-};
+use crate::record::{process_batch, start_targets, task_bootstrap, warn_about_runtime, RecordError, Started, Targets};
 use crate::symbolize::SymbolTable;
 
 /// What the sampling thread samples.
@@ -220,11 +217,7 @@ pub fn run(
         count_tasks(&metrics, &batch);
         let _ = batches.blocking_send(batch);
     }
-    if bootstrap.is_some() {
-        if let Some(tasks) = &pipeline.tasks {
-            remove_launched_rings(tasks, started.launched);
-        }
-    }
+    drop(bootstrap);
     if let (Some(pid), None) = (started.launched, child_exit) {
         child_exit = Some(launch::wait(pid));
     }

@@ -8,10 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io;
 
 use crate::intern::{Interner, StrId};
+use crate::process::target_file::{self, Owner, TargetFileError};
+use crate::process::Pid;
 use crate::unwind::trampoline::TrampolineKind;
 
 /// One parsed line.
@@ -32,6 +33,8 @@ pub enum LineError {
     BadSize,
     #[error("zero size or range overflows")]
     BadRange,
+    #[error("line too long")]
+    TooLong,
 }
 
 /// Parses `<hex addr> <hex size> <name>`; the name may contain spaces.
@@ -131,38 +134,116 @@ impl crate::unwind::stack::TrampolineLookup for PerfMapTable {
     }
 }
 
+/// Most bytes one poll reads: a map that grows faster is read over several polls.
+const MAX_READ_PER_POLL: u64 = 4 << 20;
+/// Most bytes read from one process's map. CPython writes one ~100-byte line per code
+/// object, so this is millions of functions; a map past it is not CPython's.
+pub const MAX_MAP_BYTES: u64 = 256 << 20;
+/// Longest line kept: a qualname plus a file path (PATH_MAX), with room to spare.
+const MAX_LINE: usize = 16 << 10;
+
+/// Where a perf map is, and who may own it: inside the target's root, opened by
+/// [`target_file`](crate::process::target_file) (no links, no FIFOs, owned by the target).
+#[derive(Debug, Clone)]
+pub struct MapLocation {
+    pub pid: Pid,
+    /// The file name, with the pid the target sees: `perf-<nspid>.map`.
+    pub file_name: String,
+    pub owner: Owner,
+}
+
+impl MapLocation {
+    pub fn open(&self) -> Result<File, TargetFileError> {
+        target_file::open_in_root(self.pid, &["tmp", &self.file_name], &self.owner)
+    }
+
+    /// The path as the user would look for it, for messages.
+    pub fn display(&self) -> String {
+        format!("/proc/{}/root/tmp/{}", self.pid, self.file_name)
+    }
+}
+
 /// Reads a perf map as it grows: only complete lines are consumed, a partial last line waits
-/// for the next read.
+/// for the next read. The file is hostile input: reads are bounded per poll and in total.
 #[derive(Debug)]
 pub struct PerfMapReader {
-    path: PathBuf,
+    location: Option<MapLocation>,
     file: Option<File>,
     offset: u64,
     partial: Vec<u8>,
+    /// The current line grew past [`MAX_LINE`]: drop bytes up to the next newline.
+    skipping_line: bool,
+    /// Why the map was last refused, so each reason is logged once.
+    refused: Option<String>,
+    /// The map reached [`MAX_MAP_BYTES`]; nothing more is read.
+    pub capped: bool,
     pub corrupt_lines: u64,
     pub lines_read: u64,
 }
 
 impl PerfMapReader {
-    pub fn new(path: PathBuf) -> Self {
-        Self { path, file: None, offset: 0, partial: Vec::new(), corrupt_lines: 0, lines_read: 0 }
+    pub fn new(location: MapLocation) -> Self {
+        Self::with_location(Some(location))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A reader fed only through [`PerfMapReader::consume`] (tests, replay).
+    pub fn detached() -> Self {
+        Self::with_location(None)
+    }
+
+    fn with_location(location: Option<MapLocation>) -> Self {
+        Self {
+            location,
+            file: None,
+            offset: 0,
+            partial: Vec::new(),
+            skipping_line: false,
+            refused: None,
+            capped: false,
+            corrupt_lines: 0,
+            lines_read: 0,
+        }
+    }
+
+    pub fn owner(&self) -> Option<&Owner> {
+        self.location.as_ref().map(|l| &l.owner)
+    }
+
+    pub fn display_path(&self) -> String {
+        self.location.as_ref().map_or_else(String::new, MapLocation::display)
     }
 
     pub fn is_open(&self) -> bool {
         self.file.is_some()
     }
 
-    /// Opens the file if it exists. Keeping the descriptor lets ember finish reading after the
-    /// target exits and its `/proc/PID/root` disappears.
+    /// Opens the file if it exists and may be read. Keeping the descriptor lets ember finish
+    /// reading after the target exits and its `/proc/PID/root` disappears.
     pub fn try_open(&mut self) -> bool {
-        if self.file.is_none() {
-            self.file = File::open(&self.path).ok();
+        if self.file.is_some() {
+            return true;
+        }
+        let Some(location) = &self.location else { return false };
+        match location.open() {
+            Ok(file) => self.file = Some(file),
+            Err(TargetFileError::Missing) => {}
+            Err(e) => {
+                let reason = e.to_string();
+                if self.refused.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(pid = %location.pid, "not reading the perf map {}: it {reason}", location.display());
+                    self.refused = Some(reason);
+                }
+            }
         }
         self.file.is_some()
+    }
+
+    /// The map's current length, where it can be opened (0 when it does not exist).
+    pub fn current_len(&mut self) -> u64 {
+        if !self.try_open() {
+            return 0;
+        }
+        self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len())
     }
 
     /// Starts reading at `offset`: the length the file had before the process started.
@@ -170,62 +251,100 @@ impl PerfMapReader {
         self.offset = offset;
     }
 
-    /// Skips whatever the file holds now: for a process ember launched itself, any existing
-    /// content was written by an earlier process with the same PID.
-    pub fn skip_existing(&mut self) {
-        if self.try_open() {
-            if let Some(len) = self.file.as_ref().and_then(|f| f.metadata().ok()).map(|m| m.len()) {
-                self.offset = len;
-            }
-        }
-    }
-
     /// Reads new complete lines into `table`. Returns how many entries were added.
     pub fn poll(&mut self, table: &mut PerfMapTable, strings: &mut Interner) -> io::Result<usize> {
-        if !self.try_open() {
+        use std::os::unix::fs::FileExt;
+        if self.capped || !self.try_open() {
             return Ok(0);
         }
-        let Some(file) = self.file.as_mut() else { return Ok(0) };
+        let Some(file) = self.file.as_ref() else { return Ok(0) };
         let len = file.metadata()?.len();
         if len <= self.offset {
             return Ok(0);
         }
-        file.seek(SeekFrom::Start(self.offset))?;
-        let mut chunk = Vec::with_capacity((len - self.offset) as usize);
-        file.take(len - self.offset).read_to_end(&mut chunk)?;
-        self.offset += chunk.len() as u64;
+        if self.offset >= MAX_MAP_BYTES {
+            self.capped = true;
+            tracing::warn!(
+                "the perf map {} passed {} MiB; ignoring the rest (CPython writes ~100 bytes per function)",
+                self.display_path(),
+                MAX_MAP_BYTES >> 20
+            );
+            return Ok(0);
+        }
+        let want = (len - self.offset).min(MAX_READ_PER_POLL).min(MAX_MAP_BYTES - self.offset);
+        let mut chunk = vec![0u8; want as usize];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match file.read_at(&mut chunk[filled..], self.offset + filled as u64) {
+                Ok(0) => break, // truncated under us
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        chunk.truncate(filled);
+        self.offset += filled as u64;
         Ok(self.consume(&chunk, table, strings))
     }
 
     /// Parses bytes that follow what was consumed before. Split from `poll` so it can be
     /// tested and fuzzed on byte strings.
     pub fn consume(&mut self, bytes: &[u8], table: &mut PerfMapTable, strings: &mut Interner) -> usize {
-        self.partial.extend_from_slice(bytes);
-        let Some(last_newline) = self.partial.iter().rposition(|&b| b == b'\n') else { return 0 };
-        let complete: Vec<u8> = self.partial.drain(..=last_newline).collect();
         let mut added = 0;
-        for raw in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let newline = rest.iter().position(|&b| b == b'\n');
+            let (piece, ended) = match newline {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = newline.map_or(&[][..], |i| &rest[i + 1..]);
+            if self.skipping_line {
+                self.skipping_line = !ended;
+                continue;
+            }
+            if self.partial.len() + piece.len() > MAX_LINE {
+                self.partial.clear();
+                self.skipping_line = !ended;
+                self.corrupt(b"", LineError::TooLong);
+                continue;
+            }
+            if !ended {
+                self.partial.extend_from_slice(piece);
+                break;
+            }
+            let line = if self.partial.is_empty() {
+                piece.to_vec()
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(piece);
+                line
+            };
+            if line.is_empty() {
+                continue;
+            }
             self.lines_read += 1;
-            let parsed = std::str::from_utf8(raw).map_err(|_| LineError::MissingFields).and_then(parse_line);
-            match parsed {
-                Ok(line) => {
-                    let name = strings.intern(line.name);
-                    table.insert(line.start, line.size, name);
+            match std::str::from_utf8(&line).map_err(|_| LineError::MissingFields).and_then(parse_line) {
+                Ok(parsed) => {
+                    let name = strings.intern(parsed.name);
+                    table.insert(parsed.start, parsed.size, name);
                     added += 1;
                 }
-                Err(e) => {
-                    if self.corrupt_lines == 0 {
-                        tracing::warn!(
-                            path = %self.path.display(),
-                            "skipping corrupt perf-map line ({e}): {:?}; further corrupt lines are only counted",
-                            String::from_utf8_lossy(raw)
-                        );
-                    }
-                    self.corrupt_lines += 1;
-                }
+                Err(e) => self.corrupt(&line, e),
             }
         }
         added
+    }
+
+    fn corrupt(&mut self, line: &[u8], e: LineError) {
+        if self.corrupt_lines == 0 {
+            tracing::warn!(
+                "skipping corrupt perf-map line in {} ({e}): \"{}\"; further corrupt lines are only counted",
+                self.display_path(),
+                target_file::excerpt(line)
+            );
+        }
+        self.corrupt_lines += 1;
     }
 }
 
@@ -256,7 +375,7 @@ mod tests {
 
     #[test]
     fn partial_last_line_waits_for_the_rest() {
-        let mut reader = PerfMapReader::new(PathBuf::from("/nonexistent"));
+        let mut reader = PerfMapReader::detached();
         let mut table = PerfMapTable::default();
         let mut strings = Interner::default();
         assert_eq!(reader.consume(b"1000 b py::a:x.py\n2000 b py::b", &mut table, &mut strings), 1);
@@ -268,7 +387,7 @@ mod tests {
 
     #[test]
     fn corrupt_lines_are_counted_and_skipped() {
-        let mut reader = PerfMapReader::new(PathBuf::from("/nonexistent"));
+        let mut reader = PerfMapReader::detached();
         let mut table = PerfMapTable::default();
         let mut strings = Interner::default();
         let added =

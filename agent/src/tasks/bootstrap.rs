@@ -1,10 +1,11 @@
 //! Starting the task monitor in a command ember launches, without changing the program: the
 //! monitor, its native fast path and a `sitecustomize.py` are written to a private directory
-//! that goes first on the command's `PYTHONPATH`. The directory is removed when the recording
-//! ends.
+//! that goes first on the command's `PYTHONPATH`, and the command inherits a ring made for it
+//! ([`SharedRing`]). The directory is removed when the recording ends.
 
 use std::path::{Path, PathBuf};
 
+use super::shared::{SharedRing, DEFAULT_SLOTS, RING_FD_ENV};
 use super::{ACCEL_FILE_NAME, ACCEL_LIBRARY, MONITOR_SOURCE};
 
 const SITECUSTOMIZE: &str = include_str!("../../python/bootstrap/sitecustomize.py");
@@ -12,6 +13,7 @@ const SITECUSTOMIZE: &str = include_str!("../../python/bootstrap/sitecustomize.p
 #[derive(Debug)]
 pub struct Bootstrap {
     dir: PathBuf,
+    pub ring: SharedRing,
 }
 
 impl Bootstrap {
@@ -22,19 +24,22 @@ impl Bootstrap {
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         write_monitor(&dir)?;
         std::fs::write(dir.join("sitecustomize.py"), SITECUSTOMIZE)?;
-        Ok(Self { dir })
+        let ring = SharedRing::create(DEFAULT_SLOTS)?;
+        Ok(Self { dir, ring })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The command's PYTHONPATH: ours first, then whatever it had.
-    pub fn pythonpath(&self) -> String {
-        match std::env::var("PYTHONPATH") {
+    /// What the command's environment gains: PYTHONPATH (ours first, then whatever it
+    /// had) and the ring's descriptor.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        let pythonpath = match std::env::var("PYTHONPATH") {
             Ok(existing) if !existing.is_empty() => format!("{}:{existing}", self.dir.display()),
             _ => self.dir.display().to_string(),
-        }
+        };
+        [("PYTHONPATH", pythonpath), (RING_FD_ENV, self.ring.fd().to_string())]
     }
 }
 

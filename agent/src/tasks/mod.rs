@@ -7,10 +7,10 @@
 
 pub mod bootstrap;
 pub mod ring;
+pub mod shared;
 pub mod timeline;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::process::Pid;
@@ -36,15 +36,6 @@ pub enum TaskMode {
     /// Asked for explicitly: as the default, and say so when the monitor cannot be started.
     Explicit,
     Off,
-}
-
-/// Where a process's ring is: `/tmp/ember-<nspid>.ring` in its own mount namespace.
-pub fn ring_paths(pid: Pid, ns_pid: u32) -> [PathBuf; 2] {
-    [
-        PathBuf::from(format!("/proc/{pid}/root/tmp/ember-{ns_pid}.ring")),
-        // A process ember launched shares its /tmp, and this path outlives the process.
-        PathBuf::from(format!("/tmp/ember-{ns_pid}.ring")),
-    ]
 }
 
 /// How often to look again for a ring that is not there yet.
@@ -93,12 +84,12 @@ impl TaskTracker {
         Self { streaming: true, ..Self::default() }
     }
 
-    /// Opens the rings of `targets` (pid, pid in its namespace, launched by ember) that have
-    /// appeared, then reads what is new in every open ring, including those of processes
-    /// that have exited: their last records are still to be read.
-    pub fn poll(&mut self, targets: impl Iterator<Item = (Pid, u32, bool)>) {
-        for (pid, ns_pid, launched_here) in targets {
-            self.open(pid, ns_pid, launched_here);
+    /// Opens the rings of `targets` (pid, pid in its namespace) that have appeared, then
+    /// reads what is new in every open ring, including those of processes that have exited:
+    /// their last records are still to be read.
+    pub fn poll(&mut self, targets: impl Iterator<Item = (Pid, u32)>) {
+        for (pid, ns_pid) in targets {
+            self.open(pid, ns_pid);
         }
         for (pid, reader) in &mut self.readers {
             let mut events = Vec::new();
@@ -134,21 +125,22 @@ impl TaskTracker {
         }
     }
 
-    fn open(&mut self, pid: Pid, ns_pid: u32, launched_here: bool) {
+    fn open(&mut self, pid: Pid, ns_pid: u32) {
         if self.readers.contains_key(&pid) || self.absent.get(&pid).is_some_and(|t| t.elapsed() < RETRY_OPEN) {
             return;
         }
-        let [in_root, local] = ring_paths(pid, ns_pid);
-        let opened = ring::RingReader::open(in_root)
-            .ok()
-            .or_else(|| launched_here.then(|| ring::RingReader::open(local).ok()).flatten());
-        let Some(ring) = opened else {
-            self.absent.insert(pid, Instant::now());
-            return;
-        };
+        match shared::find(pid, ns_pid) {
+            Some(ring) => self.adopt(pid, ring, ns_pid != pid.0),
+            None => {
+                self.absent.insert(pid, Instant::now());
+            }
+        }
+    }
+
+    /// Reads `ring` as the ring of `pid` (one ember made for a command it launched).
+    pub fn adopt(&mut self, pid: Pid, ring: ring::RingReader, namespaced: bool) {
         self.absent.remove(&pid);
         let timeline = if self.streaming { timeline::Timeline::streaming() } else { timeline::Timeline::default() };
-        let namespaced = ns_pid != pid.0;
         self.readers.insert(pid, Reader { ring, timeline, lost_taken: 0, gone: false, namespaced, announced: false });
     }
 

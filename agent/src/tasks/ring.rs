@@ -1,5 +1,5 @@
-//! Reading the ring that `ember_monitor` (agent/python) writes in the target:
-//! `/tmp/ember-<pid>.ring`, a 64-byte header and 16-byte records, format 2, specified in
+//! Reading the ring that `ember_monitor` (agent/python) writes in the target (a sealed memfd,
+//! see [`super::shared`]): a 64-byte header and 16-byte records, format 2, specified in
 //! docs/TASK_RING.md. The writer never waits for us; if we fall more than a ring behind, the
 //! records in between are lost and counted. This module turns records into [`TaskEvent`]s;
 //! [`super::timeline`] turns those into run slices.
@@ -12,12 +12,13 @@ use std::path::PathBuf;
 pub const MAGIC: &[u8; 8] = b"EMBRING2";
 pub const HEADER_SIZE: u64 = 64;
 pub const RECORD_SIZE: u64 = 16;
-const VERSION: u64 = 2;
+pub const VERSION: u64 = 2;
 /// Tagged words have bit 62 set; a first word below it is a bare STOP, i.e. a time.
 const TAG: u64 = 1 << 62;
 /// Header words.
 const PUBLISHED: usize = 3;
 const LAP: usize = 4;
+const WRITER_PID: usize = 5;
 const FLAGS: usize = 6;
 const CREATED: usize = 7;
 /// Header flag: the records are written by `_ember_accel`, the monitor's native fast path.
@@ -114,6 +115,10 @@ pub enum RingError {
     NotARing(PathBuf),
     #[error("{0} is not a regular file")]
     NotAFile(PathBuf),
+    #[error("{0} is not sealed against resizing, so it is not a ring the monitor made")]
+    NotSealed(PathBuf),
+    #[error("{0} was made by another process (a parent this one was forked from)")]
+    OtherWriter(PathBuf),
 }
 
 /// Decodes records, carrying strings and half-read blocks between calls.
@@ -260,6 +265,11 @@ impl RingReader {
             .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(io(&path))?;
+        Self::from_file(file, path)
+    }
+
+    /// Reads a ring from an open descriptor; `path` names it in errors.
+    pub fn from_file(file: File, path: PathBuf) -> Result<Self, RingError> {
         if !file.metadata().map_err(io(&path))?.is_file() {
             return Err(RingError::NotAFile(path));
         }
@@ -310,6 +320,11 @@ impl RingReader {
         }
         // The writer kept moving under us; try again at the next poll.
         Ok(Some(self.read_pos))
+    }
+
+    /// The pid of the process that wrote the header, as it sees itself.
+    pub fn writer_pid(&self) -> Result<u64, RingError> {
+        Ok(self.header()?[WRITER_PID])
     }
 
     /// Whether the monitor writes with its native fast path (`_ember_accel`) rather than in

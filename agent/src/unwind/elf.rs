@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::{Deref, Range};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use memmap2::Mmap;
@@ -101,6 +101,16 @@ impl ElfImage {
 pub enum ElfError {
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot open {path}: {source}")]
+    Target { path: PathBuf, source: crate::process::target_file::TargetFileError },
+    #[error("{path} is not a regular file")]
+    NotRegular { path: PathBuf },
+    #[error("{path} is {len} bytes, larger than ember copies")]
+    TooLarge { path: PathBuf, len: u64 },
+    #[error("cannot copy an image into memory: {source}")]
+    Copy { source: std::io::Error },
+    #[error("the bytes of an in-memory image could not be read")]
+    Unreadable,
     #[error("cannot map {path}: {source}")]
     Map { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a readable ELF file: {source}")]
@@ -126,11 +136,16 @@ impl ElfCache {
 
     /// Loads the file behind a mapping once. A file that failed to load is remembered, so it
     /// is not retried for every sample.
-    pub fn load(&mut self, identity: FileIdentity, display_path: &str, open_path: &Path) -> Option<Arc<ElfImage>> {
+    pub fn load(
+        &mut self,
+        identity: FileIdentity,
+        display_path: &str,
+        open: impl FnOnce() -> Result<File, ElfError>,
+    ) -> Option<Arc<ElfImage>> {
         if let Some(known) = self.by_identity.get(&identity) {
             return known.and_then(|id| self.get(id).cloned());
         }
-        let loaded = match open_image(ImageId(self.images.len() as u32), display_path, open_path) {
+        let loaded = match open().and_then(|file| open_image(ImageId(self.images.len() as u32), display_path, file)) {
             Ok(image) => {
                 let reuse = image.build_id.as_ref().and_then(|b| self.by_build_id.get(b)).copied();
                 match reuse {
@@ -165,44 +180,59 @@ impl ElfCache {
         if let Some(known) = self.by_identity.get(&identity) {
             return known.and_then(|id| self.get(id).cloned());
         }
-        let memfd = bytes().and_then(|b| memfd_with(&b).ok());
-        match memfd {
-            Some(file) => {
-                use std::os::fd::AsRawFd;
-                let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                let image = self.load(identity, display_path, &path);
-                drop(file); // the image holds its own descriptor
-                image
-            }
-            None => {
-                self.by_identity.insert(identity, None);
-                None
-            }
-        }
+        self.load(identity, display_path, || {
+            let bytes = bytes().ok_or(ElfError::Unreadable)?;
+            sealed_copy(&mut &bytes[..], bytes.len() as u64).map_err(|source| ElfError::Copy { source })
+        })
     }
 }
 
-fn memfd_with(bytes: &[u8]) -> std::io::Result<File> {
-    use std::io::Write;
-    use std::os::fd::FromRawFd;
-    // SAFETY: the name is a valid NUL-terminated string; the returned descriptor is owned here.
-    let fd = unsafe { libc::memfd_create(c"ember-image".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+/// Largest image ember copies (see [`stable`]); larger untrusted files get no unwind info or
+/// symbols.
+const MAX_COPIED_IMAGE: u64 = 1 << 30;
+
+/// A file that cannot change under the mapping ember reads it through. A file only root can
+/// write is used as it is; any other (a library in a user's virtualenv, a file in /tmp) could
+/// be truncated by its owner while mapped, and reading a truncated mapping kills the reader
+/// with SIGBUS. Those are copied into a sealed memory file, which can never shrink.
+fn stable(file: File, path: &str) -> Result<File, ElfError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().map_err(|source| ElfError::Open { path: path.into(), source })?;
+    if !meta.file_type().is_file() {
+        return Err(ElfError::NotRegular { path: path.into() });
     }
-    // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-    let mut file = unsafe { File::from_raw_fd(fd) };
-    file.write_all(bytes)?;
+    let only_root_writes = meta.uid() == 0 && meta.mode() & 0o022 == 0;
+    if only_root_writes {
+        return Ok(file);
+    }
+    if meta.len() > MAX_COPIED_IMAGE {
+        return Err(ElfError::TooLarge { path: path.into(), len: meta.len() });
+    }
+    sealed_copy(&mut &file, meta.len()).map_err(|source| ElfError::Copy { source })
+}
+
+/// Copies at most [`MAX_COPIED_IMAGE`] bytes into a memfd sealed against any change.
+fn sealed_copy(source: &mut impl std::io::Read, expected_len: u64) -> std::io::Result<File> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(c"ember-image", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = File::from(fd);
+    let copied = std::io::copy(&mut std::io::Read::take(source, MAX_COPIED_IMAGE), &mut file)?;
+    if copied < expected_len.min(MAX_COPIED_IMAGE) {
+        tracing::debug!("image shrank while copied ({copied} of {expected_len} bytes)");
+    }
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(file)
 }
 
-fn open_image(id: ImageId, display_path: &str, open_path: &Path) -> Result<ElfImage, ElfError> {
-    let file = File::open(open_path).map_err(|source| ElfError::Open { path: open_path.into(), source })?;
-    // SAFETY: the mapping is read-only; if the file is truncated underneath us reads could
-    // fault, which is the same contract every profiler and debugger accepts for ELF files.
-    let map = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Map { path: open_path.into(), source })?;
+fn open_image(id: ImageId, display_path: &str, file: File) -> Result<ElfImage, ElfError> {
+    let file = stable(file, display_path)?;
+    // SAFETY: the mapping is read-only, and the file is either writable by root alone or a
+    // sealed memfd that cannot shrink, so no page of the mapping can disappear under us.
+    let map = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Map { path: display_path.into(), source })?;
     let map = Arc::new(map);
-    let obj = object::File::parse(&**map).map_err(|source| ElfError::Parse { path: open_path.into(), source })?;
+    let obj = object::File::parse(&**map).map_err(|source| ElfError::Parse { path: display_path.into(), source })?;
 
     let section = |name: &str| -> Option<Section> {
         let s = obj.section_by_name(name)?;
@@ -247,8 +277,9 @@ mod tests {
         let exe = std::env::current_exe().expect("current exe");
         let mut cache = ElfCache::default();
         let identity = FileIdentity::Path(exe.display().to_string());
-        let a = cache.load(identity.clone(), "self", &exe).expect("own ELF loads");
-        let b = cache.load(identity, "self", &exe).expect("cached");
+        let open = || File::open(&exe).map_err(|source| ElfError::Open { path: exe.clone(), source });
+        let a = cache.load(identity.clone(), "self", open).expect("own ELF loads");
+        let b = cache.load(identity, "self", open).expect("cached");
         assert_eq!(a.id, b.id);
         assert_eq!(cache.images().len(), 1);
         assert!(a.has_cfi(), "Rust binaries carry .eh_frame");
@@ -259,8 +290,10 @@ mod tests {
     fn a_missing_file_is_remembered_as_missing() {
         let mut cache = ElfCache::default();
         let id = FileIdentity::Path("/nonexistent".into());
-        assert!(cache.load(id.clone(), "/nonexistent", Path::new("/nonexistent")).is_none());
-        assert!(cache.load(id, "/nonexistent", Path::new("/nonexistent")).is_none());
+        let open =
+            || File::open("/nonexistent").map_err(|source| ElfError::Open { path: "/nonexistent".into(), source });
+        assert!(cache.load(id.clone(), "/nonexistent", open).is_none());
+        assert!(cache.load(id, "/nonexistent", open).is_none());
         assert!(cache.images().is_empty());
     }
 }

@@ -8,6 +8,6 @@ pub mod stack;
 pub mod trampoline;
 
 pub use completion::StackCompleter;
-pub use elf::{ElfCache, ElfImage, FileIdentity, ImageId};
+pub use elf::{ElfCache, ElfError, ElfImage, FileIdentity, ImageId};
 pub use stack::{unwind_stack, NativeUnwinder, RawFrame, StackEnd, UnwindCache, UnwindFailure, UnwoundStack};
 pub use trampoline::TrampolineKind;
