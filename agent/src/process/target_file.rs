@@ -21,15 +21,15 @@ use super::ids::Pid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetFileError {
-    #[error("does not exist")]
+    #[error("it does not exist")]
     Missing,
-    #[error("a path component is a symbolic link; ember does not follow links in a target's file system")]
+    #[error("a component of its path is a symbolic link, and ember follows no links in a target's files")]
     Symlink,
-    #[error("is not a regular file")]
+    #[error("it is not a regular file")]
     NotRegular,
-    #[error("is owned by uid {owner}, not by the target (uids {expected:?}) or root")]
+    #[error("it is owned by uid {owner}, neither the target (uids {expected:?}) nor root")]
     Owner { owner: u32, expected: Vec<u32> },
-    #[error("has {0} hard links; a file the target wrote itself has one")]
+    #[error("it has {0} hard links, where a file the target wrote itself has one")]
     Links(u64),
     #[error("{0}")]
     Io(#[source] io::Error),

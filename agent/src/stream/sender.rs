@@ -59,6 +59,19 @@ pub struct SenderConfig {
     pub final_flush: Duration,
 }
 
+/// Takes a batch from the sampler into the buffer, counting what a full buffer drops.
+fn accept(buffer: &mut SendBuffer, config: &SenderConfig, metrics: &AgentMetrics, batch: v1::Batch) {
+    let (dropped, samples) = buffer.push(&config.agent_id, batch);
+    if dropped > 0 {
+        metrics.dropped_samples.inc_by(samples);
+        for _ in 0..dropped {
+            metrics.batch("dropped");
+        }
+        tracing::warn!(dropped, samples, "send buffer full (--buffer-mb): dropped the oldest unacknowledged batches");
+    }
+    metrics.buffer_bytes.set(buffer.bytes() as i64);
+}
+
 pub async fn run(
     config: SenderConfig,
     mut client: Client,
@@ -75,7 +88,10 @@ pub async fn run(
         if closed_at.is_some() && buffer.is_empty() {
             break;
         }
-        if closed_at.is_some_and(|t| t.elapsed() >= config.final_flush) {
+        // Once the sampler is done, nothing may wait past the final-flush deadline: not a
+        // backoff delay, not a connection attempt, not a request in flight.
+        let deadline = closed_at.map(|t| t + config.final_flush);
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             tracing::error!(
                 batches = buffer.len(),
                 "giving up on {} unacknowledged batches after {:?}: the collector did not take them",
@@ -86,24 +102,36 @@ pub async fn run(
         }
         tokio::select! {
             received = batches.recv(), if closed_at.is_none() => match received {
-                Some(batch) => {
-                    let (dropped, samples) = buffer.push(&config.agent_id, batch);
-                    if dropped > 0 {
-                        metrics.dropped_samples.inc_by(samples);
-                        for _ in 0..dropped {
-                            metrics.batch("dropped");
-                        }
-                        tracing::warn!(dropped, samples, "send buffer full (--buffer-mb): dropped the oldest unacknowledged batches");
-                    }
-                    metrics.buffer_bytes.set(buffer.bytes() as i64);
-                }
+                Some(batch) => accept(&mut buffer, &config, &metrics, batch),
                 None => closed_at = Some(Instant::now()),
             },
+            _ = tokio::time::sleep_until(deadline.unwrap_or(next_attempt)), if deadline.is_some_and(|d| d < next_attempt) => {}
             _ = tokio::time::sleep_until(next_attempt), if !buffer.is_empty() => {
                 let Some(front) = buffer.front() else { continue };
                 let batch = front.batch.clone();
                 let (sequence, bytes) = (batch.sequence, front.bytes);
-                match client::push(&mut client, batch).await {
+                // While the request is out, the sampler may finish: from then on the request
+                // may only take until the final-flush deadline. Batches that arrive meanwhile
+                // join the buffer once it is answered, so the one in flight stays its front.
+                let push = client::push(&mut client, batch);
+                tokio::pin!(push);
+                let mut arrived = Vec::new();
+                let pushed = loop {
+                    let deadline = closed_at.map(|t| t + config.final_flush);
+                    tokio::select! {
+                        pushed = &mut push => break Some(pushed),
+                        _ = tokio::time::sleep_until(deadline.unwrap_or(next_attempt)), if deadline.is_some() => break None,
+                        received = batches.recv(), if closed_at.is_none() => match received {
+                            Some(batch) => arrived.push(batch),
+                            None => closed_at = Some(Instant::now()),
+                        },
+                    }
+                };
+                for batch in arrived {
+                    accept(&mut buffer, &config, &metrics, batch);
+                }
+                let Some(pushed) = pushed else { continue }; // the loop's top reports what is left
+                match pushed {
                     Ok(ack) => {
                         if failing {
                             tracing::info!("collector reachable again; resending what it has not acknowledged");

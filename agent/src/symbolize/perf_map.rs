@@ -230,7 +230,7 @@ impl PerfMapReader {
             Err(e) => {
                 let reason = e.to_string();
                 if self.refused.as_deref() != Some(reason.as_str()) {
-                    tracing::warn!(pid = %location.pid, "not reading the perf map {}: it {reason}", location.display());
+                    tracing::warn!(pid = %location.pid, "not reading the perf map {}: {reason}", location.display());
                     self.refused = Some(reason);
                 }
             }

@@ -202,13 +202,21 @@ fn stable(file: File, path: &str) -> Result<File, ElfError> {
         return Err(ElfError::NotRegular { path: path.into() });
     }
     let only_root_writes = meta.uid() == 0 && meta.mode() & 0o022 == 0;
-    if only_root_writes {
+    if only_root_writes || cannot_shrink(&file) {
         return Ok(file);
     }
     if meta.len() > MAX_COPIED_IMAGE {
         return Err(ElfError::TooLarge { path: path.into(), len: meta.len() });
     }
-    sealed_copy(&mut &file, meta.len()).map_err(|source| ElfError::Copy { source })
+    let mut from_start = std::io::BufReader::new(&file);
+    std::io::Seek::rewind(&mut from_start).map_err(|source| ElfError::Copy { source })?;
+    sealed_copy(&mut from_start, meta.len()).map_err(|source| ElfError::Copy { source })
+}
+
+/// A memfd sealed against shrinking (one of ours, such as the vDSO's copy).
+fn cannot_shrink(file: &File) -> bool {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    fcntl(file, FcntlArg::F_GET_SEALS).is_ok_and(|s| SealFlag::from_bits_truncate(s).contains(SealFlag::F_SEAL_SHRINK))
 }
 
 /// Copies at most [`MAX_COPIED_IMAGE`] bytes into a memfd sealed against any change.
@@ -284,6 +292,27 @@ mod tests {
         assert_eq!(cache.images().len(), 1);
         assert!(a.has_cfi(), "Rust binaries carry .eh_frame");
         assert!(a.eh_frame_hdr.is_some());
+    }
+
+    #[test]
+    fn an_image_others_could_truncate_is_copied_and_loads() {
+        use std::os::unix::fs::PermissionsExt;
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = dir.path().join("exe");
+        std::fs::copy(&exe, &copy).expect("copy");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        let mut cache = ElfCache::default();
+        let open = || File::open(&copy).map_err(|source| ElfError::Open { path: copy.clone(), source });
+        let image = cache.load(FileIdentity::Path("copy".into()), "copy", open).expect("loads from its sealed copy");
+        assert!(cannot_shrink(&image.file), "mapped through a sealed memfd");
+        // Truncating the original no longer reaches the mapping.
+        std::fs::OpenOptions::new().write(true).open(&copy).expect("open").set_len(0).expect("truncate");
+        assert!(image.eh_frame.as_ref().is_some_and(|s| s.bytes.iter().any(|&b| b != 0)), "still readable");
+        // A copy made in memory (the vDSO's) is used as it is.
+        let bytes = std::fs::read(&exe).expect("read");
+        let vdso = cache.load_bytes(FileIdentity::Path("bytes".into()), "bytes", || Some(bytes)).expect("loads");
+        assert!(vdso.has_cfi());
     }
 
     #[test]
