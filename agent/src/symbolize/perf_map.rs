@@ -398,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn an_endless_line_is_dropped_without_growing() {
+        let mut reader = PerfMapReader::detached();
+        let mut table = PerfMapTable::default();
+        let mut strings = Interner::default();
+        // A sparse file reads as zeros without a newline: never more than one line is kept.
+        for _ in 0..64 {
+            assert_eq!(reader.consume(&[0u8; 4096], &mut table, &mut strings), 0);
+            assert!(reader.partial.len() <= MAX_LINE);
+        }
+        assert_eq!(reader.corrupt_lines, 1, "one overlong line");
+        // The line ends; the next one is read again.
+        assert_eq!(reader.consume(b"\n1000 b py::a:x.py\n", &mut table, &mut strings), 1);
+        assert!(table.lookup(0x1000).is_some());
+    }
+
+    #[test]
     fn later_lines_replace_overlapping_stale_ones() {
         let mut table = PerfMapTable::default();
         let mut strings = Interner::default();
