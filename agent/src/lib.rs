@@ -3,7 +3,7 @@
 //!
 //! The pipeline, one module per stage (see ARCHITECTURE.md):
 //! [`perf`] → [`process`] → [`unwind`] → [`symbolize`] → [`aggregate`] → [`export`].
-//! [`record`] drives it for the `record` command.
+//! [`sampling`] runs it; [`record`] and [`stream`] are the front ends that drive it.
 
 pub mod aggregate;
 pub mod cli;
@@ -11,6 +11,7 @@ pub mod intern;
 pub mod perf;
 pub mod process;
 pub mod record;
+pub mod sampling;
 pub mod stream;
 pub mod symbolize;
 pub mod tasks;

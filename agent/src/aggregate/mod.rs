@@ -37,10 +37,24 @@ pub struct Window {
     pub stacks: Vec<Arc<[FrameKey]>>,
 }
 
-/// All samples of a recording, as counts per (thread, stack). Stacks are stored leaf first.
+/// What a profile keeps of each sample: the seam between the sampling engine and the front
+/// end that drives it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    /// Counts per (thread, stack) over the whole recording (`record`).
+    #[default]
+    Counts,
+    /// Counts, and every sample's time (`record --format trace`).
+    CountsAndTimes,
+    /// Timed samples only, handed out a window at a time ([`Profile::take_window`]): `stream`.
+    Windows,
+}
+
+/// The samples of a recording, as [`Keep`] says. Stacks are stored leaf first.
 #[derive(Debug, Default)]
 pub struct Profile {
-    timeline: Option<Vec<TimedSample>>,
+    keep: Keep,
+    timeline: Vec<TimedSample>,
     pub strings: Interner,
     stack_ids: HashMap<Arc<[FrameKey]>, StackId>,
     stacks: Vec<Arc<[FrameKey]>>,
@@ -51,6 +65,10 @@ pub struct Profile {
 }
 
 impl Profile {
+    pub fn new(keep: Keep) -> Self {
+        Self { keep, ..Self::default() }
+    }
+
     pub fn intern_stack(&mut self, frames: &[FrameKey]) -> StackId {
         if let Some(&id) = self.stack_ids.get(frames) {
             return id;
@@ -64,27 +82,24 @@ impl Profile {
 
     pub fn add(&mut self, owner: SampleOwner, frames: &[FrameKey], time: u64) {
         let id = self.intern_stack(frames);
-        *self.counts.entry((owner, id)).or_default() += 1;
         self.total += 1;
-        if let Some(timeline) = &mut self.timeline {
-            timeline.push(TimedSample { time, owner, stack: id });
+        if self.keep != Keep::Windows {
+            *self.counts.entry((owner, id)).or_default() += 1;
+        }
+        if self.keep != Keep::Counts {
+            self.timeline.push(TimedSample { time, owner, stack: id });
         }
     }
 
-    /// The timed samples kept so far (empty unless [`Profile::keep_timeline`] was called).
+    /// The timed samples kept so far (empty unless the profile keeps times).
     pub fn timeline(&self) -> &[TimedSample] {
-        self.timeline.as_deref().unwrap_or(&[])
-    }
-
-    /// Keep every sample's time, not only counts.
-    pub fn keep_timeline(&mut self) {
-        self.timeline.get_or_insert_with(Vec::new);
+        &self.timeline
     }
 
     /// Hands out the samples recorded since the last call and starts a new window. Strings
     /// and names stay, because frame keys refer to them.
     pub fn take_window(&mut self) -> Window {
-        let samples = self.timeline.as_mut().map(std::mem::take).unwrap_or_default();
+        let samples = std::mem::take(&mut self.timeline);
         let stacks = std::mem::take(&mut self.stacks);
         self.stack_ids.clear();
         self.counts.clear();
@@ -126,10 +141,9 @@ mod tests {
 
     #[test]
     fn identical_stacks_share_an_id_and_counts_add_up() {
-        let mut p = Profile::default();
+        let mut p = Profile::new(Keep::CountsAndTimes);
         let owner = SampleOwner { pid: Pid(1), tid: Tid(1) };
         let a = [FrameKey::Kernel(1), FrameKey::Kernel(2)];
-        p.keep_timeline();
         p.add(owner, &a, 10);
         p.add(owner, &a, 20);
         p.add(SampleOwner { pid: Pid(1), tid: Tid(2) }, &a, 30);
@@ -145,5 +159,14 @@ mod tests {
         assert_eq!(p.total(), 0);
         p.add(owner, &a, 40);
         assert_eq!(p.take_window().samples[0].stack, StackId(0), "ids restart in a new window");
+    }
+
+    #[test]
+    fn windows_keep_no_counts() {
+        let mut p = Profile::new(Keep::Windows);
+        let owner = SampleOwner { pid: Pid(1), tid: Tid(1) };
+        p.add(owner, &[FrameKey::Kernel(1)], 10);
+        assert_eq!(p.samples().count(), 0, "stream throws counts away, so it keeps none");
+        assert_eq!(p.take_window().samples.len(), 1);
     }
 }

@@ -7,9 +7,9 @@ use std::io::Write;
 
 use serde_json::{json, Value};
 
-use super::pipeline::Pipeline;
 use crate::aggregate::view::{default_view, ViewOptions};
 use crate::export::{ExportError, Meta};
+use crate::sampling::Pipeline;
 use crate::symbolize::{Frame, SymbolTable};
 use crate::tasks::timeline::Timeline;
 

@@ -13,12 +13,11 @@ pub mod sampler;
 pub mod sender;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::perf::SamplingConfig;
-use crate::record::RecordError;
+use crate::sampling::{SamplingError, Signals};
 pub use client::ClientOptions;
 pub use sampler::StreamTargets;
 
@@ -42,7 +41,7 @@ pub enum StreamError {
     #[error(transparent)]
     Client(#[from] client::ClientError),
     #[error(transparent)]
-    Start(#[from] RecordError),
+    Start(#[from] SamplingError),
     #[error("cannot listen on {addr} for metrics: {source}")]
     Metrics { addr: String, source: std::io::Error },
     #[error("cannot start the async runtime: {0}")]
@@ -81,11 +80,7 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         }
         runtime.spawn(metrics::serve(listener, metrics.clone()));
     }
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let terminate = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupt.clone()).map_err(StreamError::Signals)?;
-    signal_hook::flag::register(signal_hook::consts::SIGTERM, terminate.clone()).map_err(StreamError::Signals)?;
-
+    let signals = Signals::install()?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let sampler_config = sampler::SamplerConfig {
@@ -94,8 +89,7 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         flush_interval: config.flush_interval,
         tasks: config.tasks,
         labels: describe::CommonLabels::from_environment(config.service.clone(), config.labels.clone()),
-        interrupt,
-        terminate,
+        signals,
     };
     let sampler_metrics = metrics.clone();
     let sampler = std::thread::Builder::new()

@@ -2,7 +2,7 @@
 //! into windows every flush interval, each turned into a batch for the sender.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +13,11 @@ use super::batch::{BatchBuilder, FrameCache, TaskDeltas};
 use super::describe::{describe, CommonLabels};
 use super::discovery::Discovery;
 use super::metrics::AgentMetrics;
-use crate::perf::{SamplingConfig, SamplingSession};
-use crate::process::launch::{self, ChildExit};
-use crate::process::{procfs, Pid};
-use crate::record::pipeline::Pipeline;
-use crate::record::{process_batch, start_targets, task_bootstrap, warn_about_runtime, RecordError, Started, Targets};
+use crate::perf::SamplingConfig;
+use crate::process::launch::ChildExit;
+use crate::process::Pid;
+use crate::sampling::{describe as describe_pid, Engine, Keep, Pipeline, SamplingError, Signals, StopReason, Targets};
+use crate::symbolize::native::NativeSymbolizer;
 use crate::symbolize::SymbolTable;
 
 /// What the sampling thread samples.
@@ -34,8 +34,7 @@ pub struct SamplerConfig {
     pub flush_interval: Duration,
     pub tasks: crate::tasks::TaskMode,
     pub labels: CommonLabels,
-    pub interrupt: Arc<AtomicBool>,
-    pub terminate: Arc<AtomicBool>,
+    pub signals: Signals,
 }
 
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
@@ -52,6 +51,8 @@ fn monotonic_to_unix_nanos() -> i64 {
 
 struct Flusher {
     cache: FrameCache,
+    /// One for the whole run: it keeps what it parsed of each image between flushes.
+    symbolizer: NativeSymbolizer,
     descriptors: BTreeMap<Pid, v1::Process>,
     labels: CommonLabels,
     rate_hz: u32,
@@ -68,7 +69,8 @@ impl Flusher {
             window.stacks.iter().flat_map(|s| s.iter().copied()).filter(|k| !self.cache.contains_key(k)).collect();
         new_keys.sort_unstable();
         new_keys.dedup();
-        let resolved = SymbolTable::resolve(new_keys.iter(), &pipeline.profile.strings, &pipeline.elf);
+        let resolved =
+            SymbolTable::resolve(new_keys.iter(), &pipeline.profile.strings, &pipeline.elf, &self.symbolizer);
         for key in new_keys {
             self.cache.insert(key, resolved.frames(&key).into());
         }
@@ -97,6 +99,24 @@ impl Flusher {
     }
 }
 
+impl Flusher {
+    /// Flushes a window and hands it to the sender; breaks when the sender has gone.
+    fn send(
+        &mut self,
+        pipeline: &mut Pipeline,
+        metrics: &AgentMetrics,
+        batches: &mpsc::Sender<v1::Batch>,
+    ) -> ControlFlow<()> {
+        if let Some(batch) = self.flush(pipeline) {
+            count_tasks(metrics, &batch);
+            if batches.blocking_send(batch).is_err() {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
 fn count_tasks(metrics: &AgentMetrics, batch: &v1::Batch) {
     metrics.task_slices.inc_by(batch.tasks.iter().map(|b| b.slice_task.len() as u64).sum());
     metrics.lost_task_records.inc_by(batch.tasks.iter().map(|b| b.lost_records).sum());
@@ -108,65 +128,34 @@ pub fn run(
     config: SamplerConfig,
     batches: mpsc::Sender<v1::Batch>,
     metrics: Arc<AgentMetrics>,
-    ready: std::sync::mpsc::Sender<Result<String, RecordError>>,
+    ready: std::sync::mpsc::Sender<Result<String, SamplingError>>,
 ) -> Option<ChildExit> {
-    let bootstrap = match &config.targets {
-        StreamTargets::Fixed(t) => task_bootstrap(t, config.tasks),
+    let targets = match &config.targets {
+        StreamTargets::Fixed(t) => Some(t),
         StreamTargets::AllPython => None,
     };
-    let setup = || -> Result<(SamplingSession, Pipeline, Started), RecordError> {
-        let mut session = SamplingSession::new(config.sampling.clone())?;
-        let mut pipeline = Pipeline::new(config.sampling.follow_children);
-        pipeline.profile.keep_timeline();
-        if config.tasks != crate::tasks::TaskMode::Off {
-            pipeline.tasks = Some(crate::tasks::TaskTracker::streaming());
-        }
-        let started = match &config.targets {
-            StreamTargets::Fixed(t) => start_targets(t, &mut session, &mut pipeline, bootstrap.as_ref())?,
-            StreamTargets::AllPython => {
-                Started { pids: Vec::new(), launched: None, text: "all Python 3.12+ processes".into() }
-            }
-        };
-        Ok((session, pipeline, started))
-    };
-    let (mut session, mut pipeline, started) = match setup() {
-        Ok(ok) => ok,
+    let mut engine = match Engine::start(&config.sampling, Keep::Windows, config.tasks, targets) {
+        Ok(engine) => engine,
         Err(e) => {
             let _ = ready.send(Err(e));
             return None;
         }
     };
-    let _ = ready.send(Ok(started.text.clone()));
-    let all_python = matches!(config.targets, StreamTargets::AllPython);
+    let _ = ready.send(Ok(engine.started().text.clone()));
+    let all_python = targets.is_none();
     let mut discovery = Discovery::default();
     let mut last_discovery: Option<Instant> = None;
     let mut flusher = Flusher {
         cache: FrameCache::new(),
+        symbolizer: NativeSymbolizer::new(),
         descriptors: BTreeMap::new(),
         labels: config.labels,
         rate_hz: config.sampling.rate_hz as u32,
     };
     let mut last_flush = Instant::now();
-    let mut events = Vec::new();
-    let mut child_exit = None;
-    let mut lost_reported = 0;
-    let mut samples_reported = 0;
-    loop {
-        if all_python && last_discovery.is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL) {
-            last_discovery = Some(Instant::now());
-            for pid in discovery.scan(|p| pipeline.is_tracked(p)) {
-                match session
-                    .attach_process(pid)
-                    .map_err(RecordError::from)
-                    .and_then(|_| pipeline.track(pid).map(warn_about_runtime).map_err(RecordError::from))
-                {
-                    Ok(()) => tracing::info!("attached to {}", crate::record::describe(pid)),
-                    Err(e) => tracing::warn!("could not attach to PID {pid}: {e}"),
-                }
-            }
-        }
-        session.wait(Duration::from_millis(100));
-        process_batch(&mut session, &mut pipeline, &mut events);
+    let (mut lost_reported, mut samples_reported) = (0, 0);
+    let reason = engine.run(&config.signals, None, |engine| {
+        let pipeline = &mut engine.pipeline;
         metrics.samples.inc_by(pipeline.stats.samples - samples_reported);
         samples_reported = pipeline.stats.samples;
         metrics.lost_records.inc_by(pipeline.stats.lost_records - lost_reported);
@@ -174,52 +163,39 @@ pub fn run(
         metrics.targets.set(pipeline.processes().filter(|p| !p.exited).count() as i64);
         if last_flush.elapsed() >= config.flush_interval {
             last_flush = Instant::now();
-            if let Some(batch) = flusher.flush(&mut pipeline) {
-                count_tasks(&metrics, &batch);
-                if batches.blocking_send(batch).is_err() {
-                    break;
-                }
+            if flusher.send(pipeline, &metrics, &batches).is_break() {
+                return ControlFlow::Break(());
             }
             for pid in pipeline.forget_exited() {
-                session.detach_process(pid);
+                engine.session.detach_process(pid);
                 // A process whose task ring is still being read keeps its descriptor until
                 // the tracker lets go, so its last task data lands in the same series.
-                if !pipeline.tasks.as_ref().is_some_and(|t| t.is_reading(pid)) {
+                if !engine.pipeline.tasks.as_ref().is_some_and(|t| t.is_reading(pid)) {
                     flusher.descriptors.remove(&pid);
                 }
             }
-            if let Some(tasks) = &mut pipeline.tasks {
+            if let Some(tasks) = &mut engine.pipeline.tasks {
                 for pid in tasks.sweep() {
                     flusher.descriptors.remove(&pid);
                 }
             }
         }
-        if config.interrupt.load(Ordering::Relaxed) || config.terminate.load(Ordering::Relaxed) {
-            if let (Some(pid), true) = (started.launched, config.terminate.load(Ordering::Relaxed)) {
-                launch::forward_signal(pid, nix::sys::signal::Signal::SIGTERM);
+        if all_python && last_discovery.is_none_or(|t| t.elapsed() >= DISCOVERY_INTERVAL) {
+            last_discovery = Some(Instant::now());
+            for pid in discovery.scan(|p| engine.pipeline.is_tracked(p)) {
+                match engine.attach(pid) {
+                    Ok(()) => tracing::info!("attached to {}", describe_pid(pid)),
+                    Err(e) => tracing::warn!("could not attach to PID {pid}: {e}"),
+                }
             }
-            break;
         }
-        if let Some(pid) = started.launched {
-            if let Some(exit) = launch::try_wait(pid) {
-                child_exit = Some(exit);
-                break;
-            }
-        } else if !all_python && started.pids.iter().all(|&p| !procfs::process_exists(p)) {
-            tracing::info!("every target has exited");
-            break;
-        }
+        ControlFlow::Continue(())
+    });
+    if reason == StopReason::TargetsExited && engine.started().launched.is_none() && !all_python {
+        tracing::info!("every target has exited");
     }
-    session.disable();
-    process_batch(&mut session, &mut pipeline, &mut events);
-    pipeline.finish();
-    if let Some(batch) = flusher.flush(&mut pipeline) {
-        count_tasks(&metrics, &batch);
-        let _ = batches.blocking_send(batch);
-    }
-    drop(bootstrap);
-    if let (Some(pid), None) = (started.launched, child_exit) {
-        child_exit = Some(launch::wait(pid));
-    }
-    child_exit
+    engine.finish();
+    let _ = flusher.send(&mut engine.pipeline, &metrics, &batches);
+    let forward = (reason == StopReason::Terminated).then_some(nix::sys::signal::Signal::SIGTERM);
+    engine.wait_for_command(forward)
 }

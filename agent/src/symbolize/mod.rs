@@ -56,7 +56,14 @@ impl SymbolTable {
     }
 
     /// Resolves all `keys` in batches: one symbolizer call per image and one for the kernel.
-    pub fn resolve<'a>(keys: impl IntoIterator<Item = &'a FrameKey>, strings: &Interner, elf: &ElfCache) -> Self {
+    /// `symbolizer` keeps what it parsed of each image, so a caller that resolves again and
+    /// again (`stream`, every flush) passes the same one.
+    pub fn resolve<'a>(
+        keys: impl IntoIterator<Item = &'a FrameKey>,
+        strings: &Interner,
+        elf: &ElfCache,
+        symbolizer: &NativeSymbolizer,
+    ) -> Self {
         let mut table = SymbolTable::default();
         let mut by_image: HashMap<ImageId, Vec<u64>> = HashMap::new();
         let mut kernel = Vec::new();
@@ -103,7 +110,6 @@ impl SymbolTable {
                 }
             }
         }
-        let symbolizer = NativeSymbolizer::new();
         for (image_id, mut offsets) in by_image {
             offsets.sort_unstable();
             offsets.dedup();
@@ -173,7 +179,12 @@ mod tests {
         let py = FrameKey::MapSymbol(strings.intern("py::K.meth:/app/x.py"));
         let jit = FrameKey::MapSymbol(strings.intern("some_jit_fn"));
         let unknown = FrameKey::Unknown { region: strings.intern("[anon]"), addr: 0x7f00 };
-        let table = SymbolTable::resolve([&py, &jit, &unknown, &FrameKey::Truncated], &strings, &ElfCache::default());
+        let table = SymbolTable::resolve(
+            [&py, &jit, &unknown, &FrameKey::Truncated],
+            &strings,
+            &ElfCache::default(),
+            &NativeSymbolizer::new(),
+        );
         assert_eq!(table.frames(&py)[0].text, "K.meth (/app/x.py)");
         assert_eq!(table.frames(&py)[0].kind, FrameKind::Python);
         assert_eq!(table.frames(&jit)[0].text, "some_jit_fn [jit]");

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::aggregate::{Profile, SampleOwner};
+use crate::aggregate::{Keep, Profile, SampleOwner};
 use crate::perf::{PerfEvent, SampleEvent};
 use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
 use crate::tasks::TaskTracker;
@@ -27,11 +27,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(follow_children: bool) -> Self {
+    pub fn new(follow_children: bool, keep: Keep) -> Self {
         Self {
             processes: HashMap::new(),
             elf: ElfCache::default(),
-            profile: Profile::default(),
+            profile: Profile::new(keep),
             stats: Stats::default(),
             follow_children,
             launched_map_offsets: HashMap::new(),

@@ -1,0 +1,194 @@
+//! The sampling engine that `record` and `stream` both drive: targets started, perf events
+//! drained every 100 ms, perf maps and task rings read, events sorted and fed through the
+//! [`Pipeline`] (process tracking, unwinding, completion), until a stop condition holds.
+//!
+//! What happens to unwound samples is the front end's choice ([`Keep`]): whole-profile
+//! counts for `record`, timed windows handed out at each flush for `stream`.
+
+pub mod pipeline;
+pub mod stats;
+pub mod targets;
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use crate::aggregate::Keep;
+use crate::perf::{PerfError, PerfEvent, SamplingConfig, SamplingSession};
+use crate::process::launch::{self, ChildExit, LaunchError};
+use crate::process::{procfs, Pid};
+use crate::tasks::{bootstrap::Bootstrap, TaskMode, TaskTracker};
+pub use pipeline::Pipeline;
+pub use stats::Stats;
+pub use targets::{describe, Started, Targets};
+
+/// How often the loop drains the rings and checks its stop conditions.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SamplingError {
+    #[error("no process with PID {0} exists; check the PID with `ps -p {0}`")]
+    NoSuchProcess(u32),
+    #[error(transparent)]
+    Perf(#[from] PerfError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("cannot read the target's /proc entries: {0}")]
+    Procfs(#[from] procfs::ProcfsError),
+    #[error("cannot install the Ctrl-C handler: {0}")]
+    Signals(std::io::Error),
+}
+
+/// SIGINT and SIGTERM, as flags the loop checks every tick.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    pub interrupt: Arc<AtomicBool>,
+    pub terminate: Arc<AtomicBool>,
+}
+
+impl Signals {
+    pub fn install() -> Result<Self, SamplingError> {
+        let interrupt = Arc::new(AtomicBool::new(false));
+        let terminate = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, interrupt.clone()).map_err(SamplingError::Signals)?;
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, terminate.clone()).map_err(SamplingError::Signals)?;
+        Ok(Self { interrupt, terminate })
+    }
+}
+
+/// Why sampling stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Interrupted,
+    Terminated,
+    Duration,
+    TargetsExited,
+    /// The front end asked (e.g. `stream`'s sender went away).
+    FrontEnd,
+}
+
+/// The engine: one sampling session, one pipeline, and the targets it started.
+#[derive(Debug)]
+pub struct Engine {
+    pub session: SamplingSession,
+    pub pipeline: Pipeline,
+    events: Vec<PerfEvent>,
+    /// The task monitor's files and ring, for a launched command.
+    bootstrap: Option<Bootstrap>,
+    started: Started,
+    /// How the launched command ended, once it has.
+    pub child_exit: Option<ChildExit>,
+}
+
+impl Engine {
+    /// Opens the session and starts `targets` (none for `--all-python`, which attaches later
+    /// through [`Engine::attach`]).
+    pub fn start(
+        sampling: &SamplingConfig,
+        keep: Keep,
+        tasks: TaskMode,
+        targets: Option<&Targets>,
+    ) -> Result<Self, SamplingError> {
+        let mut session = SamplingSession::new(sampling.clone())?;
+        let mut pipeline = Pipeline::new(sampling.follow_children, keep);
+        if tasks != TaskMode::Off {
+            let streaming = keep == Keep::Windows;
+            pipeline.tasks = Some(if streaming { TaskTracker::streaming() } else { TaskTracker::default() });
+        }
+        let bootstrap = targets.and_then(|t| targets::task_bootstrap(t, tasks));
+        let started = match targets {
+            Some(t) => targets::start_targets(t, &mut session, &mut pipeline, bootstrap.as_ref())?,
+            None => Started { pids: Vec::new(), launched: None, text: "all Python 3.12+ processes".into() },
+        };
+        Ok(Self { session, pipeline, events: Vec::new(), bootstrap, started, child_exit: None })
+    }
+
+    pub fn started(&self) -> &Started {
+        &self.started
+    }
+
+    /// Starts sampling a process found after start-up.
+    pub fn attach(&mut self, pid: Pid) -> Result<(), SamplingError> {
+        self.session.attach_process(pid)?;
+        let state = self.pipeline.track(pid)?;
+        targets::warn_about_runtime(state);
+        Ok(())
+    }
+
+    /// Samples until SIGINT or SIGTERM, until `duration` has passed, until every target has
+    /// exited, or until `tick` (called after each batch is processed) breaks.
+    pub fn run(
+        &mut self,
+        signals: &Signals,
+        duration: Option<Duration>,
+        mut tick: impl FnMut(&mut Self) -> ControlFlow<()>,
+    ) -> StopReason {
+        let started = Instant::now();
+        loop {
+            self.session.wait(TICK);
+            self.process_batch();
+            if tick(self).is_break() {
+                return StopReason::FrontEnd;
+            }
+            if signals.interrupt.load(Ordering::Relaxed) {
+                return StopReason::Interrupted;
+            }
+            if signals.terminate.load(Ordering::Relaxed) {
+                return StopReason::Terminated;
+            }
+            if duration.is_some_and(|d| started.elapsed() >= d) {
+                return StopReason::Duration;
+            }
+            if self.targets_exited() {
+                return StopReason::TargetsExited;
+            }
+        }
+    }
+
+    fn targets_exited(&mut self) -> bool {
+        match self.started.launched {
+            Some(pid) => {
+                self.child_exit = launch::try_wait(pid);
+                self.child_exit.is_some()
+            }
+            // `--all-python` started with no targets and runs until a signal.
+            None => !self.started.pids.is_empty() && self.started.pids.iter().all(|&p| !procfs::process_exists(p)),
+        }
+    }
+
+    /// Drains the rings, reads new perf-map lines and task records, then feeds the events
+    /// through the pipeline in time order.
+    pub fn process_batch(&mut self) {
+        self.session.drain(&mut self.events);
+        self.pipeline.poll_perf_maps();
+        self.pipeline.poll_tasks();
+        // Each CPU's buffer is in time order, but the buffers are not in order with each other.
+        self.events.sort_by_key(PerfEvent::time);
+        for event in self.events.drain(..) {
+            self.pipeline.handle(event);
+        }
+    }
+
+    /// Stops sampling and takes in what is left: the last events, perf-map lines and task
+    /// records. The task monitor's files are removed (the command has loaded them).
+    pub fn finish(&mut self) {
+        self.session.disable();
+        self.process_batch();
+        self.pipeline.finish();
+        self.pipeline.stats.decode_errors = self.session.stats().decode_errors;
+        self.bootstrap = None;
+    }
+
+    /// The launched command's exit, waiting for it if it still runs (after `forward`, if
+    /// given, is sent to it).
+    pub fn wait_for_command(&mut self, forward: Option<nix::sys::signal::Signal>) -> Option<ChildExit> {
+        if let (Some(pid), None) = (self.started.launched, self.child_exit) {
+            if let Some(signal) = forward {
+                launch::forward_signal(pid, signal);
+            }
+            self.child_exit = Some(launch::wait(pid));
+        }
+        self.child_exit
+    }
+}
