@@ -36,7 +36,10 @@ fn main() {
         .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 16)
         .filter_map(|s| {
             let addr = s.address() + 4;
-            segments.iter().find(|(start, size, _)| (*start..start + size).contains(&addr)).map(|(start, _, off)| addr - start + off)
+            segments
+                .iter()
+                .find(|(start, size, _)| (*start..start + size).contains(&addr))
+                .map(|(start, _, off)| addr - start + off)
         })
         .collect();
     offsets.sort_unstable();
@@ -51,7 +54,10 @@ fn main() {
     let flush_keys: Vec<Vec<FrameKey>> = (0..FLUSHES)
         .map(|f| {
             (0..NEW_FRAMES_PER_FLUSH)
-                .map(|i| FrameKey::Native { image: image.id, file_offset: offsets[(f * NEW_FRAMES_PER_FLUSH + i) * step] })
+                .map(|i| FrameKey::Native {
+                    image: image.id,
+                    file_offset: offsets[(f * NEW_FRAMES_PER_FLUSH + i) * step],
+                })
                 .collect()
         })
         .collect();

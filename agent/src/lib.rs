@@ -5,13 +5,13 @@
 //! [`perf`] → [`process`] → [`unwind`] → [`symbolize`] → [`aggregate`] → [`export`].
 //! [`sampling`] runs it; [`record`] and [`stream`] are the front ends that drive it.
 
-pub mod aggregate;
+pub(crate) mod aggregate;
 pub mod cli;
 pub mod intern;
 pub mod perf;
 pub mod process;
 pub mod record;
-pub mod sampling;
+pub(crate) mod sampling;
 pub mod stream;
 pub mod symbolize;
 pub mod tasks;

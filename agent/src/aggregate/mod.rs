@@ -1,7 +1,7 @@
 //! Stage 5, **aggregate**: interned stacks and their sample counts, then the views users
 //! choose between (Python-focused or all native frames, per thread, per process).
 
-pub mod view;
+pub(crate) mod view;
 
 use std::collections::HashMap;
 use std::sync::Arc;

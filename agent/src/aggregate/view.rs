@@ -3,7 +3,7 @@
 
 use super::Profile;
 use crate::symbolize::{Frame, SymbolTable};
-pub use ember_profile::view::{default_view, View, ViewBuilder, ViewStack};
+pub use ember_profile::view::{default_view, View, ViewBuilder};
 
 /// What the user asked to see.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Stage 1, **perf**: opens cpu-clock events with user registers and a user-stack copy,
 //! and decodes the records the kernel writes into the per-CPU ring buffers.
 
-pub mod event;
+pub(crate) mod event;
 pub mod session;
 
 pub use event::{Decoder, MmapEvent, PerfEvent, SampleEvent, UserRegs};

@@ -213,18 +213,21 @@ impl SamplingSession {
 
     /// Waits until a ring buffer has data or the timeout passes.
     pub fn wait(&self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = self
-            .rings
-            .iter()
-            .map(|r| libc::pollfd { fd: r.sampler.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-            .collect();
-        if fds.is_empty() {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::BorrowedFd;
+        if self.rings.is_empty() {
             std::thread::sleep(timeout);
             return;
         }
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        let mut fds: Vec<PollFd> = self
+            .rings
+            .iter()
+            // SAFETY: each sampler owns its descriptor and outlives this call.
+            .map(|r| PollFd::new(unsafe { BorrowedFd::borrow_raw(r.sampler.as_raw_fd()) }, PollFlags::POLLIN))
+            .collect();
+        let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        // EINTR (a signal) only ends the wait early, which the caller's loop expects.
+        let _ = poll(&mut fds, ms);
     }
 
     /// Moves every pending record into `out`, unsorted.

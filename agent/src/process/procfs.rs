@@ -45,10 +45,41 @@ pub fn process_exists(pid: Pid) -> bool {
     }
 }
 
-/// The state letter from `/proc/PID/stat`; the command name may contain spaces and ')'.
+/// The fields of `/proc/PID/stat` after the command name, from the state on. The name may
+/// contain spaces and ')', and is the only field that may, so the last ')' ends it.
+fn stat_after_comm(stat: &str) -> Option<&str> {
+    stat.get(stat.rfind(')')? + 1..).map(str::trim_start)
+}
+
+/// The state letter from `/proc/PID/stat`.
 pub fn stat_state(stat: &str) -> Option<char> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.trim_start().chars().next()
+    stat_after_comm(stat)?.chars().next()
+}
+
+/// When the process started, in clock ticks since boot (field 22 of `/proc/PID/stat`), which
+/// tells a reused PID from the process that had it before.
+pub fn start_time(pid: Pid) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    stat_after_comm(stat)?.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The parent's PID (`PPid:` of the status).
+pub fn ppid(pid: Pid) -> Option<Pid> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).map(Pid)
+}
+
+/// The process's cgroup membership, as `/proc/PID/cgroup` lists it.
+pub fn cgroup(pid: Pid) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()
+}
+
+/// The host name, as the kernel has it for this UTS namespace.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 pub fn threads(pid: Pid) -> Result<Vec<Tid>, ProcfsError> {
@@ -105,11 +136,6 @@ pub fn perf_event_paranoid() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// A path inside the target's mount namespace, reached from the host.
-pub fn in_root(pid: Pid, path: &str) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root{path}"))
-}
-
 /// One line of `/proc/PID/maps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapsLine {
@@ -164,6 +190,12 @@ mod tests {
     }
 
     #[test]
+    fn uids_are_the_distinct_ones_of_the_uid_line() {
+        assert_eq!(parse_uids("Name:\tx\nUid:\t1000\t0\t0\t1000\nGid:\t1\t1\t1\t1\n"), Some(vec![0, 1000]));
+        assert_eq!(parse_uids("Uid:\tx\n"), None);
+    }
+
+    #[test]
     fn ns_pid_is_last_field() {
         assert_eq!(parse_ns_pid("Name:\tpython\nNSpid:\t4242\t7\n"), Some(NsPid(7)));
         assert_eq!(parse_ns_pid("NSpid:\t4242\n"), Some(NsPid(4242)));
@@ -174,6 +206,11 @@ mod tests {
     fn stat_state_survives_odd_comm() {
         assert_eq!(stat_state("12 (a) b) R 1 2"), Some('R'));
         assert_eq!(stat_state("12 (x) Z 1"), Some('Z'));
+        // A stat cut right after a name ending in ')' used to panic the discovery's parser.
+        assert_eq!(stat_state("12 (a))"), None);
+        assert_eq!(parse_start_time("12 (a))"), None);
+        let stat = "7 (we) ird) S 1 7 7 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 4242 1 2";
+        assert_eq!(parse_start_time(stat), Some(4242));
     }
 
     #[test]

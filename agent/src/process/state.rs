@@ -52,7 +52,6 @@ pub struct ProcessState {
     pub ns_pid: NsPid,
     pub comm: String,
     pub runtime: Runtime,
-    pub threads: HashMap<Tid, String>,
     mappings: BTreeMap<u64, Mapping>,
     pub unwinder: NativeUnwinder,
     pub cache: UnwindCache,
@@ -95,7 +94,6 @@ impl ProcessState {
             ns_pid,
             comm,
             runtime: Runtime::NotPython,
-            threads: HashMap::new(),
             mappings: BTreeMap::new(),
             unwinder: NativeUnwinder::new(),
             cache: UnwindCache::new(),
@@ -138,21 +136,15 @@ impl ProcessState {
     pub fn exec(&mut self, elf: &mut ElfCache) {
         let pid = self.pid;
         let ns_pid = self.ns_pid;
-        let threads = std::mem::take(&mut self.threads);
         // exec may change uids (a setuid program).
         let uids = procfs::uids(pid).unwrap_or_else(|_| self.perf_map_owner_uids());
         *self = Self::empty(pid, ns_pid, self.comm.clone(), uids);
-        self.threads = threads;
         let _ = self.refresh_maps(elf);
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         self.runtime = python::detect(exe.as_deref(), self.mappings.values().map(|m| m.path.as_str()));
         // The map is read from the start again: lines of the program before exec are stale
         // but harmless, because the new program's own lines replace any they overlap, and
         // only verified trampoline addresses are unwound through.
-    }
-
-    pub fn mapped_paths(&self) -> impl Iterator<Item = &str> {
-        self.mappings.values().map(|m| m.path.as_str())
     }
 
     fn insert_mapping(&mut self, start: u64, mapping: Mapping) {

@@ -1,8 +1,8 @@
 //! `ember-agent record`: sample targets for a while with the [`sampling`](crate::sampling)
 //! engine, then write one profile.
 
-pub mod output;
-pub mod trace;
+pub(crate) mod output;
+pub(crate) mod trace;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

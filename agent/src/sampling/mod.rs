@@ -5,9 +5,9 @@
 //! What happens to unwound samples is the front end's choice ([`Keep`]): whole-profile
 //! counts for `record`, timed windows handed out at each flush for `stream`.
 
-pub mod pipeline;
-pub mod stats;
-pub mod targets;
+pub(crate) mod pipeline;
+pub(crate) mod stats;
+pub(crate) mod targets;
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -161,11 +161,7 @@ impl Pipeline {
     }
 
     fn parent_tracked(&self, pid: Pid) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PPid:").map(|v| v.trim().parse::<u32>().ok())))
-            .flatten()
-            .is_some_and(|ppid| self.processes.contains_key(&Pid(ppid)))
+        procfs::ppid(pid).is_some_and(|ppid| self.processes.contains_key(&ppid))
     }
 
     fn on_sample(&mut self, sample: SampleEvent) {

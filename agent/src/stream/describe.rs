@@ -22,9 +22,7 @@ impl CommonLabels {
     pub fn from_environment(service: Option<String>, custom: BTreeMap<String, String>) -> Self {
         let env = |k: &str| std::env::var(k).unwrap_or_default();
         CommonLabels {
-            host: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_default(),
+            host: procfs::hostname(),
             service: service.unwrap_or_default(),
             pod: env("POD_NAME"),
             namespace: env("POD_NAMESPACE"),
@@ -57,11 +55,7 @@ pub fn describe(pid: Pid, ns_pid: u32, comm: &str, common: &CommonLabels) -> v1:
         exe: procfs::exe(pid).map(|p| p.display().to_string()).unwrap_or_default(),
         cmdline: procfs::cmdline(pid).map(|c| c.join(" ")).unwrap_or_default(),
         service: common.service.clone(),
-        container_id: std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .ok()
-            .as_deref()
-            .and_then(container_id)
-            .unwrap_or_default(),
+        container_id: procfs::cgroup(pid).as_deref().and_then(container_id).unwrap_or_default(),
         pod: common.pod.clone(),
         namespace: common.namespace.clone(),
         labels: common.custom.clone().into_iter().collect(),

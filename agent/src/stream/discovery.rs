@@ -12,12 +12,6 @@ pub struct Discovery {
     not_python: HashMap<Pid, u64>,
 }
 
-fn start_time(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
-}
-
 impl Discovery {
     /// Python 3.12+ processes not yet known to `is_known`.
     pub fn scan(&mut self, is_known: impl Fn(Pid) -> bool) -> Vec<Pid> {
@@ -30,7 +24,7 @@ impl Discovery {
             if pid == me || is_known(pid) {
                 continue;
             }
-            let Some(started) = start_time(pid) else { continue };
+            let Some(started) = procfs::start_time(pid) else { continue };
             alive.insert(pid, started);
             if self.not_python.get(&pid) == Some(&started) {
                 continue;

@@ -3,14 +3,14 @@
 //! A sampling thread (the `record` pipeline, cut into windows) hands batches to an async
 //! sender that keeps them until the collector acks them. See ARCHITECTURE.md.
 
-pub mod batch;
-pub mod buffer;
-pub mod client;
-pub mod describe;
-pub mod discovery;
+pub(crate) mod batch;
+pub(crate) mod buffer;
+pub(crate) mod client;
+pub(crate) mod describe;
+pub(crate) mod discovery;
 pub mod metrics;
-pub mod sampler;
-pub mod sender;
+pub(crate) mod sampler;
+pub(crate) mod sender;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub enum StreamError {
 }
 
 fn agent_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = crate::process::procfs::hostname();
     format!("{host}-{}-{:016x}", std::process::id(), rand::random::<u64>())
 }
 

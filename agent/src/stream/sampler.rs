@@ -40,13 +40,9 @@ pub struct SamplerConfig {
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 
 fn monotonic_to_unix_nanos() -> i64 {
-    let now = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: `ts` is a valid timespec for clock_gettime to fill.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+    use nix::time::{clock_gettime, ClockId};
+    let now = |clock| clock_gettime(clock).map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
+    now(ClockId::CLOCK_REALTIME) - now(ClockId::CLOCK_MONOTONIC)
 }
 
 struct Flusher {

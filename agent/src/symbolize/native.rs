@@ -11,7 +11,6 @@ use crate::unwind::ElfImage;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NativeName {
     pub function: String,
-    pub inlined: bool,
 }
 
 #[derive(Debug)]
@@ -27,6 +26,7 @@ impl Default for NativeSymbolizer {
 
 impl NativeSymbolizer {
     pub fn new() -> Self {
+        // Code info (DWARF lines) is what blazesym needs to report inlined functions.
         let inner =
             Symbolizer::builder().enable_code_info(true).enable_inlined_fns(true).enable_demangling(true).build();
         Self { inner }
@@ -66,13 +66,13 @@ impl NativeSymbolizer {
 fn names(result: &Symbolized<'_>) -> Vec<NativeName> {
     match result {
         Symbolized::Sym(sym) => {
-            let mut out = vec![NativeName { function: sym.name.to_string(), inlined: false }];
+            let mut out = vec![NativeName { function: sym.name.to_string() }];
             for f in sym.inlined.iter() {
                 // DWARF sometimes reports a function as inlined into itself; show it once.
                 if out.last().is_some_and(|prev| prev.function == f.name) {
                     continue;
                 }
-                out.push(NativeName { function: f.name.to_string(), inlined: true });
+                out.push(NativeName { function: f.name.to_string() });
             }
             out
         }

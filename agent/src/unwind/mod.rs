@@ -2,12 +2,12 @@
 //! through native code (DWARF CFI via framehop) and CPython's perf trampolines, and
 //! completes stacks the kernel's copy cut short.
 
-pub mod completion;
-pub mod elf;
-pub mod stack;
-pub mod trampoline;
+pub(crate) mod completion;
+pub(crate) mod elf;
+pub(crate) mod stack;
+pub(crate) mod trampoline;
 
-pub use completion::StackCompleter;
+pub(crate) use completion::StackCompleter;
 pub use elf::{ElfCache, ElfError, ElfImage, FileIdentity, ImageId};
-pub use stack::{unwind_stack, NativeUnwinder, RawFrame, StackEnd, UnwindCache, UnwindFailure, UnwoundStack};
-pub use trampoline::TrampolineKind;
+pub(crate) use stack::{unwind_stack, NativeUnwinder, StackEnd, UnwindCache};
+pub(crate) use trampoline::TrampolineKind;
