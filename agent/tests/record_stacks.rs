@@ -130,11 +130,16 @@ fn a_forked_child_keeps_the_frames_from_before_the_fork() {
 #[test]
 fn attaching_to_a_running_process() {
     let _serial = serial();
-    let target = serve_target("30", true);
-    let out = run(ember().args(["record", "--duration", "2", "--pid", &target.pid().to_string()]));
+    let target = serve_target_cpu("2", true);
+    let mut agent = RunningAgent::start(&["record", "--pid", &target.pid().to_string()]);
+    agent.wait_for_stderr("recording", Duration::from_secs(30));
+    let cpu_at_attach = cpu_seconds(target.pid());
+    let out = agent.finish();
+    let cpu = target.final_cpu() - cpu_at_attach;
     assert!(out.status.success(), "{}", stderr(&out));
     let folded = Folded::from_output(&out);
-    assert!(folded.total() >= 150, "about 200 samples at 99 Hz for 2 s: {}", folded.total());
+    let expected = samples_for(cpu, 99.0, 0.75);
+    assert!(folded.total() >= expected, "{} samples for {cpu:.2} CPU s at 99 Hz", folded.total());
     let full = folded.share(|s| {
         let names: Vec<&str> = s.iter().map(|f| function(f)).collect();
         names.starts_with(&["<module>", "main", "handle_request", "compute"])

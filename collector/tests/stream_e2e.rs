@@ -61,7 +61,10 @@ fn a_collector_killed_mid_stream_loses_nothing_and_counts_nothing_twice() {
     let py = python312().display().to_string();
     let serve = fixture("serve.py").display().to_string();
     let started = Instant::now();
-    let agent = stream(&collector, &["--service", "crash"], &[&py, &serve, "8"]);
+    // 8 s of the target's CPU time: the same work however busy the machine is.
+    let agent = Running::start(
+        stream_cmd(&collector, &["--service", "crash"], &[&py, &serve, "8"]).env("EMBER_FIXTURE_CPU", "1"),
+    );
     wait_until(Duration::from_secs(20), "two stored batches", || {
         collector.metric("ember_collector_batches_total{result=\"stored\"}") >= 2
     });
@@ -101,7 +104,8 @@ fn data_arrives_when_the_collector_starts_after_the_agent() {
     let serve = fixture("serve.py").display().to_string();
     let mut cmd = agent_cmd();
     cmd.args(["stream", "--collector", &format!("http://{grpc}"), "--flush-interval", "1s", "--service", "late"])
-        .args(["--", &py, &serve, "5"]);
+        .args(["--", &py, &serve, "5"])
+        .env("EMBER_FIXTURE_CPU", "1");
     let mut agent = Running::start(&mut cmd);
     agent.wait_for_stderr("retrying in", Duration::from_secs(20));
     let collector = Collector::start_on(dir.path(), &grpc, &http, &[]);

@@ -174,6 +174,30 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// CPU time (user + system) process `pid` has used so far, in seconds, from `/proc/PID/stat`.
+/// cpu-clock samples are taken per CPU second, so tests derive counts from this.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').and_then(|i| stat.get(i + 1..)).unwrap_or("");
+    let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    // USER_HZ is 100 on every Linux architecture ember runs on.
+    ticks as f64 / 100.0
+}
+
+/// Samples a recording at `rate_hz` must hold at least, for `cpu` seconds of the target's CPU
+/// time: `share` of the exact count, the rest allowed for scheduler granularity.
+pub fn samples_for(cpu: f64, rate_hz: f64, share: f64) -> u64 {
+    (cpu * rate_hz * share).floor() as u64
+}
+
+impl Target {
+    /// The CPU time a fixture reports as it exits (`cpu X`).
+    pub fn final_cpu(&self) -> f64 {
+        let line = self.wait_for("cpu ", Duration::from_secs(60));
+        line.trim_start_matches("cpu ").trim().parse().unwrap_or(0.0)
+    }
+}
+
 /// A PID that belonged to a process which has exited and been reaped.
 pub fn dead_pid() -> u32 {
     let mut child = Command::new("true").spawn().expect("true runs");
@@ -268,8 +292,21 @@ impl Drop for Running {
 
 /// `serve.py` running for `seconds`, with the perf trampoline on or off, ready to be attached to.
 pub fn serve_target(seconds: &str, trampoline: bool) -> Target {
+    serve(seconds, trampoline, false)
+}
+
+/// `serve.py` working for `cpu_seconds` of CPU time, then printing `cpu X` and exiting: a fixed
+/// amount of work, so sample counts follow from it however busy the machine is.
+pub fn serve_target_cpu(cpu_seconds: &str, trampoline: bool) -> Target {
+    serve(cpu_seconds, trampoline, true)
+}
+
+fn serve(seconds: &str, trampoline: bool, cpu: bool) -> Target {
     let mut cmd = Command::new(python312());
     cmd.arg(fixture("serve.py")).arg(seconds);
+    if cpu {
+        cmd.env("EMBER_FIXTURE_CPU", "1");
+    }
     if trampoline {
         cmd.env("PYTHONPERFSUPPORT", "1");
     } else {
