@@ -153,6 +153,19 @@ fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response,
     Ok(response)
 }
 
+/// `{<fields>, "tree": …}`, written without recursion however deep the tree is.
+fn tree_response(fields: &[(&str, String)], tree: &query::tree::FlameTree) -> Response {
+    let mut body = Vec::with_capacity(tree.len() * 96 + 128);
+    body.push(b'{');
+    for (name, value) in fields {
+        body.extend_from_slice(format!("\"{name}\":{value},").as_bytes());
+    }
+    body.extend_from_slice(b"\"tree\":");
+    tree.write_json(&mut body);
+    body.push(b'}');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
     let started = Instant::now();
     let selector = selector(&params, "query")?;
@@ -164,13 +177,9 @@ pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Re
     let counts = blocking(move || stack_counts(store.as_ref(), selector, range)).await?;
     let view = build_view(&counts, native);
     let response = if format == "json" {
-        Json(serde_json::json!({
-            "from": range.from_ms,
-            "to": range.to_ms,
-            "total": view.total,
-            "tree": query::tree::tree(&view),
-        }))
-        .into_response()
+        let fields =
+            [("from", range.from_ms.to_string()), ("to", range.to_ms.to_string()), ("total", view.total.to_string())];
+        tree_response(&fields, &query::tree::tree(&view))
     } else {
         let format: Format = format.parse().map_err(|e: String| ApiError::bad("format", e))?;
         let meta = Meta {
@@ -239,12 +248,8 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
     .await?;
     let (now, base) = (build_view(&now, native), build_view(&base, native));
     let response = if format == "json" {
-        Json(serde_json::json!({
-            "total": now.total,
-            "base_total": base.total,
-            "tree": query::tree::diff_tree(&now, &base),
-        }))
-        .into_response()
+        let fields = [("total", now.total.to_string()), ("base_total", base.total.to_string())];
+        tree_response(&fields, &query::tree::diff_tree(&now, &base))
     } else {
         let title = format!("ember diff: {} vs base", param(&params, "query").unwrap_or("{}"));
         let mut body = Vec::new();

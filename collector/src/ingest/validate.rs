@@ -19,6 +19,12 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidBatch
 
 const MAX_AGENT_ID: usize = 256;
 
+/// The deepest stack kept whole. A deeper one keeps its leaf-most `MAX_STACK_DEPTH - 1` frames
+/// under a [`DEPTH_LIMIT_MARKER`] root, as the agent marks a stack it could not finish with
+/// `[truncated]`: the leaf end is where the time is spent.
+pub const MAX_STACK_DEPTH: usize = 16_384;
+pub const DEPTH_LIMIT_MARKER: &str = "[depth limit]";
+
 fn string(strings: &[String], index: u32, field: impl Fn() -> String) -> Result<&str, InvalidBatch> {
     strings.get(index as usize).map(String::as_str).ok_or_else(|| {
         invalid(field(), format!("string index {index} outside the string table ({} entries)", strings.len()))
@@ -93,13 +99,13 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
     }
     let mut stacks = Vec::with_capacity(batch.stacks.len());
     for (i, s) in batch.stacks.iter().enumerate() {
-        if let Some(bad) = s.frames.iter().find(|&&f| f as usize >= frames.len()) {
+        if let Some(bad) = s.frames.iter().find(|&&f| f as usize >= batch.frames.len()) {
             return Err(invalid(
                 format!("stacks[{i}].frames"),
-                format!("frame index {bad} outside the frame table ({} entries)", frames.len()),
+                format!("frame index {bad} outside the frame table ({} entries)", batch.frames.len()),
             ));
         }
-        stacks.push(s.frames.clone());
+        stacks.push(cut_to_depth(&s.frames, &mut frames, batch.frames.len()));
     }
     let mut series: Vec<NewSeries> = Vec::new();
     let mut process_index = std::collections::HashMap::new();
@@ -160,6 +166,22 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
         target.lost_records = target.lost_records.saturating_add(tasks.lost_records);
     }
     Ok(NewBatch { agent_id: batch.agent_id.clone(), sequence: batch.sequence, frames, stacks, series })
+}
+
+/// The stack whole, or cut to [`MAX_STACK_DEPTH`] under a marker frame added to `frames` once.
+fn cut_to_depth(stack: &[u32], frames: &mut Vec<Frame>, sent: usize) -> Vec<u32> {
+    if stack.len() <= MAX_STACK_DEPTH {
+        return stack.to_vec();
+    }
+    // The marker follows the frames the agent sent.
+    if frames.len() == sent {
+        frames.push(Frame::marker(DEPTH_LIMIT_MARKER));
+    }
+    let at = sent;
+    let mut cut = Vec::with_capacity(MAX_STACK_DEPTH);
+    cut.push(at as u32);
+    cut.extend_from_slice(&stack[stack.len() - (MAX_STACK_DEPTH - 1)..]);
+    cut
 }
 
 /// Monotonic nanoseconds from the agent → Unix nanoseconds.
