@@ -98,3 +98,27 @@ fn a_stack_index_outside_the_table_is_still_refused_after_the_cut() {
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("stacks[1].frames"), "{}", status.message());
 }
+
+#[test]
+fn a_batch_of_twenty_thousand_processes_is_stored_whole() {
+    use ember_proto::v1;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let mut batch = stacks_batch(1, 1, "many", &[names("f", 3)]);
+    let template = batch.samples[0].clone();
+    let n = 20_000u32;
+    // Processes i and i + n/2 carry the same labels, so they are one series.
+    batch.processes = (0..n)
+        .map(|i| v1::Process { id: i + 1, pid: 10_000 + i % (n / 2), service: "many".into(), ..Default::default() })
+        .collect();
+    batch.samples = (0..n).map(|i| v1::SampleBlock { process: i + 1, ..template.clone() }).collect();
+    let ack = push_batch(&collector.grpc, None, batch).expect("stored");
+    assert!(!ack.duplicate);
+    assert_eq!(collector.total(r#"{service="many"}"#, "now-10m"), u64::from(n));
+    let (status, body) = collector.get("/api/v1/targets?from=now-10m");
+    assert_eq!(status, 200);
+    let targets = parse_json(&body);
+    let targets = targets["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), (n / 2) as usize, "same labels, same series");
+    assert!(targets.iter().all(|t| t["samples"] == 2), "each series got both processes' sample");
+}

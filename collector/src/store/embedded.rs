@@ -80,6 +80,8 @@ struct Pending {
     stacks: Vec<Arc<[u32]>>,
     stack_ids: HashMap<Arc<[u32]>, u32>,
     series: BTreeMap<u32, SeriesInfo>,
+    /// Series first seen in this batch, so each process's lookup is O(1), not a scan.
+    series_ids: HashMap<Labels, u32>,
     next_blob: u64,
 }
 
@@ -244,16 +246,14 @@ impl EmbeddedStore {
                     if series.samples.is_empty() && series.tasks.is_empty() {
                         continue;
                     }
-                    let known = dict
-                        .series_ids
-                        .get(&series.labels)
-                        .copied()
-                        .or_else(|| pending.series.values().find(|s| s.labels == series.labels).map(|s| s.id));
+                    let known =
+                        dict.series_ids.get(&series.labels).or_else(|| pending.series_ids.get(&series.labels)).copied();
                     let sid = match known {
                         Some(sid) => sid,
                         None => {
                             let sid = next_series;
                             next_series += 1;
+                            pending.series_ids.insert(series.labels.clone(), sid);
                             series_ids
                                 .insert(codec::encode_labels(&series.labels).as_slice(), sid)
                                 .map_err(storage_error)?;
