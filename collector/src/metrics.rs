@@ -10,13 +10,19 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// stored | duplicate | invalid | too_large | unauthenticated | storage_full | storage_error
+    /// stored | duplicate | invalid | too_large | unauthenticated | busy | storage_full | storage_error
     pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabel {
     pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// http | grpc
+    pub server: String,
 }
 
 #[derive(Debug)]
@@ -28,15 +34,19 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub task_slices: Counter,
     pub query_seconds: Family<EndpointLabel, Histogram>,
+    pub connections_refused: Family<ServerLabel, Counter>,
+    pub grpc_inflight_bytes: Gauge,
 }
 
-pub const METRIC_NAMES: [&str; 6] = [
+pub const METRIC_NAMES: [&str; 8] = [
     "ember_collector_batches_total",
     "ember_collector_samples_total",
     "ember_collector_task_slices_total",
     "ember_collector_ingest_bytes_total",
     "ember_collector_storage_bytes",
     "ember_collector_query_duration_seconds",
+    "ember_collector_connections_refused_total",
+    "ember_collector_grpc_inflight_bytes",
 ];
 
 impl Default for Metrics {
@@ -66,11 +76,37 @@ impl Metrics {
         registry.register("storage_bytes", "Size of the store on disk", storage_bytes.clone());
         registry.register("task_slices", "asyncio task run slices stored", task_slices.clone());
         registry.register("query_duration_seconds", "HTTP query latency by endpoint", query_seconds.clone());
-        Self { registry, batches, samples, bytes, storage_bytes, task_slices, query_seconds }
+        let connections_refused = Family::<ServerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because the server's connection limit was reached",
+            connections_refused.clone(),
+        );
+        let grpc_inflight_bytes = Gauge::default();
+        registry.register(
+            "grpc_inflight_bytes",
+            "Request bytes gRPC calls in progress hold (bounded by --grpc-max-inflight-bytes)",
+            grpc_inflight_bytes.clone(),
+        );
+        Self {
+            registry,
+            batches,
+            samples,
+            bytes,
+            storage_bytes,
+            task_slices,
+            query_seconds,
+            connections_refused,
+            grpc_inflight_bytes,
+        }
     }
 
     pub fn batch(&self, result: &str) {
         self.batches.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+    }
+
+    pub fn connection_refused(&self, server: &str) {
+        self.connections_refused.get_or_create(&ServerLabel { server: server.to_string() }).inc();
     }
 
     pub fn observe_query(&self, endpoint: &str, seconds: f64) {

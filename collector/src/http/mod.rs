@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod error;
+mod serve;
 pub mod timeline;
 pub mod web;
 
@@ -9,6 +10,7 @@ use axum::routing::get;
 use axum::Router;
 
 pub use api::AppState;
+pub use serve::{serve, HttpLimits};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
