@@ -72,6 +72,13 @@ pub struct Cli {
     /// Most calls in progress on one gRPC connection.
     #[arg(long, default_value_t = 16)]
     pub grpc_max_streams: u32,
+    /// Most queries running at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 4)]
+    pub query_concurrency: usize,
+    /// Memory the queries running at once may hold together (samples, stacks, frames they
+    /// read): `512MB`. A query that would go over it gets 503 with Retry-After.
+    #[arg(long, default_value = "512MB", value_parser = parse_size)]
+    pub query_memory: u64,
     /// Log filter, e.g. `info` or `ember_collector=debug` (also EMBER_LOG).
     #[arg(long, env = "EMBER_LOG", default_value = "info")]
     pub log: String,
@@ -131,6 +138,8 @@ impl Cli {
                 grpc_request_timeout: self.grpc_request_timeout,
                 grpc_max_inflight_bytes: usize::try_from(self.grpc_max_inflight_bytes).unwrap_or(usize::MAX),
                 grpc_max_streams: self.grpc_max_streams.max(1),
+                query_concurrency: self.query_concurrency.max(1),
+                query_memory: usize::try_from(self.query_memory).unwrap_or(usize::MAX),
             },
         }
     }

@@ -36,9 +36,12 @@ pub struct Metrics {
     pub query_seconds: Family<EndpointLabel, Histogram>,
     pub connections_refused: Family<ServerLabel, Counter>,
     pub grpc_inflight_bytes: Gauge,
+    pub queries_refused: Family<EndpointLabel, Counter>,
+    pub store_corrupt_records: Gauge,
+    pub store_failed: Gauge,
 }
 
-pub const METRIC_NAMES: [&str; 8] = [
+pub const METRIC_NAMES: [&str; 11] = [
     "ember_collector_batches_total",
     "ember_collector_samples_total",
     "ember_collector_task_slices_total",
@@ -47,6 +50,9 @@ pub const METRIC_NAMES: [&str; 8] = [
     "ember_collector_query_duration_seconds",
     "ember_collector_connections_refused_total",
     "ember_collector_grpc_inflight_bytes",
+    "ember_collector_queries_refused_total",
+    "ember_collector_store_corrupt_records",
+    "ember_collector_store_failed",
 ];
 
 impl Default for Metrics {
@@ -88,8 +94,29 @@ impl Metrics {
             "Request bytes gRPC calls in progress hold (bounded by --grpc-max-inflight-bytes)",
             grpc_inflight_bytes.clone(),
         );
+        let queries_refused = Family::<EndpointLabel, Counter>::default();
+        registry.register(
+            "queries_refused",
+            "Queries answered 503 because --query-concurrency or --query-memory was full",
+            queries_refused.clone(),
+        );
+        let store_corrupt_records = Gauge::default();
+        registry.register(
+            "store_corrupt_records",
+            "Stored records found failing their checksum since start (left out of answers)",
+            store_corrupt_records.clone(),
+        );
+        let store_failed = Gauge::default();
+        registry.register(
+            "store_failed",
+            "1 once the storage engine has failed (restart needed)",
+            store_failed.clone(),
+        );
         Self {
             registry,
+            queries_refused,
+            store_corrupt_records,
+            store_failed,
             batches,
             samples,
             bytes,
@@ -107,6 +134,10 @@ impl Metrics {
 
     pub fn connection_refused(&self, server: &str) {
         self.connections_refused.get_or_create(&ServerLabel { server: server.to_string() }).inc();
+    }
+
+    pub fn query_refused(&self, endpoint: &str) {
+        self.queries_refused.get_or_create(&EndpointLabel { endpoint: endpoint.to_string() }).inc();
     }
 
     pub fn observe_query(&self, endpoint: &str, seconds: f64) {

@@ -54,6 +54,8 @@ pub struct Limits {
     pub grpc_request_timeout: Duration,
     pub grpc_max_inflight_bytes: usize,
     pub grpc_max_streams: u32,
+    pub query_concurrency: usize,
+    pub query_memory: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +71,8 @@ impl Default for Limits {
             grpc_request_timeout: Duration::from_secs(60),
             grpc_max_inflight_bytes: 256 << 20,
             grpc_max_streams: 16,
+            query_concurrency: 4,
+            query_memory: 512 << 20,
         }
     }
 }
@@ -175,7 +179,11 @@ pub async fn run(
         .add_service(InterceptedService::new(ingest, token))
         .serve_with_incoming_shutdown(incoming.into_stream(), stopped(stop_rx.clone()));
 
-    let app = http::router(AppState { store: store.clone(), metrics: metrics.clone() });
+    let app = http::router(AppState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        queries: http::QueryLimits::new(limits.query_concurrency, limits.query_memory),
+    });
     let acceptor = Acceptor::new(http_listener, limits.http.max_connections, None, "http", metrics.clone());
     let http = async move {
         http::serve(acceptor, app, limits.http, stop_rx_http).await;

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod error;
+mod limits;
 mod serve;
 pub mod timeline;
 pub mod web;
@@ -10,6 +11,7 @@ use axum::routing::get;
 use axum::Router;
 
 pub use api::AppState;
+pub use limits::QueryLimits;
 pub use serve::{serve, HttpLimits};
 
 pub fn router(state: AppState) -> Router {
