@@ -72,6 +72,9 @@ pub struct Cli {
     /// Most calls in progress on one gRPC connection.
     #[arg(long, default_value_t = 16)]
     pub grpc_max_streams: u32,
+    /// Memory for the store's page cache: `128MB`.
+    #[arg(long, default_value = "128MB", value_parser = parse_size)]
+    pub store_cache: u64,
     /// Most queries running at once; more get 503 with Retry-After.
     #[arg(long, default_value_t = 4)]
     pub query_concurrency: usize,
@@ -124,6 +127,7 @@ impl Cli {
             raw_retention: self.raw_retention,
             retention_interval: self.retention_interval,
             max_disk: self.max_disk,
+            store_cache: usize::try_from(self.store_cache).unwrap_or(usize::MAX),
             token: self.token.filter(|t| !t.is_empty()),
             tls,
             max_batch_bytes: self.max_batch_bytes,

@@ -39,6 +39,7 @@ pub struct ServerConfig {
     pub raw_retention: Duration,
     pub retention_interval: Duration,
     pub max_disk: Option<u64>,
+    pub store_cache: usize,
     pub token: Option<String>,
     pub tls: Option<TlsFiles>,
     pub max_batch_bytes: usize,
@@ -122,7 +123,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
-    let store = EmbeddedStore::open(&config.data_dir, config.max_disk)
+    let store = EmbeddedStore::open_with_cache(&config.data_dir, config.max_disk, config.store_cache)
         .map_err(|source| ServerError::Store { dir: config.data_dir.clone(), source })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let metrics = Arc::new(Metrics::new());

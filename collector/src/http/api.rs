@@ -27,8 +27,8 @@ pub struct AppState {
 
 impl AppState {
     /// A query slot, or 503 with Retry-After (counted) when the query bounds are full.
-    fn enter(&self, endpoint: &str) -> Result<super::limits::QuerySlot, ApiError> {
-        self.queries.enter().inspect_err(|_| self.metrics.query_refused(endpoint))
+    pub(super) fn enter(&self, endpoint: &'static str) -> Result<super::limits::QuerySlot, ApiError> {
+        self.queries.enter(endpoint, &self.metrics)
     }
 }
 

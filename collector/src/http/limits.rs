@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
+use crate::metrics::Metrics;
 use crate::store::budget::{self, Charge, MemoryPool};
 
 /// Seconds a refused client is told to wait.
@@ -23,6 +24,8 @@ pub struct QueryLimits {
 pub struct QuerySlot {
     _slot: OwnedSemaphorePermit,
     charge: Arc<Charge>,
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
 }
 
 impl QueryLimits {
@@ -35,11 +38,13 @@ impl QueryLimits {
         })
     }
 
-    pub fn enter(&self) -> Result<QuerySlot, ApiError> {
+    /// A slot for a query of `endpoint`; refusals are counted.
+    pub fn enter(&self, endpoint: &'static str, metrics: &Arc<Metrics>) -> Result<QuerySlot, ApiError> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            metrics.query_refused(endpoint);
             ApiError::Busy(format!("{} queries are running already (--query-concurrency)", self.concurrency))
         })?;
-        Ok(QuerySlot { _slot: slot, charge: Charge::new(&self.memory) })
+        Ok(QuerySlot { _slot: slot, charge: Charge::new(&self.memory), metrics: metrics.clone(), endpoint })
     }
 }
 
@@ -50,6 +55,10 @@ impl QuerySlot {
         f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let charge = self.charge.clone();
-        super::api::blocking(move || budget::with_charge(charge, f)).await
+        let result = super::api::blocking(move || budget::with_charge(charge, f)).await;
+        if let Err(ApiError::Busy(_)) = &result {
+            self.metrics.query_refused(self.endpoint);
+        }
+        result
     }
 }

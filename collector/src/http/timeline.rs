@@ -58,7 +58,7 @@ pub async fn timeline(State(state): State<AppState>, Query(params): Params) -> R
     };
     let filter = TaskFilter::split(&mut selector);
     let store = state.store.clone();
-    let slot = state.queries.enter().inspect_err(|_| state.metrics.query_refused("timeline"))?;
+    let slot = state.enter("timeline")?;
     let (found, samples) = slot
         .run(move || {
             let found = store.tasks(&selector, range)?;

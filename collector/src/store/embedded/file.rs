@@ -36,8 +36,8 @@ pub const SLICES: TableDefinition<(u32, i64, u64), &[u8]> = TableDefinition::new
 
 pub const FILE_NAME: &str = "ember.redb";
 
-/// redb's page cache: what the store may keep of the file in memory.
-const CACHE_BYTES: usize = 128 << 20;
+/// redb's page cache by default: what the store may keep of the file in memory.
+pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 
 pub fn storage_error(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
@@ -63,9 +63,9 @@ fn not_a_store(path: &Path, why: impl std::fmt::Display) -> StoreError {
     ))
 }
 
-fn builder(verify: bool) -> redb::Builder {
+fn builder(verify: bool, cache_bytes: usize) -> redb::Builder {
     let mut b = Database::builder();
-    b.set_cache_size(CACHE_BYTES);
+    b.set_cache_size(cache_bytes);
     // Every page's checksum is verified as the file opens, so damage on disk is found before
     // it can give wrong answers or panic the engine.
     b.set_check_integrity_on_open(verify);
@@ -73,14 +73,14 @@ fn builder(verify: bool) -> redb::Builder {
 }
 
 /// Opens the store at `path`, creating it only if no file is there.
-pub fn open(path: &Path) -> Result<Database, StoreError> {
+pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, cache_bytes),
         Err(e) => Err(StoreError::Storage(format!("cannot read {}: {e}", path.display()))),
         Ok(m) if !m.is_file() => Err(not_a_store(path, "is not a regular file")),
         Ok(m) if m.len() == 0 => Err(not_a_store(path, "is empty (0 bytes), so it is not an ember store")),
         Ok(_) => {
-            let db = builder(true).open(path).map_err(|e| match e {
+            let db = builder(true, cache_bytes).open(path).map_err(|e| match e {
                 redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Storage(format!(
                     "{} is in use by another process (is another collector running on this --data-dir?)",
                     path.display()
@@ -94,11 +94,11 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
 }
 
 /// Reopens a store this process already validated (after an I/O error).
-pub fn reopen(path: &Path) -> Result<Database, StoreError> {
-    builder(false).open(path).map_err(storage_error)
+pub fn reopen(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    builder(false, cache_bytes).open(path).map_err(storage_error)
 }
 
-fn create(path: &Path) -> Result<Database, StoreError> {
+fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     // `create_new` so two starts racing cannot both think the file is theirs to initialise.
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -107,7 +107,7 @@ fn create(path: &Path) -> Result<Database, StoreError> {
         .open(path)
         .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
     let backend = redb::backends::FileBackend::new(file).map_err(storage_error)?;
-    let db = builder(false).create_with_backend(backend).map_err(storage_error)?;
+    let db = builder(false, cache_bytes).create_with_backend(backend).map_err(storage_error)?;
     let txn = db.begin_write().map_err(storage_error)?;
     {
         let mut meta = txn.open_table(META).map_err(storage_error)?;

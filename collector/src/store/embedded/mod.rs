@@ -39,6 +39,7 @@ pub struct EmbeddedStore {
     health: seal::Health,
     writer: Mutex<()>,
     max_disk: Option<u64>,
+    cache_bytes: usize,
 }
 
 fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
@@ -49,10 +50,15 @@ impl EmbeddedStore {
     /// Opens the store in `dir`, creating it if the directory holds none. An empty, foreign,
     /// damaged or older-format file is an error, never replaced.
     pub fn open(dir: &Path, max_disk: Option<u64>) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, max_disk, file::DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Self::open`] with `cache_bytes` of redb page cache.
+    pub fn open_with_cache(dir: &Path, max_disk: Option<u64>, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Storage(format!("cannot create the data directory {}: {e}", dir.display())))?;
         let path = dir.join(file::FILE_NAME);
-        let db = file::open(&path)?;
+        let db = file::open(&path, cache_bytes)?;
         let health = seal::Health::default();
         let index = series::load(&db, &health)?;
         let dictionary = {
@@ -67,6 +73,7 @@ impl EmbeddedStore {
             health,
             writer: Mutex::new(()),
             max_disk,
+            cache_bytes,
         })
     }
 
@@ -93,7 +100,7 @@ impl EmbeddedStore {
     fn reopen(&self) {
         let Ok(mut guard) = self.db.write() else { return };
         *guard = None;
-        match file::reopen(&self.path) {
+        match file::reopen(&self.path, self.cache_bytes) {
             Ok(db) => *guard = Some(db),
             Err(e) => tracing::error!("reopening the store failed: {e}"),
         }
