@@ -122,3 +122,43 @@ fn a_batch_of_twenty_thousand_processes_is_stored_whole() {
     assert_eq!(targets.len(), (n / 2) as usize, "same labels, same series");
     assert!(targets.iter().all(|t| t["samples"] == 2), "each series got both processes' sample");
 }
+
+#[test]
+fn extreme_weights_times_and_reserved_labels_are_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let ok = || stacks_batch(1, 7, "edges", &[vec!["main".into()]]);
+    let mut cases: Vec<(ember_proto::v1::Batch, &str, &str)> = Vec::new();
+    let mut b = ok();
+    b.samples[0].weight = vec![u32::MAX];
+    cases.push((b, "samples[0].weight", "from 1 to 1000000"));
+    // 1677 and 2262: the ends of what i64 nanoseconds can hold.
+    let mut b = ok();
+    b.samples[0].base_time_nanos = 0;
+    b.monotonic_to_unix_nanos = i64::MIN + 10;
+    cases.push((b, "samples[0].time_delta", "outside the accepted window"));
+    let mut b = ok();
+    b.samples[0].base_time_nanos = i64::MAX as u64 - 10_000_000_000;
+    cases.push((b, "samples[0].time_delta", "outside the accepted window"));
+    let mut b = ok();
+    b.samples[0].base_time_nanos = now_ns() + 48 * 3_600_000_000_000;
+    cases.push((b, "samples[0].time_delta", "24 h ahead"));
+    for reserved in ["pid", "task", "service"] {
+        let mut b = ok();
+        b.processes[0].labels.insert(reserved.into(), "1".into());
+        cases.push((b, "processes[0].labels", "is reserved"));
+    }
+    for (batch, field, problem) in cases {
+        let status = push_batch(&collector.grpc, None, batch).expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {}", status.message());
+        assert!(status.message().contains(field), "{}", status.message());
+        assert!(status.message().contains(problem), "{}", status.message());
+    }
+    // Nothing was stored, and the ordinary batch still is.
+    assert_eq!(collector.total("{}", "now-1h"), 0);
+    let mut b = ok();
+    b.samples[0].weight = vec![1_000_000];
+    b.processes[0].labels.insert("team".into(), "payments".into());
+    push_batch(&collector.grpc, None, b).expect("stored");
+    assert_eq!(collector.total(r#"{team="payments"}"#, "now-1h"), 1_000_000);
+}

@@ -110,3 +110,35 @@ fn batches_of_new_frames_do_not_grow_memory() {
     assert_eq!(Folded::parse(&body).total(), 8 * frames_per_batch as u64);
     wait_until(Duration::from_secs(5), "the collector to be ready", || collector.get("/readyz").0 == 200);
 }
+
+#[test]
+fn out_of_range_time_parameters_get_400_naming_the_parameter() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let cases = [
+        ("/api/v1/profile?from=-9223372036854775808", "from"),
+        ("/api/v1/profile?from=-1", "from"),
+        ("/api/v1/profile?to=9223372036854775807", "to"),
+        ("/api/v1/profile?to=99999999999999999999", "to"),
+        ("/api/v1/profile?from=now-9999999999999d", "from"),
+        ("/api/v1/targets?to=now%2B500000w", "to"),
+        ("/api/v1/series?step=18446744073709552", "step"),
+        ("/api/v1/series?step=18446744073709552ms", "step"),
+        ("/api/v1/series?step=9223372036854775807s", "step"),
+        ("/api/v1/diff?base_from=-9223372036854775808&base_to=now", "base_from"),
+        ("/api/v1/timeline?from=-9223372036854775808", "from"),
+    ];
+    for (path, param) in cases {
+        let (status, body) = collector.get(path);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(parse_json(&body)["param"], param, "{path}: {body}");
+    }
+    // The widest range accepted still answers, and a step longer than the range is the range
+    // (one step, or two when the range does not start on a step).
+    assert_eq!(collector.get("/api/v1/profile?from=0&to=253402300799999").0, 200);
+    let (status, body) = collector.get("/api/v1/series?from=now-1h&step=2h");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(parse_json(&body)["step_ms"], 3_600_000);
+    assert!(parse_json(&body)["points"].as_array().is_some_and(|p| p.len() <= 2), "{body}");
+    assert_eq!(collector.get("/healthz").0, 200);
+}

@@ -15,8 +15,8 @@ use serde::Serialize;
 use super::error::ApiError;
 use crate::metrics::Metrics;
 use crate::query::tasks::TaskFilter;
-use crate::query::{self, parse_duration_ms, parse_range, Selector, TimeRange};
-use crate::store::{StackCounts, Store, StoreError, BUCKET_MS};
+use crate::query::{self, parse_range, Selector, TimeRange};
+use crate::store::{StackCounts, Store, StoreError};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -212,19 +212,7 @@ pub async fn series(State(state): State<AppState>, Query(params): Params) -> Res
     let started = Instant::now();
     let selector = selector(&params, "query")?;
     let range = range(&params, "from", "to")?;
-    let step_ms = match param(&params, "step") {
-        Some(s) => s
-            .parse::<i64>()
-            .map(|v| v * 1000)
-            .or_else(|_| parse_duration_ms(s))
-            .map_err(|e| ApiError::bad("step", e))?,
-        None => range.duration_ms() / 240,
-    };
-    if step_ms <= 0 {
-        return Err(ApiError::bad("step", "must be positive"));
-    }
-    // Whole buckets only, and never more than 10,000 points.
-    let step_ms = (step_ms.max(range.duration_ms() / 10_000) + BUCKET_MS - 1) / BUCKET_MS * BUCKET_MS;
+    let step_ms = query::parse_step(param(&params, "step"), range).map_err(|e| ApiError::bad("step", e))?;
     let store = state.store.clone();
     let mut selector = selector;
     let slot = state.enter("series")?;
@@ -250,7 +238,7 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
     let range_base = if param(&params, "base_from").is_some() || param(&params, "base_to").is_some() {
         range(&params, "base_from", "base_to")?
     } else {
-        TimeRange { from_ms: range_now.from_ms - range_now.duration_ms(), to_ms: range_now.from_ms }
+        TimeRange { from_ms: range_now.from_ms.saturating_sub(range_now.duration_ms()), to_ms: range_now.from_ms }
     };
     let format = format_param(&params, &["json", "svg"])?;
     let native = flag(&params, "native")?;
