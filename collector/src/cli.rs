@@ -35,6 +35,10 @@ pub struct Cli {
     /// Agents must send `authorization: Bearer <token>`.
     #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// HTTP API clients must send `Authorization: Bearer <token>` (browsers: open
+    /// `/?token=<token>` once). /healthz, /readyz and /metrics stay open.
+    #[arg(long, env = "EMBER_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
     /// Serve gRPC over TLS with this certificate (PEM)...
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -129,6 +133,7 @@ impl Cli {
             max_disk: self.max_disk,
             store_cache: usize::try_from(self.store_cache).unwrap_or(usize::MAX),
             token: self.token.filter(|t| !t.is_empty()),
+            http_token: self.http_token.filter(|t| !t.is_empty()),
             tls,
             max_batch_bytes: self.max_batch_bytes,
             limits: Limits {

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub max_disk: Option<u64>,
     pub store_cache: usize,
     pub token: Option<String>,
+    /// HTTP API clients must present this (header or cookie), if set.
+    pub http_token: Option<String>,
     pub tls: Option<TlsFiles>,
     pub max_batch_bytes: usize,
     pub limits: Limits,
@@ -180,11 +182,14 @@ pub async fn run(
         .add_service(InterceptedService::new(ingest, token))
         .serve_with_incoming_shutdown(incoming.into_stream(), stopped(stop_rx.clone()));
 
-    let app = http::router(AppState {
-        store: store.clone(),
-        metrics: metrics.clone(),
-        queries: http::QueryLimits::new(limits.query_concurrency, limits.query_memory),
-    });
+    let app = http::router(
+        AppState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            queries: http::QueryLimits::new(limits.query_concurrency, limits.query_memory),
+        },
+        http::HttpToken(config.http_token.as_deref().map(Arc::from)),
+    );
     let acceptor = Acceptor::new(http_listener, limits.http.max_connections, None, "http", metrics.clone());
     let http = async move {
         http::serve(acceptor, app, limits.http, stop_rx_http).await;

@@ -182,3 +182,37 @@ fn unfinished_grpc_calls_hold_a_bounded_budget_and_expire() {
     assert!(collector.metric("ember_collector_batches_total{result=\"busy\"}") >= 1);
     assert_eq!(collector.total("{}", "now-10m"), 1);
 }
+
+#[test]
+fn the_http_token_guards_the_api_and_the_web_view_but_not_health_or_metrics() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &["--http-token", "s3cret"]);
+    push_batch(&collector.grpc, None, stacks_batch(1, 7, "s", &[vec!["main".into()]])).expect("stored");
+    let get = |path: &str, headers: &[(&str, &str)]| http_get_with(&collector.http, path, headers);
+
+    let (status, head, body) = get("/api/v1/profile?format=collapsed&from=now-1h", &[]);
+    assert_eq!(status, 401, "{body}");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    assert_eq!(get("/api/v1/targets", &[("Authorization", "Bearer wrong")]).0, 401);
+    assert_eq!(get("/api/v1/targets", &[("Cookie", "ember_token=wrong")]).0, 401);
+    assert_eq!(get("/", &[]).0, 401, "the page needs the token too");
+    let (status, _, body) = get("/api/v1/profile?format=collapsed&from=now-1h", &[("Authorization", "Bearer s3cret")]);
+    assert_eq!((status, Folded::parse(&body).total()), (200, 1));
+
+    // Open without it: probes, metrics and the page's static files.
+    for path in ["/healthz", "/readyz", "/metrics", "/assets/app.js", "/favicon.svg"] {
+        assert_eq!(get(path, &[]).0, 200, "{path}");
+    }
+
+    // A browser: one visit with ?token= sets the cookie and drops the token from the address.
+    assert_eq!(get("/?token=wrong", &[]).0, 401);
+    let (status, head, _) = get("/?token=s3cret", &[]);
+    assert_eq!(status, 303, "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("set-cookie: ember_token=s3cret;"), "{head}");
+    assert!(lower.contains("httponly") && lower.contains("samesite=strict"), "{head}");
+    assert!(lower.contains("location: /\r\n") || lower.ends_with("location: /"), "{head}");
+    assert_eq!(get("/", &[("Cookie", "ember_token=s3cret")]).0, 200);
+    assert_eq!(get("/api/v1/targets?from=now-1h", &[("Cookie", "other=1; ember_token=s3cret")]).0, 200);
+}
