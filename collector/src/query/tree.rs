@@ -48,7 +48,8 @@ pub struct FlameTree {
 
 struct Builder {
     nodes: Vec<TreeNode>,
-    index: HashMap<(usize, String, &'static str), usize>,
+    /// (parent node, frame identity) → child node. Frames merge by text and kind.
+    index: HashMap<(usize, u32), usize>,
 }
 
 impl Builder {
@@ -64,14 +65,23 @@ impl Builder {
         Builder { nodes: vec![root], index: HashMap::new() }
     }
 
-    fn add(&mut self, view: &View, side: usize) {
+    fn add(&mut self, view: &View, side: usize, identities: &mut HashMap<(String, &'static str), u32>) {
+        // One identity per distinct (text, kind), shared by both sides of a diff.
+        let ids: Vec<u32> = view
+            .frames
+            .iter()
+            .map(|f| {
+                let next = identities.len() as u32;
+                *identities.entry((f.text.clone(), kind_name(f.kind))).or_insert(next)
+            })
+            .collect();
         for stack in &view.stacks {
             let mut at = 0;
             self.nodes[0].counts[side] += stack.count;
             for &f in &stack.frames {
                 let frame = view.frame(f);
                 let kind = kind_name(frame.kind);
-                let key = (at, frame.text.clone(), kind);
+                let key = (at, ids[f as usize]);
                 let next = match self.index.get(&key) {
                     Some(&i) => i,
                     None => {
@@ -117,7 +127,7 @@ pub fn kind_name(kind: FrameKind) -> &'static str {
 /// The flame tree of one view.
 pub fn tree(view: &View) -> FlameTree {
     let mut b = Builder::new();
-    b.add(view, 0);
+    b.add(view, 0, &mut HashMap::new());
     b.finish(false)
 }
 
@@ -125,8 +135,9 @@ pub fn tree(view: &View) -> FlameTree {
 /// for `base`.
 pub fn diff_tree(current: &View, base: &View) -> FlameTree {
     let mut b = Builder::new();
-    b.add(current, 0);
-    b.add(base, 1);
+    let mut identities = HashMap::new();
+    b.add(current, 0, &mut identities);
+    b.add(base, 1, &mut identities);
     b.finish(true)
 }
 
@@ -166,7 +177,11 @@ impl FlameTree {
         json_string(n.kind, out);
         out.extend_from_slice(b",\"file\":");
         json_string(&n.file, out);
-        let mut number = |key: &str, v: u64| out.extend_from_slice(format!(",\"{key}\":{v}").as_bytes());
+        let mut number = |key: &str, v: u64| {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, ",\"{key}\":{v}");
+        };
         number("self", n.self_counts[0]);
         number("total", n.counts[0]);
         if self.diff {
@@ -210,20 +225,28 @@ impl FlameTree {
 /// A JSON string literal (RFC 8259 escaping).
 pub fn json_string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes()),
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        // Runs of plain bytes (all of UTF-8 above ASCII included) are copied whole.
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
         }
+        start = i + 1;
     }
+    out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
 }
 

@@ -82,7 +82,7 @@ impl Dictionary {
             next_frame,
             next_stack,
             new: Vec::new(),
-            new_index: HashMap::new(),
+            new_index: [HashMap::new(), HashMap::new()],
         })
     }
 
@@ -112,8 +112,8 @@ pub struct Interner<'t> {
     next_frame: u32,
     next_stack: u32,
     new: Vec<(Kind, Vec<u8>, u32)>,
-    /// Keys added in this transaction (not in the caches until it commits).
-    new_index: HashMap<(u8, Vec<u8>), u32>,
+    /// Keys added in this transaction (not in the caches until it commits), by kind.
+    new_index: [HashMap<Vec<u8>, u32>; 2],
 }
 
 impl Interner<'_> {
@@ -127,8 +127,8 @@ impl Interner<'_> {
     }
 
     fn intern(&mut self, kind: Kind, key: Vec<u8>) -> Result<u32, StoreError> {
-        let tag = kind as u8;
-        if let Some(&id) = self.new_index.get(&(tag, key.clone())) {
+        let tag = kind as usize;
+        if let Some(&id) = self.new_index[tag].get(key.as_slice()) {
             return Ok(id);
         }
         if let Some(&id) = self.dict.cache(kind).0.get(&key) {
@@ -171,7 +171,7 @@ impl Interner<'_> {
                 id
             }
         };
-        self.new_index.insert((tag, key.clone()), id);
+        self.new_index[tag].insert(key.clone(), id);
         self.new.push((kind, key, id));
         Ok(id)
     }
