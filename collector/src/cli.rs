@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::server::{ServerConfig, TlsFiles};
+use crate::http::HttpLimits;
+use crate::server::{Limits, ServerConfig, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(name = "ember-collector", version, about = "Stores profiles from ember agents and serves flame graphs")]
@@ -34,6 +35,10 @@ pub struct Cli {
     /// Agents must send `authorization: Bearer <token>`.
     #[arg(long, env = "EMBER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// HTTP API clients must send `Authorization: Bearer <token>` (browsers: open
+    /// `/?token=<token>` once). /healthz, /readyz and /metrics stay open.
+    #[arg(long, env = "EMBER_HTTP_TOKEN", hide_env_values = true)]
+    pub http_token: Option<String>,
     /// Serve gRPC over TLS with this certificate (PEM)...
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -46,6 +51,41 @@ pub struct Cli {
     /// Largest batch accepted, in bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_batch_bytes: usize,
+    /// Most HTTP connections open at once; more are closed on arrival.
+    #[arg(long, default_value_t = 256)]
+    pub http_max_connections: usize,
+    /// A request's headers must arrive within this (it also closes idle keep-alive connections).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+    /// An HTTP connection on which nothing moves for this long, outside a request, is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// Most gRPC (agent) connections open at once; more are closed on arrival.
+    #[arg(long, default_value_t = 512)]
+    pub grpc_max_connections: usize,
+    /// A gRPC connection that sends nothing for this long is closed (agents reconnect).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub grpc_idle_timeout: Duration,
+    /// Deadline of one gRPC call, from its headers to its answer.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub grpc_request_timeout: Duration,
+    /// Request bytes all gRPC calls in progress may hold together: `256MB`. At least 4 ×
+    /// --max-batch-bytes, so one batch of any accepted size fits.
+    #[arg(long, default_value = "256MB", value_parser = parse_size)]
+    pub grpc_max_inflight_bytes: u64,
+    /// Most calls in progress on one gRPC connection.
+    #[arg(long, default_value_t = 16)]
+    pub grpc_max_streams: u32,
+    /// Memory for the store's page cache: `128MB`.
+    #[arg(long, default_value = "128MB", value_parser = parse_size)]
+    pub store_cache: u64,
+    /// Most queries running at once; more get 503 with Retry-After.
+    #[arg(long, default_value_t = 4)]
+    pub query_concurrency: usize,
+    /// Memory the queries running at once may hold together (samples, stacks, frames they
+    /// read): `512MB`. A query that would go over it gets 503 with Retry-After.
+    #[arg(long, default_value = "512MB", value_parser = parse_size)]
+    pub query_memory: u64,
     /// Log filter, e.g. `info` or `ember_collector=debug` (also EMBER_LOG).
     #[arg(long, env = "EMBER_LOG", default_value = "info")]
     pub log: String,
@@ -91,9 +131,25 @@ impl Cli {
             raw_retention: self.raw_retention,
             retention_interval: self.retention_interval,
             max_disk: self.max_disk,
+            store_cache: usize::try_from(self.store_cache).unwrap_or(usize::MAX),
             token: self.token.filter(|t| !t.is_empty()),
+            http_token: self.http_token.filter(|t| !t.is_empty()),
             tls,
             max_batch_bytes: self.max_batch_bytes,
+            limits: Limits {
+                http: HttpLimits {
+                    max_connections: self.http_max_connections.max(1),
+                    header_timeout: self.http_header_timeout,
+                    idle_timeout: self.http_idle_timeout,
+                },
+                grpc_max_connections: self.grpc_max_connections.max(1),
+                grpc_idle_timeout: self.grpc_idle_timeout,
+                grpc_request_timeout: self.grpc_request_timeout,
+                grpc_max_inflight_bytes: usize::try_from(self.grpc_max_inflight_bytes).unwrap_or(usize::MAX),
+                grpc_max_streams: self.grpc_max_streams.max(1),
+                query_concurrency: self.query_concurrency.max(1),
+                query_memory: usize::try_from(self.query_memory).unwrap_or(usize::MAX),
+            },
         }
     }
 }

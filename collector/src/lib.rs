@@ -9,6 +9,7 @@ pub mod cli;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+mod net;
 pub mod query;
 pub mod server;
 pub mod store;

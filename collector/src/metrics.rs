@@ -10,13 +10,19 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    /// stored | duplicate | invalid | too_large | unauthenticated | storage_full | storage_error
+    /// stored | duplicate | invalid | too_large | unauthenticated | busy | storage_full | storage_error
     pub result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabel {
     pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// http | grpc
+    pub server: String,
 }
 
 #[derive(Debug)]
@@ -28,15 +34,25 @@ pub struct Metrics {
     pub storage_bytes: Gauge,
     pub task_slices: Counter,
     pub query_seconds: Family<EndpointLabel, Histogram>,
+    pub connections_refused: Family<ServerLabel, Counter>,
+    pub grpc_inflight_bytes: Gauge,
+    pub queries_refused: Family<EndpointLabel, Counter>,
+    pub store_corrupt_records: Gauge,
+    pub store_failed: Gauge,
 }
 
-pub const METRIC_NAMES: [&str; 6] = [
+pub const METRIC_NAMES: [&str; 11] = [
     "ember_collector_batches_total",
     "ember_collector_samples_total",
     "ember_collector_task_slices_total",
     "ember_collector_ingest_bytes_total",
     "ember_collector_storage_bytes",
     "ember_collector_query_duration_seconds",
+    "ember_collector_connections_refused_total",
+    "ember_collector_grpc_inflight_bytes",
+    "ember_collector_queries_refused_total",
+    "ember_collector_store_corrupt_records",
+    "ember_collector_store_failed",
 ];
 
 impl Default for Metrics {
@@ -66,11 +82,62 @@ impl Metrics {
         registry.register("storage_bytes", "Size of the store on disk", storage_bytes.clone());
         registry.register("task_slices", "asyncio task run slices stored", task_slices.clone());
         registry.register("query_duration_seconds", "HTTP query latency by endpoint", query_seconds.clone());
-        Self { registry, batches, samples, bytes, storage_bytes, task_slices, query_seconds }
+        let connections_refused = Family::<ServerLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed on arrival because the server's connection limit was reached",
+            connections_refused.clone(),
+        );
+        let grpc_inflight_bytes = Gauge::default();
+        registry.register(
+            "grpc_inflight_bytes",
+            "Request bytes gRPC calls in progress hold (bounded by --grpc-max-inflight-bytes)",
+            grpc_inflight_bytes.clone(),
+        );
+        let queries_refused = Family::<EndpointLabel, Counter>::default();
+        registry.register(
+            "queries_refused",
+            "Queries answered 503 because --query-concurrency or --query-memory was full",
+            queries_refused.clone(),
+        );
+        let store_corrupt_records = Gauge::default();
+        registry.register(
+            "store_corrupt_records",
+            "Stored records found failing their checksum since start (left out of answers)",
+            store_corrupt_records.clone(),
+        );
+        let store_failed = Gauge::default();
+        registry.register(
+            "store_failed",
+            "1 once the storage engine has failed (restart needed)",
+            store_failed.clone(),
+        );
+        Self {
+            registry,
+            queries_refused,
+            store_corrupt_records,
+            store_failed,
+            batches,
+            samples,
+            bytes,
+            storage_bytes,
+            task_slices,
+            query_seconds,
+            connections_refused,
+            grpc_inflight_bytes,
+        }
     }
 
     pub fn batch(&self, result: &str) {
         self.batches.get_or_create(&ResultLabel { result: result.to_string() }).inc();
+    }
+
+    pub fn connection_refused(&self, server: &str) {
+        self.connections_refused.get_or_create(&ServerLabel { server: server.to_string() }).inc();
+    }
+
+    pub fn query_refused(&self, endpoint: &str) {
+        self.queries_refused.get_or_create(&EndpointLabel { endpoint: endpoint.to_string() }).inc();
     }
 
     pub fn observe_query(&self, endpoint: &str, seconds: f64) {

@@ -11,12 +11,13 @@ use ember_proto::v1::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::http::HttpLimits;
 use crate::http::{self, AppState};
-use crate::ingest::{IngestService, TokenCheck};
+use crate::ingest::{InflightLayer, IngestService, TokenCheck};
 use crate::metrics::Metrics;
+use crate::net::Acceptor;
 use crate::query::now_ms;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
@@ -38,9 +39,45 @@ pub struct ServerConfig {
     pub raw_retention: Duration,
     pub retention_interval: Duration,
     pub max_disk: Option<u64>,
+    pub store_cache: usize,
     pub token: Option<String>,
+    /// HTTP API clients must present this (header or cookie), if set.
+    pub http_token: Option<String>,
     pub tls: Option<TlsFiles>,
     pub max_batch_bytes: usize,
+    pub limits: Limits,
+}
+
+/// What one peer, or many, may hold of the collector.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub http: HttpLimits,
+    pub grpc_max_connections: usize,
+    pub grpc_idle_timeout: Duration,
+    pub grpc_request_timeout: Duration,
+    pub grpc_max_inflight_bytes: usize,
+    pub grpc_max_streams: u32,
+    pub query_concurrency: usize,
+    pub query_memory: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            http: HttpLimits {
+                max_connections: 256,
+                header_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(60),
+            },
+            grpc_max_connections: 512,
+            grpc_idle_timeout: Duration::from_secs(120),
+            grpc_request_timeout: Duration::from_secs(60),
+            grpc_max_inflight_bytes: 256 << 20,
+            grpc_max_streams: 16,
+            query_concurrency: 4,
+            query_memory: 512 << 20,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +125,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
-    let store = EmbeddedStore::open(&config.data_dir, config.max_disk)
+    let store = EmbeddedStore::open_with_cache(&config.data_dir, config.max_disk, config.store_cache)
         .map_err(|source| ServerError::Store { dir: config.data_dir.clone(), source })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let metrics = Arc::new(Metrics::new());
@@ -105,27 +142,59 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let stop_rx_http = stop_rx.clone();
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|&v| v).await;
     };
 
+    let limits = config.limits;
+    let hard_cap = config.max_batch_bytes.saturating_mul(4);
+    if limits.grpc_max_inflight_bytes < hard_cap {
+        tracing::warn!(
+            "--grpc-max-inflight-bytes {} is below 4 × --max-batch-bytes ({hard_cap}); the largest batches will be refused",
+            limits.grpc_max_inflight_bytes
+        );
+    }
     let ingest = IngestServer::new(IngestService::new(store.clone(), metrics.clone(), config.max_batch_bytes))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         // Batches up to --max-batch-bytes are answered by the service (RESOURCE_EXHAUSTED
         // above it); this hard cap only bounds memory.
-        .max_decoding_message_size(config.max_batch_bytes.saturating_mul(4));
+        .max_decoding_message_size(hard_cap);
     let token = TokenCheck { token: config.token.as_deref().map(Arc::from), metrics: metrics.clone() };
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(limits.grpc_request_timeout)
+        .concurrency_limit_per_connection(limits.grpc_max_streams as usize)
+        .max_concurrent_streams(limits.grpc_max_streams)
+        .http2_max_pending_accept_reset_streams(Some(64));
     if let Some(files) = &config.tls {
         builder = builder.tls_config(tls_config(files)?).map_err(ServerError::Tls)?;
     }
+    let incoming = Acceptor::new(
+        grpc_listener,
+        limits.grpc_max_connections,
+        Some(limits.grpc_idle_timeout),
+        "grpc",
+        metrics.clone(),
+    );
     let grpc = builder
+        .layer(InflightLayer::new(limits.grpc_max_inflight_bytes, metrics.clone()))
         .add_service(InterceptedService::new(ingest, token))
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(incoming.into_stream(), stopped(stop_rx.clone()));
 
-    let app = http::router(AppState { store: store.clone(), metrics: metrics.clone() });
-    let http = axum::serve(http_listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let app = http::router(
+        AppState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            queries: http::QueryLimits::new(limits.query_concurrency, limits.query_memory),
+        },
+        http::HttpToken(config.http_token.as_deref().map(Arc::from)),
+    );
+    let acceptor = Acceptor::new(http_listener, limits.http.max_connections, None, "http", metrics.clone());
+    let http = async move {
+        http::serve(acceptor, app, limits.http, stop_rx_http).await;
+        Ok::<(), std::io::Error>(())
+    };
 
     let retention_store = store.clone();
     let mut retention_stop = stop_rx.clone();

@@ -15,13 +15,21 @@ use serde::Serialize;
 use super::error::ApiError;
 use crate::metrics::Metrics;
 use crate::query::tasks::TaskFilter;
-use crate::query::{self, parse_duration_ms, parse_range, Selector, TimeRange};
-use crate::store::{StackCounts, Store, StoreError, BUCKET_MS};
+use crate::query::{self, parse_range, Selector, TimeRange};
+use crate::store::{StackCounts, Store, StoreError};
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    pub queries: Arc<super::QueryLimits>,
+}
+
+impl AppState {
+    /// A query slot, or 503 with Retry-After (counted) when the query bounds are full.
+    pub(super) fn enter(&self, endpoint: &'static str) -> Result<super::limits::QuerySlot, ApiError> {
+        self.queries.enter(endpoint, &self.metrics)
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -63,7 +71,11 @@ pub(super) async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Unavailable(format!("query task failed: {e}")))?
+        .map_err(|e| {
+            // A panic's text stays in the log.
+            tracing::error!("a query task failed: {e}");
+            ApiError::Unavailable(super::error::INTERNAL.into())
+        })?
         .map_err(ApiError::from)
 }
 
@@ -100,7 +112,8 @@ pub async fn targets(State(state): State<AppState>, Query(params): Params) -> Re
     let selector = selector(&params, "query")?;
     let range = range(&params, "from", "to")?;
     let store = state.store.clone();
-    let mut series = blocking(move || store.series(&selector, range)).await?;
+    let slot = state.enter("targets")?;
+    let mut series = slot.run(move || store.series(&selector, range)).await?;
     series.sort_by_key(|s| std::cmp::Reverse(s.last_seen_ms));
     let targets: Vec<Target> = series
         .into_iter()
@@ -153,6 +166,19 @@ fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response,
     Ok(response)
 }
 
+/// `{<fields>, "tree": …}`, written without recursion however deep the tree is.
+fn tree_response(fields: &[(&str, String)], tree: &query::tree::FlameTree) -> Response {
+    let mut body = Vec::with_capacity(tree.len() * 96 + 128);
+    body.push(b'{');
+    for (name, value) in fields {
+        body.extend_from_slice(format!("\"{name}\":{value},").as_bytes());
+    }
+    body.extend_from_slice(b"\"tree\":");
+    tree.write_json(&mut body);
+    body.push(b'}');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
 pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
     let started = Instant::now();
     let selector = selector(&params, "query")?;
@@ -161,16 +187,13 @@ pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Re
     let native = flag(&params, "native")?;
     let rate_hz = rate_param(&params)?;
     let store = state.store.clone();
-    let counts = blocking(move || stack_counts(store.as_ref(), selector, range)).await?;
+    let slot = state.enter("profile")?;
+    let counts = slot.run(move || stack_counts(store.as_ref(), selector, range)).await?;
     let view = build_view(&counts, native);
     let response = if format == "json" {
-        Json(serde_json::json!({
-            "from": range.from_ms,
-            "to": range.to_ms,
-            "total": view.total,
-            "tree": query::tree::tree(&view),
-        }))
-        .into_response()
+        let fields =
+            [("from", range.from_ms.to_string()), ("to", range.to_ms.to_string()), ("total", view.total.to_string())];
+        tree_response(&fields, &query::tree::tree(&view))
     } else {
         let format: Format = format.parse().map_err(|e: String| ApiError::bad("format", e))?;
         let meta = Meta {
@@ -189,26 +212,16 @@ pub async fn series(State(state): State<AppState>, Query(params): Params) -> Res
     let started = Instant::now();
     let selector = selector(&params, "query")?;
     let range = range(&params, "from", "to")?;
-    let step_ms = match param(&params, "step") {
-        Some(s) => s
-            .parse::<i64>()
-            .map(|v| v * 1000)
-            .or_else(|_| parse_duration_ms(s))
-            .map_err(|e| ApiError::bad("step", e))?,
-        None => range.duration_ms() / 240,
-    };
-    if step_ms <= 0 {
-        return Err(ApiError::bad("step", "must be positive"));
-    }
-    // Whole buckets only, and never more than 10,000 points.
-    let step_ms = (step_ms.max(range.duration_ms() / 10_000) + BUCKET_MS - 1) / BUCKET_MS * BUCKET_MS;
+    let step_ms = query::parse_step(param(&params, "step"), range).map_err(|e| ApiError::bad("step", e))?;
     let store = state.store.clone();
     let mut selector = selector;
-    let points = blocking(move || match TaskFilter::split(&mut selector) {
-        Some(filter) => query::tasks::timeseries(store.as_ref(), &selector, &filter, range, step_ms),
-        None => store.timeseries(&selector, range, step_ms),
-    })
-    .await?;
+    let slot = state.enter("series")?;
+    let points = slot
+        .run(move || match TaskFilter::split(&mut selector) {
+            Some(filter) => query::tasks::timeseries(store.as_ref(), &selector, &filter, range, step_ms),
+            None => store.timeseries(&selector, range, step_ms),
+        })
+        .await?;
     state.metrics.observe_query("series", started.elapsed().as_secs_f64());
     Ok(Json(serde_json::json!({ "step_ms": step_ms, "points": points })).into_response())
 }
@@ -225,26 +238,24 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
     let range_base = if param(&params, "base_from").is_some() || param(&params, "base_to").is_some() {
         range(&params, "base_from", "base_to")?
     } else {
-        TimeRange { from_ms: range_now.from_ms - range_now.duration_ms(), to_ms: range_now.from_ms }
+        TimeRange { from_ms: range_now.from_ms.saturating_sub(range_now.duration_ms()), to_ms: range_now.from_ms }
     };
     let format = format_param(&params, &["json", "svg"])?;
     let native = flag(&params, "native")?;
     let store = state.store.clone();
-    let (now, base) = blocking(move || {
-        Ok((
-            stack_counts(store.as_ref(), selector_now, range_now)?,
-            stack_counts(store.as_ref(), selector_base, range_base)?,
-        ))
-    })
-    .await?;
+    let slot = state.enter("diff")?;
+    let (now, base) = slot
+        .run(move || {
+            Ok((
+                stack_counts(store.as_ref(), selector_now, range_now)?,
+                stack_counts(store.as_ref(), selector_base, range_base)?,
+            ))
+        })
+        .await?;
     let (now, base) = (build_view(&now, native), build_view(&base, native));
     let response = if format == "json" {
-        Json(serde_json::json!({
-            "total": now.total,
-            "base_total": base.total,
-            "tree": query::tree::diff_tree(&now, &base),
-        }))
-        .into_response()
+        let fields = [("total", now.total.to_string()), ("base_total", base.total.to_string())];
+        tree_response(&fields, &query::tree::diff_tree(&now, &base))
     } else {
         let title = format!("ember diff: {} vs base", param(&params, "query").unwrap_or("{}"));
         let mut body = Vec::new();
@@ -258,6 +269,9 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.storage_bytes.set(i64::try_from(state.store.disk_bytes()).unwrap_or(i64::MAX));
+    let health = state.store.health();
+    state.metrics.store_corrupt_records.set(i64::try_from(health.corrupt_records).unwrap_or(i64::MAX));
+    state.metrics.store_failed.set(i64::from(health.failed));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode()).into_response()
 }
 
@@ -269,6 +283,18 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     let store = state.store.clone();
     let probe = Selector::default();
     blocking(move || store.series(&probe, TimeRange { from_ms: 0, to_ms: 1 })).await?;
+    let health = state.store.health();
+    if health.failed {
+        return Err(ApiError::Unavailable(
+            "degraded: the storage engine failed; restart the collector (see its log)".into(),
+        ));
+    }
+    if health.corrupt_records > 0 {
+        return Err(ApiError::Unavailable(format!(
+            "degraded: {} damaged records in the store are left out of answers (see the collector's log)",
+            health.corrupt_records
+        )));
+    }
     Ok("ready\n")
 }
 

@@ -1,7 +1,10 @@
 //! The collector's HTTP side: the query API and the web view.
 
 pub mod api;
+mod auth;
 pub mod error;
+mod limits;
+mod serve;
 pub mod timeline;
 pub mod web;
 
@@ -9,8 +12,12 @@ use axum::routing::get;
 use axum::Router;
 
 pub use api::AppState;
+pub use auth::HttpToken;
+pub use limits::QueryLimits;
+pub use serve::{serve, HttpLimits};
 
-pub fn router(state: AppState) -> Router {
+/// The API and web view, behind the token when there is one.
+pub fn router(state: AppState, token: HttpToken) -> Router {
     Router::new()
         .route("/", get(web::index))
         .route("/favicon.svg", get(web::favicon))
@@ -31,4 +38,5 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .fallback(api::not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(token, auth::require))
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use super::api::{blocking, param, range, selector, AppState, Params};
+use super::api::{param, range, selector, AppState, Params};
 use super::error::ApiError;
 use crate::query::tasks::{Attribution, TaskFilter};
 use crate::store::{SeriesTasks, TaskState};
@@ -58,12 +58,14 @@ pub async fn timeline(State(state): State<AppState>, Query(params): Params) -> R
     };
     let filter = TaskFilter::split(&mut selector);
     let store = state.store.clone();
-    let (found, samples) = blocking(move || {
-        let found = store.tasks(&selector, range)?;
-        let samples = if found.is_empty() { Vec::new() } else { store.raw_samples(&selector, range)? };
-        Ok((found, samples))
-    })
-    .await?;
+    let slot = state.enter("timeline")?;
+    let (found, samples) = slot
+        .run(move || {
+            let found = store.tasks(&selector, range)?;
+            let samples = if found.is_empty() { Vec::new() } else { store.raw_samples(&selector, range)? };
+            Ok((found, samples))
+        })
+        .await?;
     let mut tasks = build(&found);
     let attribution = Attribution::new(found);
     let index: HashMap<(u32, u64), usize> = tasks.iter().enumerate().map(|(i, t)| ((t.process, t.id), i)).collect();

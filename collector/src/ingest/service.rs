@@ -47,9 +47,11 @@ impl Ingest for IngestService {
         })?;
         let slices: u64 = new.series.iter().map(|s| s.tasks.slices.len() as u64).sum();
         let store = self.store.clone();
-        let outcome = tokio::task::spawn_blocking(move || store.ingest(&new))
-            .await
-            .map_err(|e| Status::internal(format!("ingest task failed: {e}")))?;
+        let outcome = tokio::task::spawn_blocking(move || store.ingest(&new)).await.map_err(|e| {
+            // A panic's text stays in the log.
+            tracing::error!("an ingest task failed: {e}");
+            Status::unavailable("collector could not store the batch (retry later); its log says why")
+        })?;
         self.metrics.storage_bytes.set(i64::try_from(self.store.disk_bytes()).unwrap_or(i64::MAX));
         match outcome {
             Ok(IngestOutcome::Stored { samples }) => {
@@ -71,7 +73,7 @@ impl Ingest for IngestService {
             Err(e) => {
                 self.metrics.batch("storage_error");
                 tracing::error!("storing a batch failed: {e}");
-                Err(Status::unavailable(format!("collector could not store the batch (retry later): {e}")))
+                Err(Status::unavailable("collector could not store the batch (retry later); its log says why"))
             }
         }
     }

@@ -19,6 +19,36 @@ fn invalid(field: impl Into<String>, problem: impl Into<String>) -> InvalidBatch
 
 const MAX_AGENT_ID: usize = 256;
 
+/// The deepest stack kept whole. A deeper one keeps its leaf-most `MAX_STACK_DEPTH - 1` frames
+/// under a [`DEPTH_LIMIT_MARKER`] root, as the agent marks a stack it could not finish with
+/// `[truncated]`: the leaf end is where the time is spent.
+pub const MAX_STACK_DEPTH: usize = 16_384;
+pub const DEPTH_LIMIT_MARKER: &str = "[depth limit]";
+
+/// A sample's weight counts the samples merged into it; more than this in one is refused.
+pub const MAX_SAMPLE_WEIGHT: u32 = 1_000_000;
+/// Times (of samples, tasks, slices) must fall from 2000-01-01T00:00:00Z…
+pub const MIN_TIME_NS: i64 = 946_684_800_000_000_000;
+/// …to this far ahead of the collector's clock (agents' clocks may run a little ahead).
+pub const MAX_AHEAD_NS: i64 = 24 * 3_600_000_000_000;
+/// Labels the collector sets itself (from the process descriptor) or uses to select asyncio
+/// tasks; an agent's own labels may not use them.
+pub const RESERVED_LABELS: [&str; 13] = [
+    "host",
+    "pid",
+    "ns_pid",
+    "comm",
+    "exe",
+    "cmdline",
+    "service",
+    "container",
+    "pod",
+    "namespace",
+    "task",
+    "task_id",
+    "task_coro",
+];
+
 fn string(strings: &[String], index: u32, field: impl Fn() -> String) -> Result<&str, InvalidBatch> {
     strings.get(index as usize).map(String::as_str).ok_or_else(|| {
         invalid(field(), format!("string index {index} outside the string table ({} entries)", strings.len()))
@@ -69,7 +99,35 @@ fn valid_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// The window of accepted times, as of now.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    max_ns: i64,
+}
+
+impl Window {
+    fn now() -> Self {
+        let now_ns = crate::query::now_ms().saturating_mul(1_000_000);
+        Window { max_ns: now_ns.saturating_add(MAX_AHEAD_NS) }
+    }
+
+    fn check(&self, ns: i64, field: impl Fn() -> String) -> Result<i64, InvalidBatch> {
+        if (MIN_TIME_NS..=self.max_ns).contains(&ns) {
+            Ok(ns)
+        } else {
+            Err(invalid(
+                field(),
+                format!(
+                    "time {ns} ns is outside the accepted window: from 2000-01-01 to 24 h ahead of the collector's \
+                     clock; check the agent host's clock"
+                ),
+            ))
+        }
+    }
+}
+
 pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
+    let window = Window::now();
     if batch.agent_id.is_empty() || batch.agent_id.len() > MAX_AGENT_ID {
         return Err(invalid("agent_id", format!("must be 1 to {MAX_AGENT_ID} bytes")));
     }
@@ -93,13 +151,13 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
     }
     let mut stacks = Vec::with_capacity(batch.stacks.len());
     for (i, s) in batch.stacks.iter().enumerate() {
-        if let Some(bad) = s.frames.iter().find(|&&f| f as usize >= frames.len()) {
+        if let Some(bad) = s.frames.iter().find(|&&f| f as usize >= batch.frames.len()) {
             return Err(invalid(
                 format!("stacks[{i}].frames"),
-                format!("frame index {bad} outside the frame table ({} entries)", frames.len()),
+                format!("frame index {bad} outside the frame table ({} entries)", batch.frames.len()),
             ));
         }
-        stacks.push(s.frames.clone());
+        stacks.push(cut_to_depth(&s.frames, &mut frames, batch.frames.len()));
     }
     let mut series: Vec<NewSeries> = Vec::new();
     let mut process_index = std::collections::HashMap::new();
@@ -109,6 +167,15 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
         }
         if let Some(bad) = p.labels.keys().find(|k| !valid_label_name(k)) {
             return Err(invalid(format!("processes[{i}].labels"), format!("{bad:?} is not a valid label name")));
+        }
+        if let Some(bad) = p.labels.keys().find(|k| RESERVED_LABELS.contains(&k.as_str())) {
+            return Err(invalid(
+                format!("processes[{i}].labels"),
+                format!(
+                    "{bad:?} is reserved (the collector sets it from the process, or uses it to select asyncio \
+                     tasks); give the label another name"
+                ),
+            ));
         }
         series.push(NewSeries { labels: process_labels(p), ..NewSeries::default() });
     }
@@ -135,6 +202,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
                 .ok()
                 .and_then(|m| m.checked_add(batch.monotonic_to_unix_nanos))
                 .ok_or_else(|| invalid(field("time_delta"), "time outside the representable range"))?;
+            let unix = window.check(unix, || field("time_delta"))?;
             let stack = block.stack[j];
             if stack as usize >= stacks.len() {
                 return Err(invalid(
@@ -143,8 +211,8 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
                 ));
             }
             let weight = block.weight.get(j).copied().unwrap_or(1);
-            if weight == 0 {
-                return Err(invalid(field("weight"), "weights must be at least 1"));
+            if weight == 0 || weight > MAX_SAMPLE_WEIGHT {
+                return Err(invalid(field("weight"), format!("weights must be from 1 to {MAX_SAMPLE_WEIGHT}")));
             }
             target.push(NewSample { stack, tid: block.tid[j], time_unix_ns: unix, weight });
         }
@@ -153,7 +221,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
         let Some(&p) = process_index.get(&block.process) else {
             return Err(invalid(format!("tasks[{i}].process"), format!("no process with id {}", block.process)));
         };
-        let tasks = task_block(block, i, strings, batch.monotonic_to_unix_nanos)?;
+        let tasks = task_block(block, i, strings, batch.monotonic_to_unix_nanos, window)?;
         let target = &mut series[p].tasks;
         target.tasks.extend(tasks.tasks);
         target.slices.extend(tasks.slices);
@@ -162,15 +230,38 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
     Ok(NewBatch { agent_id: batch.agent_id.clone(), sequence: batch.sequence, frames, stacks, series })
 }
 
-/// Monotonic nanoseconds from the agent → Unix nanoseconds.
-fn unix_ns(mono: u64, offset: i64, field: impl Fn() -> String) -> Result<i64, InvalidBatch> {
-    i64::try_from(mono)
-        .ok()
-        .and_then(|m| m.checked_add(offset))
-        .ok_or_else(|| invalid(field(), "time outside the representable range"))
+/// The stack whole, or cut to [`MAX_STACK_DEPTH`] under a marker frame added to `frames` once.
+fn cut_to_depth(stack: &[u32], frames: &mut Vec<Frame>, sent: usize) -> Vec<u32> {
+    if stack.len() <= MAX_STACK_DEPTH {
+        return stack.to_vec();
+    }
+    // The marker follows the frames the agent sent.
+    if frames.len() == sent {
+        frames.push(Frame::marker(DEPTH_LIMIT_MARKER));
+    }
+    let at = sent;
+    let mut cut = Vec::with_capacity(MAX_STACK_DEPTH);
+    cut.push(at as u32);
+    cut.extend_from_slice(&stack[stack.len() - (MAX_STACK_DEPTH - 1)..]);
+    cut
 }
 
-fn task_block(block: &v1::TaskBlock, i: usize, strings: &[String], offset: i64) -> Result<NewTasks, InvalidBatch> {
+/// Monotonic nanoseconds from the agent → Unix nanoseconds in the accepted window.
+fn unix_ns(mono: u64, offset: i64, window: Window, field: impl Fn() -> String) -> Result<i64, InvalidBatch> {
+    let ns = i64::try_from(mono)
+        .ok()
+        .and_then(|m| m.checked_add(offset))
+        .ok_or_else(|| invalid(field(), "time outside the representable range"))?;
+    window.check(ns, field)
+}
+
+fn task_block(
+    block: &v1::TaskBlock,
+    i: usize,
+    strings: &[String],
+    offset: i64,
+    window: Window,
+) -> Result<NewTasks, InvalidBatch> {
     let mut out = NewTasks { lost_records: block.lost_records, ..NewTasks::default() };
     for (j, t) in block.tasks.iter().enumerate() {
         let field = |name: &str| format!("tasks[{i}].tasks[{j}].{name}");
@@ -186,14 +277,14 @@ fn task_block(block: &v1::TaskBlock, i: usize, strings: &[String], offset: i64) 
         };
         let done_ns = match t.done_nanos {
             0 => None,
-            d => Some(unix_ns(d, offset, || field("done_nanos"))?),
+            d => Some(unix_ns(d, offset, window, || field("done_nanos"))?),
         };
         out.tasks.push(TaskRecord {
             id: t.id,
             name: string(strings, t.name, || field("name"))?.to_string(),
             coro: string(strings, t.coro, || field("coro"))?.to_string(),
             parent: t.parent,
-            created_ns: unix_ns(t.created_nanos, offset, || field("created_nanos"))?,
+            created_ns: unix_ns(t.created_nanos, offset, window, || field("created_nanos"))?,
             done_ns,
             state,
             exception: string(strings, t.exception, || field("exception"))?.to_string(),
@@ -214,14 +305,15 @@ fn task_block(block: &v1::TaskBlock, i: usize, strings: &[String], offset: i64) 
     }
     for j in 0..n {
         let field = |name: &str| format!("tasks[{i}].{name}[{j}]");
-        let start_ns = unix_ns(block.slice_start_nanos[j], offset, || field("slice_start_nanos"))?;
+        let start_ns = unix_ns(block.slice_start_nanos[j], offset, window, || field("slice_start_nanos"))?;
         let end_ns = i64::try_from(block.slice_duration_nanos[j])
             .ok()
             .and_then(|d| start_ns.checked_add(d))
             .ok_or_else(|| invalid(field("slice_duration_nanos"), "time outside the representable range"))?;
+        let end_ns = window.check(end_ns, || field("slice_duration_nanos"))?;
         let ready_ns = match ready.get(j).copied().unwrap_or(0) {
             0 => None,
-            r => Some(unix_ns(r, offset, || field("slice_ready_nanos"))?),
+            r => Some(unix_ns(r, offset, window, || field("slice_ready_nanos"))?),
         };
         out.slices.push(TaskSlice { task: block.slice_task[j], tid: block.slice_tid[j], start_ns, end_ns, ready_ns });
     }

@@ -6,4 +6,4 @@ pub mod time;
 pub mod tree;
 
 pub use selector::{Labels, Selector, SelectorError};
-pub use time::{now_ms, parse_duration_ms, parse_range, TimeRange};
+pub use time::{now_ms, parse_duration_ms, parse_range, parse_step, TimeRange};

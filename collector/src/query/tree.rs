@@ -1,74 +1,101 @@
 //! The nested flame tree the web view reads: `{name, kind, file, self, total, children}`.
+//!
+//! Stacks may be as deep as the ingest limit ([`crate::ingest::validate::MAX_STACK_DEPTH`]), so
+//! nothing here recurses: the tree is a flat arena, and its JSON is written with an explicit
+//! stack. (A nested `struct` would overflow the thread's stack in serde and in `Drop`.)
 
 use std::collections::HashMap;
 
 use ember_profile::view::View;
 use ember_profile::FrameKind;
-use serde::Serialize;
 
-#[derive(Debug, Serialize, PartialEq)]
-pub struct Node {
+#[derive(Debug)]
+pub struct TreeNode {
     pub name: String,
     pub kind: &'static str,
     pub file: String,
-    #[serde(rename = "self")]
-    pub self_count: u64,
-    pub total: u64,
-    /// Only in diffs: the same figures for the base period.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base_self: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base_total: Option<u64>,
-    pub children: Vec<Node>,
-}
-
-struct ArenaNode {
-    name: String,
-    kind: &'static str,
-    file: String,
+    /// `[current, base]` totals and self counts; base stays 0 outside diffs.
     counts: [u64; 2],
     self_counts: [u64; 2],
-    children: HashMap<(String, &'static str), usize>,
+    /// Sorted by (name, kind) once the tree is finished.
+    children: Vec<usize>,
 }
 
-struct Arena {
-    nodes: Vec<ArenaNode>,
+impl TreeNode {
+    pub fn total(&self) -> u64 {
+        self.counts[0]
+    }
+    pub fn self_count(&self) -> u64 {
+        self.self_counts[0]
+    }
+    pub fn base_total(&self) -> u64 {
+        self.counts[1]
+    }
+    pub fn base_self(&self) -> u64 {
+        self.self_counts[1]
+    }
+    pub fn children(&self) -> &[usize] {
+        &self.children
+    }
 }
 
-impl Arena {
+/// A flame tree; node 0 is the root, `all`.
+#[derive(Debug)]
+pub struct FlameTree {
+    nodes: Vec<TreeNode>,
+    diff: bool,
+}
+
+struct Builder {
+    nodes: Vec<TreeNode>,
+    /// (parent node, frame identity) → child node. Frames merge by text and kind.
+    index: HashMap<(usize, u32), usize>,
+}
+
+impl Builder {
     fn new() -> Self {
-        let root = ArenaNode {
+        let root = TreeNode {
             name: "all".into(),
             kind: "root",
             file: String::new(),
             counts: [0; 2],
             self_counts: [0; 2],
-            children: HashMap::new(),
+            children: Vec::new(),
         };
-        Arena { nodes: vec![root] }
+        Builder { nodes: vec![root], index: HashMap::new() }
     }
 
-    fn add(&mut self, view: &View, side: usize) {
+    fn add(&mut self, view: &View, side: usize, identities: &mut HashMap<(String, &'static str), u32>) {
+        // One identity per distinct (text, kind), shared by both sides of a diff.
+        let ids: Vec<u32> = view
+            .frames
+            .iter()
+            .map(|f| {
+                let next = identities.len() as u32;
+                *identities.entry((f.text.clone(), kind_name(f.kind))).or_insert(next)
+            })
+            .collect();
         for stack in &view.stacks {
             let mut at = 0;
             self.nodes[0].counts[side] += stack.count;
             for &f in &stack.frames {
                 let frame = view.frame(f);
                 let kind = kind_name(frame.kind);
-                let key = (frame.text.clone(), kind);
-                let next = match self.nodes[at].children.get(&key) {
+                let key = (at, ids[f as usize]);
+                let next = match self.index.get(&key) {
                     Some(&i) => i,
                     None => {
                         let i = self.nodes.len();
-                        self.nodes.push(ArenaNode {
+                        self.nodes.push(TreeNode {
                             name: frame.text.clone(),
                             kind,
                             file: frame.file.clone(),
                             counts: [0; 2],
                             self_counts: [0; 2],
-                            children: HashMap::new(),
+                            children: Vec::new(),
                         });
-                        self.nodes[at].children.insert(key, i);
+                        self.nodes[at].children.push(i);
+                        self.index.insert(key, i);
                         i
                     }
                 };
@@ -79,20 +106,17 @@ impl Arena {
         }
     }
 
-    fn build(&self, i: usize, diff: bool) -> Node {
-        let n = &self.nodes[i];
-        let mut children: Vec<usize> = n.children.values().copied().collect();
-        children.sort_by(|&a, &b| self.nodes[a].name.cmp(&self.nodes[b].name));
-        Node {
-            name: n.name.clone(),
-            kind: n.kind,
-            file: n.file.clone(),
-            self_count: n.self_counts[0],
-            total: n.counts[0],
-            base_self: diff.then_some(n.self_counts[1]),
-            base_total: diff.then_some(n.counts[1]),
-            children: children.into_iter().map(|c| self.build(c, diff)).collect(),
+    fn finish(mut self, diff: bool) -> FlameTree {
+        drop(self.index);
+        for i in 0..self.nodes.len() {
+            let mut children = std::mem::take(&mut self.nodes[i].children);
+            children.sort_by(|&a, &b| {
+                let (a, b) = (&self.nodes[a], &self.nodes[b]);
+                a.name.cmp(&b.name).then(a.kind.cmp(b.kind))
+            });
+            self.nodes[i].children = children;
         }
+        FlameTree { nodes: self.nodes, diff }
     }
 }
 
@@ -101,19 +125,129 @@ pub fn kind_name(kind: FrameKind) -> &'static str {
 }
 
 /// The flame tree of one view.
-pub fn tree(view: &View) -> Node {
-    let mut arena = Arena::new();
-    arena.add(view, 0);
-    arena.build(0, false)
+pub fn tree(view: &View) -> FlameTree {
+    let mut b = Builder::new();
+    b.add(view, 0, &mut HashMap::new());
+    b.finish(false)
 }
 
 /// One tree with both periods' figures: `self`/`total` for `current`, `base_self`/`base_total`
 /// for `base`.
-pub fn diff_tree(current: &View, base: &View) -> Node {
-    let mut arena = Arena::new();
-    arena.add(current, 0);
-    arena.add(base, 1);
-    arena.build(0, true)
+pub fn diff_tree(current: &View, base: &View) -> FlameTree {
+    let mut b = Builder::new();
+    let mut identities = HashMap::new();
+    b.add(current, 0, &mut identities);
+    b.add(base, 1, &mut identities);
+    b.finish(true)
+}
+
+impl FlameTree {
+    pub fn root(&self) -> &TreeNode {
+        &self.nodes[0]
+    }
+
+    pub fn node(&self, i: usize) -> &TreeNode {
+        &self.nodes[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// The deepest path's length in frames (the root not counted).
+    pub fn depth(&self) -> usize {
+        let mut deepest = 0;
+        let mut stack = vec![(0usize, 0usize)];
+        while let Some((i, d)) = stack.pop() {
+            deepest = deepest.max(d);
+            stack.extend(self.nodes[i].children.iter().map(|&c| (c, d + 1)));
+        }
+        deepest
+    }
+
+    fn open_node(&self, i: usize, out: &mut Vec<u8>) {
+        let n = &self.nodes[i];
+        out.extend_from_slice(b"{\"name\":");
+        json_string(&n.name, out);
+        out.extend_from_slice(b",\"kind\":");
+        json_string(n.kind, out);
+        out.extend_from_slice(b",\"file\":");
+        json_string(&n.file, out);
+        let mut number = |key: &str, v: u64| {
+            use std::io::Write;
+            // Writing into a Vec cannot fail.
+            let _ = write!(out, ",\"{key}\":{v}");
+        };
+        number("self", n.self_counts[0]);
+        number("total", n.counts[0]);
+        if self.diff {
+            number("base_self", n.self_counts[1]);
+            number("base_total", n.counts[1]);
+        }
+        out.extend_from_slice(b",\"children\":[");
+    }
+
+    /// Appends the tree as JSON, depth first, without recursion.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.open_node(0, out);
+        // (node, next child to write)
+        let mut stack: Vec<(usize, usize)> = vec![(0, 0)];
+        while let Some(top) = stack.last_mut() {
+            let (node, next) = *top;
+            match self.nodes[node].children.get(next) {
+                Some(&child) => {
+                    top.1 += 1;
+                    if next > 0 {
+                        out.push(b',');
+                    }
+                    self.open_node(child, out);
+                    stack.push((child, 0));
+                }
+                None => {
+                    out.extend_from_slice(b"]}");
+                    stack.pop();
+                }
+            }
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.nodes.len() * 96);
+        self.write_json(&mut out);
+        out
+    }
+}
+
+/// A JSON string literal (RFC 8259 escaping).
+pub fn json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        // Runs of plain bytes (all of UTF-8 above ASCII included) are copied whole.
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -139,12 +273,15 @@ mod tests {
         b.add([&py("main"), &py("b")], 1, 1, 1);
         b.add([&py("main")], 2, 1, 1);
         let t = tree(&b.finish());
-        assert_eq!((t.total, t.self_count), (6, 0));
-        let main = &t.children[0];
-        assert_eq!((main.name.as_str(), main.total, main.self_count), ("main (a.py)", 6, 2));
-        assert_eq!(main.children.iter().map(|c| c.total).collect::<Vec<_>>(), vec![3, 1]);
+        assert_eq!((t.root().total(), t.root().self_count()), (6, 0));
+        let main = t.node(t.root().children()[0]);
+        assert_eq!((main.name.as_str(), main.total(), main.self_count()), ("main (a.py)", 6, 2));
+        assert_eq!(main.children().iter().map(|&c| t.node(c).total()).collect::<Vec<_>>(), vec![3, 1]);
         assert_eq!(main.kind, "python");
-        assert!(main.base_total.is_none());
+        let json: serde_json::Value = serde_json::from_slice(&t.to_json()).expect("valid JSON");
+        assert!(json["children"][0].get("base_total").is_none());
+        assert_eq!(json["children"][0]["self"], 2);
+        assert_eq!(json["children"][0]["children"][1]["name"], "b (a.py)");
     }
 
     #[test]
@@ -155,9 +292,23 @@ mod tests {
         base.add([&py("main"), &py("slow")], 1, 1, 1);
         base.add([&py("main"), &py("gone")], 2, 1, 1);
         let t = diff_tree(&now.finish(), &base.finish());
-        let main = &t.children[0];
-        assert_eq!((main.total, main.base_total), (5, Some(3)));
-        let gone = main.children.iter().find(|c| c.name.starts_with("gone")).expect("base-only frame kept");
-        assert_eq!((gone.total, gone.base_total), (0, Some(2)));
+        let main = t.node(t.root().children()[0]);
+        assert_eq!((main.total(), main.base_total()), (5, 3));
+        let gone = main
+            .children()
+            .iter()
+            .map(|&c| t.node(c))
+            .find(|c| c.name.starts_with("gone"))
+            .expect("base-only frame kept");
+        assert_eq!((gone.total(), gone.base_total()), (0, 2));
+        let json: serde_json::Value = serde_json::from_slice(&t.to_json()).expect("valid JSON");
+        assert_eq!(json["children"][0]["base_total"], 3);
+    }
+
+    #[test]
+    fn names_are_escaped() {
+        let mut out = Vec::new();
+        json_string("a\"b\\c\n\u{1}é", &mut out);
+        assert_eq!(serde_json::from_slice::<String>(&out).expect("valid"), "a\"b\\c\n\u{1}é");
     }
 }

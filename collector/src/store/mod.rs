@@ -2,6 +2,7 @@
 //! larger backend (ClickHouse) can replace the embedded one. The embedded backend's schema is
 //! documented in `docs/STORAGE.md`.
 
+pub mod budget;
 pub mod codec;
 pub mod embedded;
 pub mod tasks;
@@ -140,6 +141,12 @@ pub enum StoreError {
     DiskFull(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The file at the store's path is not a store this collector may use.
+    #[error("{0}")]
+    NotAStore(String),
+    /// A query bound is reached; the query may be retried later.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Corrupt(#[from] codec::CodecError),
 }
@@ -147,6 +154,21 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full { .. } | StoreError::DiskFull(_))
+    }
+}
+
+/// Damage the store has found since it opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Distinct records that failed their checksum and are left out of answers.
+    pub corrupt_records: u64,
+    /// The storage engine failed (panicked); writes are refused until a restart.
+    pub failed: bool,
+}
+
+impl StoreHealth {
+    pub fn is_degraded(&self) -> bool {
+        self.corrupt_records > 0 || self.failed
     }
 }
 
@@ -173,4 +195,8 @@ pub trait Store: Send + Sync + 'static {
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError>;
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;
+    /// Damage found so far.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
 }

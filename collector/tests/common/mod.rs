@@ -185,3 +185,102 @@ pub fn parse_json(text: &str) -> serde_json::Value {
     serde_json::Value::deserialize(&mut de)
         .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", &text[..text.len().min(300)]))
 }
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A valid batch: one process (`pid`, `service`) with one sample of each stack, given as frame
+/// names root first, taken just now.
+pub fn stacks_batch(sequence: u64, pid: u32, service: &str, stacks: &[Vec<String>]) -> ember_proto::v1::Batch {
+    use ember_proto::v1;
+    let mut strings = vec![String::new()];
+    let mut frames = Vec::new();
+    let mut ids = std::collections::HashMap::new();
+    let mut table = Vec::new();
+    for stack in stacks {
+        let mut frame_ids = Vec::with_capacity(stack.len());
+        for name in stack {
+            let id = *ids.entry(name.clone()).or_insert_with(|| {
+                strings.push(format!("{name} (deep.py)"));
+                strings.push(name.clone());
+                frames.push(v1::Frame {
+                    text: strings.len() as u32 - 2,
+                    function: strings.len() as u32 - 1,
+                    file: 0,
+                    kind: v1::FrameKind::Python as i32,
+                    interpreter_plumbing: false,
+                });
+                frames.len() as u32 - 1
+            });
+            frame_ids.push(id);
+        }
+        table.push(v1::Stack { frames: frame_ids });
+    }
+    let n = stacks.len();
+    v1::Batch {
+        agent_id: "test-agent".into(),
+        sequence,
+        strings,
+        frames,
+        stacks: table,
+        processes: vec![v1::Process { id: 1, pid, service: service.into(), ..Default::default() }],
+        samples: vec![v1::SampleBlock {
+            process: 1,
+            base_time_nanos: now_ns() - 1_000_000_000,
+            stack: (0..n as u32).collect(),
+            tid: vec![pid; n],
+            time_delta: vec![1_000_000; n],
+            weight: vec![],
+        }],
+        monotonic_to_unix_nanos: 0,
+        rate_hz: 99,
+        tasks: Vec::new(),
+    }
+}
+
+/// Pushes one batch over gRPC, with a bearer token if given.
+pub fn push_batch(
+    grpc: &str,
+    token: Option<&str>,
+    batch: ember_proto::v1::Batch,
+) -> Result<ember_proto::v1::Ack, tonic::Status> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut client = ember_proto::v1::ingest_client::IngestClient::connect(format!("http://{grpc}"))
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?
+            .max_encoding_message_size(usize::MAX);
+        let mut request = tonic::Request::new(batch);
+        if let Some(t) = token {
+            request.metadata_mut().insert("authorization", format!("Bearer {t}").parse().expect("ascii"));
+        }
+        client.push(request).await.map(tonic::Response::into_inner)
+    })
+}
+
+/// Runs `f` on a thread with a large stack (for parsing arbitrarily deep JSON in tests).
+pub fn with_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(f)
+        .expect("thread starts")
+        .join()
+        .unwrap_or_else(|_| panic!("the big-stack thread panicked"))
+}
+
+/// An HTTP GET with extra request headers; returns status, response head and body.
+pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut stream = TcpStream::connect(addr).expect("collector HTTP reachable");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").expect("request sent");
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    (status, head.to_string(), body)
+}

@@ -69,7 +69,11 @@ pub fn build(view: &View, meta: &Meta) -> pprof::Profile {
         .iter()
         .map(|s| pprof::Sample {
             location_id: s.frames.iter().rev().map(|&f| u64::from(f) + 1).collect(),
-            value: vec![s.count as i64, s.count as i64 * period],
+            // Counts sum client-supplied weights: saturate rather than wrap.
+            value: vec![
+                i64::try_from(s.count).unwrap_or(i64::MAX),
+                i64::try_from(s.count).unwrap_or(i64::MAX).saturating_mul(period),
+            ],
             label: vec![
                 pprof::Label { key: pid_key, str: 0, num: i64::from(s.pid), num_unit: 0 },
                 pprof::Label { key: tid_key, str: 0, num: i64::from(s.tid), num_unit: 0 },
