@@ -150,16 +150,9 @@ fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response,
     let mut body = Vec::new();
     export::write(format, view, meta, &mut body)
         .map_err(|e| ApiError::Unavailable(format!("rendering failed: {e}")))?;
-    let (content_type, disposition) = match format {
-        Format::Svg => ("image/svg+xml", None),
-        Format::Collapsed => ("text/plain; charset=utf-8", None),
-        Format::Speedscope => ("application/json", Some("attachment; filename=\"profile.speedscope.json\"")),
-        Format::Pprof => ("application/octet-stream", Some("attachment; filename=\"profile.pb.gz\"")),
-        Format::Trace => ("application/json", None),
-    };
-    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
-    if let Some(d) = disposition {
-        if let Ok(value) = d.parse() {
+    let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
+    if let Some(name) = format.download_name() {
+        if let Ok(value) = format!("attachment; filename=\"{name}\"").parse() {
             response.headers_mut().insert(header::CONTENT_DISPOSITION, value);
         }
     }

@@ -36,7 +36,7 @@ impl From<StoreError> for ApiError {
             e @ (StoreError::Full { .. } | StoreError::DiskFull(_)) => ApiError::Unavailable(e.to_string()),
             // Engine and file details stay in the log.
             e => {
-                tracing::error!("query failed: {e}");
+                tracing::error!("query failed: {}", e.detail());
                 ApiError::Unavailable(INTERNAL.into())
             }
         }

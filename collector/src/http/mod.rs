@@ -2,11 +2,11 @@
 
 pub mod api;
 mod auth;
-pub mod error;
+pub(crate) mod error;
 mod limits;
 mod serve;
-pub mod timeline;
-pub mod web;
+pub(crate) mod timeline;
+pub(crate) mod web;
 
 use axum::routing::get;
 use axum::Router;

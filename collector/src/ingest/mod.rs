@@ -2,7 +2,7 @@
 //! incoming batches.
 
 mod inflight;
-pub mod service;
+pub(crate) mod service;
 pub mod validate;
 
 pub use inflight::InflightLayer;

@@ -288,6 +288,7 @@ fn task_block(
             done_ns,
             state,
             exception: string(strings, t.exception, || field("exception"))?.to_string(),
+            record_lost: false,
         });
     }
     let n = block.slice_task.len();

@@ -1,6 +1,6 @@
 //! Query inputs (selectors, time ranges) and outputs (the JSON flame tree).
 
-pub mod selector;
+pub(crate) mod selector;
 pub mod tasks;
 pub mod time;
 pub mod tree;

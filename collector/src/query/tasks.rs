@@ -53,7 +53,10 @@ impl Attribution {
                 let span = (slice.start_ns.div_euclid(1_000), slice.end_ns.div_euclid(1_000), slice.task);
                 a.threads.entry((s.series, slice.tid)).or_default().push(span);
             }
-            for t in s.tasks {
+            for mut t in s.tasks {
+                if t.record_lost {
+                    t.name = format!("(task {}, record lost)", t.id);
+                }
                 a.tasks.insert((s.series, t.id), t);
             }
         }
@@ -143,6 +146,7 @@ mod tests {
             done_ns: None,
             state: TaskState::Pending,
             exception: String::new(),
+            record_lost: false,
         }
     }
 

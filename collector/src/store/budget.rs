@@ -25,10 +25,6 @@ impl MemoryPool {
         let limit = limit.clamp(1, Semaphore::MAX_PERMITS);
         Arc::new(Self { bytes: Arc::new(Semaphore::new(limit)), limit })
     }
-
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
 }
 
 /// What one query holds of the pool; returned when dropped.

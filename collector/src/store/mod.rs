@@ -2,10 +2,10 @@
 //! larger backend (ClickHouse) can replace the embedded one. The embedded backend's schema is
 //! documented in `docs/STORAGE.md`.
 
-pub mod budget;
-pub mod codec;
+pub(crate) mod budget;
+pub(crate) mod codec;
 pub mod embedded;
-pub mod tasks;
+pub(crate) mod tasks;
 
 use std::sync::Arc;
 
@@ -137,10 +137,14 @@ pub struct RetentionReport {
 pub enum StoreError {
     #[error("the store is full ({used} bytes used of --max-disk {max}); raise --max-disk or shorten --retention")]
     Full { used: u64, max: u64 },
-    #[error("the disk is full: {0}")]
-    DiskFull(String),
-    #[error("storage error: {0}")]
-    Storage(String),
+    #[error("the disk is full")]
+    DiskFull(#[source] EngineError),
+    /// The storage engine failed; its error is kept as the source, for the log.
+    #[error("the storage engine failed")]
+    Engine(#[source] EngineError),
+    /// The store's own bookkeeping failed (a poisoned lock, ids exhausted).
+    #[error("{0}")]
+    Internal(String),
     /// The file at the store's path is not a store this collector may use.
     #[error("{0}")]
     NotAStore(String),
@@ -151,7 +155,22 @@ pub enum StoreError {
     Corrupt(#[from] codec::CodecError),
 }
 
+/// An error of whichever engine backs the store, kept whole.
+pub type EngineError = Box<dyn std::error::Error + Send + Sync>;
+
 impl StoreError {
+    /// The error with every cause, for the log (never for a response).
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full { .. } | StoreError::DiskFull(_))
     }

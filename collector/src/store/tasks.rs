@@ -26,6 +26,9 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// The exception type, when the task failed.
     pub exception: String,
+    /// Only slices of this task arrived, not its record (the agent dropped that batch), so
+    /// nothing but its id is known. Never stored: set on read.
+    pub record_lost: bool,
 }
 
 /// When a task ran, on which thread, and when it had become ready to.
@@ -118,6 +121,7 @@ pub fn decode_task(id: u64, bytes: &[u8]) -> Result<TaskRecord, CodecError> {
         name: get_str(bytes, &mut at)?,
         coro: get_str(bytes, &mut at)?,
         exception: get_str(bytes, &mut at)?,
+        record_lost: false,
     })
 }
 
@@ -180,6 +184,7 @@ mod tests {
             done_ns: Some(1_700_000_000_500_000_000),
             state: TaskState::Failed,
             exception: "ValueError".into(),
+            record_lost: false,
         };
         assert_eq!(decode_task(7, &encode_task(&t)), Ok(t.clone()));
         let pending = TaskRecord { done_ns: None, state: TaskState::Pending, exception: String::new(), ..t };
@@ -211,6 +216,7 @@ mod tests {
             done_ns: None,
             state: TaskState::Pending,
             exception: String::new(),
+            record_lost: false,
         });
         for cut in 0..good.len() {
             assert!(decode_task(1, &good[..cut]).is_err(), "cut at {cut}");

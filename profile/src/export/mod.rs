@@ -46,6 +46,26 @@ impl Format {
 }
 
 impl Format {
+    /// The HTTP content type of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Svg => "image/svg+xml",
+            Format::Collapsed => "text/plain; charset=utf-8",
+            Format::Speedscope | Format::Trace => "application/json",
+            Format::Pprof => "application/octet-stream",
+        }
+    }
+
+    /// The file name a browser should save a download as, for formats that are files to
+    /// open in another tool rather than pages to look at.
+    pub fn download_name(self) -> Option<&'static str> {
+        match self {
+            Format::Speedscope => Some("profile.speedscope.json"),
+            Format::Pprof => Some("profile.pb.gz"),
+            Format::Svg | Format::Collapsed | Format::Trace => None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Svg => "svg",

@@ -154,7 +154,7 @@ impl Interner<'_> {
         let id = match kind {
             Kind::Frame => {
                 let id = self.next_frame;
-                self.next_frame = id.checked_add(1).ok_or(StoreError::Storage("frame ids exhausted".into()))?;
+                self.next_frame = id.checked_add(1).ok_or(StoreError::Internal("frame ids exhausted".into()))?;
                 self.frames.insert(id, seal(&id.to_le_bytes(), &key).as_slice()).map_err(storage_error)?;
                 self.frame_ids
                     .insert(key.as_slice(), seal(&key, &id.to_le_bytes()).as_slice())
@@ -163,7 +163,7 @@ impl Interner<'_> {
             }
             Kind::Stack => {
                 let id = self.next_stack;
-                self.next_stack = id.checked_add(1).ok_or(StoreError::Storage("stack ids exhausted".into()))?;
+                self.next_stack = id.checked_add(1).ok_or(StoreError::Internal("stack ids exhausted".into()))?;
                 self.stacks.insert(id, seal(&id.to_le_bytes(), &key).as_slice()).map_err(storage_error)?;
                 self.stack_ids
                     .insert(key.as_slice(), seal(&key, &id.to_le_bytes()).as_slice())

@@ -39,21 +39,23 @@ pub const FILE_NAME: &str = "ember.redb";
 /// redb's page cache by default: what the store may keep of the file in memory.
 pub const DEFAULT_CACHE_BYTES: usize = 128 << 20;
 
+/// A redb error, as a disk-full error when an I/O error with `StorageFull` is among its
+/// causes (redb wraps I/O errors in several of its own).
 pub fn storage_error(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
-    if let redb::Error::Io(io) = &e {
-        if io.raw_os_error() == Some(ENOSPC) {
-            return StoreError::DiskFull(io.to_string());
+    let full = |io: &std::io::Error| io.kind() == std::io::ErrorKind::StorageFull;
+    if matches!(&e, redb::Error::Io(io) if full(io)) {
+        return StoreError::DiskFull(Box::new(e));
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>().is_some_and(full) {
+            return StoreError::DiskFull(Box::new(e));
         }
+        cause = c.source();
     }
-    let text = e.to_string();
-    if text.contains("No space left") {
-        return StoreError::DiskFull(text);
-    }
-    StoreError::Storage(text)
+    StoreError::Engine(Box::new(e))
 }
-
-const ENOSPC: i32 = 28;
 
 fn not_a_store(path: &Path, why: impl std::fmt::Display) -> StoreError {
     StoreError::NotAStore(format!(
@@ -76,12 +78,12 @@ fn builder(verify: bool, cache_bytes: usize) -> redb::Builder {
 pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, cache_bytes),
-        Err(e) => Err(StoreError::Storage(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(StoreError::Internal(format!("cannot read {}: {e}", path.display()))),
         Ok(m) if !m.is_file() => Err(not_a_store(path, "is not a regular file")),
         Ok(m) if m.len() == 0 => Err(not_a_store(path, "is empty (0 bytes), so it is not an ember store")),
         Ok(_) => {
             let db = builder(true, cache_bytes).open(path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Storage(format!(
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Internal(format!(
                     "{} is in use by another process (is another collector running on this --data-dir?)",
                     path.display()
                 )),
@@ -105,7 +107,7 @@ fn create(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::Internal(format!("cannot create {}: {e}", path.display())))?;
     let backend = redb::backends::FileBackend::new(file).map_err(storage_error)?;
     let db = builder(false, cache_bytes).create_with_backend(backend).map_err(storage_error)?;
     let txn = db.begin_write().map_err(storage_error)?;

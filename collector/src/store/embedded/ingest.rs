@@ -70,7 +70,7 @@ pub fn write(store: &EmbeddedStore, db: &Database, batch: &NewBatch) -> Result<O
                 Some(&sid) => sid,
                 None => {
                     let sid = next_series;
-                    next_series = sid.checked_add(1).ok_or(StoreError::Storage("series ids exhausted".into()))?;
+                    next_series = sid.checked_add(1).ok_or(StoreError::Internal("series ids exhausted".into()))?;
                     new_ids.insert(&series.labels, sid);
                     sid
                 }

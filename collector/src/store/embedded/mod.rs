@@ -56,7 +56,7 @@ impl EmbeddedStore {
     /// [`Self::open`] with `cache_bytes` of redb page cache.
     pub fn open_with_cache(dir: &Path, max_disk: Option<u64>, cache_bytes: usize) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| StoreError::Storage(format!("cannot create the data directory {}: {e}", dir.display())))?;
+            .map_err(|e| StoreError::Internal(format!("cannot create the data directory {}: {e}", dir.display())))?;
         let path = dir.join(file::FILE_NAME);
         let db = file::open(&path, cache_bytes)?;
         let health = seal::Health::default();
@@ -80,8 +80,8 @@ impl EmbeddedStore {
     /// Runs `f` on the database. A panic inside the storage engine (a damaged file can cause
     /// one) becomes a logged error and marks the store failed; its text goes nowhere else.
     fn with_db<T>(&self, what: &str, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let guard = self.db.read().map_err(|_| StoreError::Storage("database lock poisoned".into()))?;
-        let db = guard.as_ref().ok_or_else(|| StoreError::Storage("the database is being reopened".into()))?;
+        let guard = self.db.read().map_err(|_| StoreError::Internal("database lock poisoned".into()))?;
+        let db = guard.as_ref().ok_or_else(|| StoreError::Internal("the database is being reopened".into()))?;
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(db))) {
             Ok(result) => result,
             Err(panic) => {
@@ -90,7 +90,7 @@ impl EmbeddedStore {
                     panic_text(panic.as_ref())
                 );
                 self.health.fail();
-                Err(StoreError::Storage(format!("the storage engine failed during {what}")))
+                Err(StoreError::Internal(format!("the storage engine failed during {what}")))
             }
         }
     }
@@ -107,7 +107,7 @@ impl EmbeddedStore {
     }
 
     fn series_index(&self) -> Result<RwLockReadGuard<'_, SeriesIndex>, StoreError> {
-        self.index.read().map_err(|_| StoreError::Storage("series index lock poisoned".into()))
+        self.index.read().map_err(|_| StoreError::Internal("series index lock poisoned".into()))
     }
 
     fn matching_series(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesInfo>, StoreError> {
@@ -136,9 +136,9 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     fn ingest(&self, batch: &NewBatch) -> Result<IngestOutcome, StoreError> {
-        let _writer = self.writer.lock().map_err(|_| StoreError::Storage("writer lock poisoned".into()))?;
+        let _writer = self.writer.lock().map_err(|_| StoreError::Internal("writer lock poisoned".into()))?;
         if self.health.has_failed() {
-            return Err(StoreError::Storage("the storage engine failed earlier; restart the collector".into()));
+            return Err(StoreError::Internal("the storage engine failed earlier; restart the collector".into()));
         }
         if let Some(max) = self.max_disk {
             let used = self.disk_bytes();
@@ -191,7 +191,7 @@ impl Store for EmbeddedStore {
     }
 
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError> {
-        let _writer = self.writer.lock().map_err(|_| StoreError::Storage("writer lock poisoned".into()))?;
+        let _writer = self.writer.lock().map_err(|_| StoreError::Internal("writer lock poisoned".into()))?;
         let series: Vec<SeriesInfo> = self.series_index()?.series.values().cloned().collect();
         let mut report = RetentionReport::default();
         let dropped = self.with_db("retention", |db| {

@@ -195,13 +195,14 @@ pub fn tasks(
         for (id, first) in ran {
             found.tasks.push(TaskRecord {
                 id,
-                name: format!("(task {id}, record lost)"),
+                name: String::new(),
                 coro: String::new(),
                 parent: 0,
                 created_ns: first,
                 done_ns: None,
                 state: TaskState::Pending,
                 exception: String::new(),
+                record_lost: true,
             });
         }
         if !found.tasks.is_empty() || !found.slices.is_empty() {

@@ -145,6 +145,7 @@ fn task(id: u64, done_ms: Option<i64>) -> crate::store::TaskRecord {
         done_ns: done_ms.map(|d| d * 1_000_000),
         state: if done_ms.is_some() { crate::store::TaskState::Finished } else { crate::store::TaskState::Pending },
         exception: String::new(),
+        record_lost: false,
     }
 }
 
@@ -188,7 +189,10 @@ fn tasks_are_updated_in_place_and_expire_with_raw_data() {
     store.ingest(&with_tasks(3, vec![], vec![(9, T0 + 16)])).expect("ok");
     let found = store.tasks(&all(), range).expect("tasks");
     let orphan = found[0].tasks.iter().find(|t| t.id == 9).expect("placeholder for task 9");
-    assert_eq!(orphan.name, "(task 9, record lost)");
+    assert!(orphan.record_lost && orphan.name.is_empty(), "the store marks it; query names it");
+    let attribution = crate::query::tasks::Attribution::new(found.clone());
+    let named = attribution.task_at_id(found[0].series, 9).expect("task 9");
+    assert_eq!(named.name, "(task 9, record lost)");
     let report = store.apply_retention(T0 - 1, T0 + 20_000).expect("retention");
     assert_eq!(report.tasks_removed, 1);
     let left = store.tasks(&all(), range).expect("tasks");
