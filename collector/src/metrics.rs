@@ -41,19 +41,12 @@ pub struct Metrics {
     pub store_failed: Gauge,
 }
 
-pub const METRIC_NAMES: [&str; 11] = [
-    "ember_collector_batches_total",
-    "ember_collector_samples_total",
-    "ember_collector_task_slices_total",
-    "ember_collector_ingest_bytes_total",
-    "ember_collector_storage_bytes",
-    "ember_collector_query_duration_seconds",
-    "ember_collector_connections_refused_total",
-    "ember_collector_grpc_inflight_bytes",
-    "ember_collector_queries_refused_total",
-    "ember_collector_store_corrupt_records",
-    "ember_collector_store_failed",
-];
+/// Every value each label takes. Their series exist from start-up (at 0), so a dashboard's
+/// `rate()` has data before the first event, and the registry's output names every metric.
+pub const BATCH_RESULTS: [&str; 8] =
+    ["stored", "duplicate", "invalid", "too_large", "unauthenticated", "busy", "storage_full", "storage_error"];
+pub const ENDPOINTS: [&str; 5] = ["targets", "profile", "series", "diff", "timeline"];
+pub const SERVERS: [&str; 2] = ["grpc", "http"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -112,6 +105,17 @@ impl Metrics {
             "1 once the storage engine has failed (restart needed)",
             store_failed.clone(),
         );
+        for result in BATCH_RESULTS {
+            let _ = batches.get_or_create(&ResultLabel { result: result.into() });
+        }
+        for endpoint in ENDPOINTS {
+            let label = EndpointLabel { endpoint: endpoint.into() };
+            let _ = query_seconds.get_or_create(&label);
+            let _ = queries_refused.get_or_create(&label);
+        }
+        for server in SERVERS {
+            let _ = connections_refused.get_or_create(&ServerLabel { server: server.into() });
+        }
         Self {
             registry,
             queries_refused,
@@ -129,6 +133,7 @@ impl Metrics {
     }
 
     pub fn batch(&self, result: &str) {
+        debug_assert!(BATCH_RESULTS.contains(&result), "{result} is missing from BATCH_RESULTS");
         self.batches.get_or_create(&ResultLabel { result: result.to_string() }).inc();
     }
 
@@ -137,10 +142,12 @@ impl Metrics {
     }
 
     pub fn query_refused(&self, endpoint: &str) {
+        debug_assert!(ENDPOINTS.contains(&endpoint), "{endpoint} is missing from ENDPOINTS");
         self.queries_refused.get_or_create(&EndpointLabel { endpoint: endpoint.to_string() }).inc();
     }
 
     pub fn observe_query(&self, endpoint: &str, seconds: f64) {
+        debug_assert!(ENDPOINTS.contains(&endpoint), "{endpoint} is missing from ENDPOINTS");
         self.query_seconds.get_or_create(&EndpointLabel { endpoint: endpoint.to_string() }).observe(seconds);
     }
 

@@ -335,3 +335,31 @@ pub fn dashboard_metrics(path: &str) -> std::collections::HashSet<String> {
     }
     names
 }
+
+/// The metric names a Prometheus text exposition declares, as a dashboard queries them:
+/// a counter `x` is queried as `x_total`, a histogram by its own name.
+pub fn exported_metrics(exposition: &str) -> std::collections::HashSet<String> {
+    exposition
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("# TYPE ")?.split_whitespace();
+            let (name, kind) = (words.next()?, words.next()?);
+            Some(if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            })
+        })
+        .collect()
+}
+
+/// Checks that a dashboard queries every metric a binary exports, and nothing else.
+pub fn check_dashboard(path: &str, exposition: &str) {
+    let exported = exported_metrics(exposition);
+    assert!(!exported.is_empty(), "no metric in the exposition:\n{exposition}");
+    let used = dashboard_metrics(path);
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(unknown.is_empty(), "{path} queries metrics that are not exported: {unknown:?}");
+    let unused: Vec<_> = exported.difference(&used).collect();
+    assert!(unused.is_empty(), "exported metrics missing from {path}: {unused:?}");
+}

@@ -30,18 +30,9 @@ pub struct AgentMetrics {
     pub targets: Gauge,
 }
 
-pub const METRIC_NAMES: [&str; 10] = [
-    "ember_agent_samples_total",
-    "ember_agent_batches_total",
-    "ember_agent_sent_bytes_total",
-    "ember_agent_dropped_samples_total",
-    "ember_agent_lost_records_total",
-    "ember_agent_task_slices_total",
-    "ember_agent_lost_task_records_total",
-    "ember_agent_reconnects_total",
-    "ember_agent_buffer_bytes",
-    "ember_agent_targets",
-];
+/// What becomes of a batch: acknowledged, a resend the collector already had, dropped from a
+/// full buffer, or refused as invalid.
+pub const BATCH_RESULTS: [&str; 4] = ["acked", "duplicate", "dropped", "rejected"];
 
 impl Default for AgentMetrics {
     fn default() -> Self {
@@ -91,10 +82,16 @@ impl AgentMetrics {
         registry.register("reconnects", "Failed sends that led to a reconnect with backoff", m.reconnects.clone());
         registry.register("buffer_bytes", "Bytes of batches waiting for an ack", m.buffer_bytes.clone());
         registry.register("targets", "Processes being sampled", m.targets.clone());
+        // Every outcome's series exists from start-up (at 0), so the registry's output names
+        // every metric and a dashboard's rate() has data before the first event.
+        for result in BATCH_RESULTS {
+            let _ = m.batches.get_or_create(&ResultLabel { result: result.into() });
+        }
         AgentMetrics { registry, ..m }
     }
 
     pub fn batch(&self, result: &str) {
+        debug_assert!(BATCH_RESULTS.contains(&result), "{result} is missing from BATCH_RESULTS");
         self.batches.get_or_create(&ResultLabel { result: result.to_string() }).inc();
     }
 
