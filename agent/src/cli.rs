@@ -152,10 +152,13 @@ pub struct StreamArgs {
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
-    let valid = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if !valid {
+    if !ember_profile::grammar::is_label_name(k) {
         return Err(format!("{k:?} is not a label name (letters, digits and _, not starting with a digit)"));
+    }
+    if ember_profile::grammar::RESERVED_LABELS.contains(&k) {
+        return Err(format!(
+            "{k:?} is reserved: the collector sets it from the process (use --service for the service)"
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }
@@ -224,23 +227,7 @@ pub struct RecordArgs {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (s, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| format!("{s:?} is not a duration like 30, 30s, 500ms or 2m"))?;
-    if !value.is_finite() || value <= 0.0 {
-        return Err(format!("duration must be positive, got {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(value * scale))
+    ember_profile::grammar::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_stack_bytes(s: &str) -> Result<u32, String> {

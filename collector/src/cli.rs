@@ -92,13 +92,7 @@ pub struct Cli {
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::query::parse_duration_ms(s).and_then(|ms| {
-        if ms <= 0 {
-            Err(format!("{s:?} must be positive"))
-        } else {
-            Ok(Duration::from_millis(ms as u64))
-        }
-    })
+    ember_profile::grammar::parse_duration(s).map_err(|e| e.to_string())
 }
 
 pub fn parse_size(s: &str) -> Result<u64, String> {

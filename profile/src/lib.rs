@@ -3,6 +3,7 @@
 
 pub mod export;
 mod frame;
+pub mod grammar;
 pub mod view;
 
 pub use frame::{Frame, FrameKind};

@@ -31,23 +31,7 @@ pub const MAX_SAMPLE_WEIGHT: u32 = 1_000_000;
 pub const MIN_TIME_NS: i64 = 946_684_800_000_000_000;
 /// …to this far ahead of the collector's clock (agents' clocks may run a little ahead).
 pub const MAX_AHEAD_NS: i64 = 24 * 3_600_000_000_000;
-/// Labels the collector sets itself (from the process descriptor) or uses to select asyncio
-/// tasks; an agent's own labels may not use them.
-pub const RESERVED_LABELS: [&str; 13] = [
-    "host",
-    "pid",
-    "ns_pid",
-    "comm",
-    "exe",
-    "cmdline",
-    "service",
-    "container",
-    "pod",
-    "namespace",
-    "task",
-    "task_id",
-    "task_coro",
-];
+pub use ember_profile::grammar::RESERVED_LABELS;
 
 fn string(strings: &[String], index: u32, field: impl Fn() -> String) -> Result<&str, InvalidBatch> {
     strings.get(index as usize).map(String::as_str).ok_or_else(|| {
@@ -91,12 +75,6 @@ pub fn process_labels(p: &v1::Process) -> Labels {
         put(k, v.clone());
     }
     labels
-}
-
-fn valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The window of accepted times, as of now.
@@ -165,7 +143,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
         if process_index.insert(p.id, i).is_some() {
             return Err(invalid(format!("processes[{i}].id"), format!("id {} used twice", p.id)));
         }
-        if let Some(bad) = p.labels.keys().find(|k| !valid_label_name(k)) {
+        if let Some(bad) = p.labels.keys().find(|k| !ember_profile::grammar::is_label_name(k)) {
             return Err(invalid(format!("processes[{i}].labels"), format!("{bad:?} is not a valid label name")));
         }
         if let Some(bad) = p.labels.keys().find(|k| RESERVED_LABELS.contains(&k.as_str())) {

@@ -62,22 +62,11 @@ pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
     in_window(shifted.ok_or_else(|| format!("{t:?} is too far from now"))?, t)
 }
 
-/// `30s`, `5m`, `1h`, `7d`, `500ms`.
+/// A duration in milliseconds, in the grammar the agent's flags use too
+/// ([`ember_profile::grammar::parse_duration`]): `30s`, `5m`, `1h`, `7d`, `500ms`.
 pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: i64 = number.parse().map_err(|_| format!("{t:?} is not a duration like 30s, 5m, 1h or 7d"))?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        _ => return Err(format!("{t:?}: unknown unit {unit:?}; use ms, s, m, h, d or w")),
-    };
-    n.checked_mul(scale).ok_or_else(|| format!("{t:?} is too long"))
+    let d = ember_profile::grammar::parse_duration(text).map_err(|e| e.to_string())?;
+    i64::try_from(d.as_millis()).map_err(|_| format!("{:?} is too long", text.trim()))
 }
 
 /// `from` and `to` are both optional; the default is the last hour.
