@@ -158,13 +158,18 @@
       const t = this.timeAt(x);
       const slack = 3 * (this.viewTo - this.viewFrom) / this.plotWidth();
       const tasks = row.task ? [row.task] : row.group.tasks;
+      // The slice under the pointer; failing that, the nearest within a few pixels (slices
+      // narrower than a pixel are still reachable), never a neighbour of the one under it.
+      let near = null;
       for (const task of tasks) {
         for (let k = 0; k < task.slices.length; k++) {
           const s = task.slices[k];
-          if (t >= s[0] - slack && t <= s[1] + slack) return { row, task, slice: k };
+          if (t >= s[0] && t <= s[1]) return { row, task, slice: k };
+          const gap = t < s[0] ? s[0] - t : t - s[1];
+          if (gap <= slack && (!near || gap < near.gap)) near = { task, slice: k, gap };
         }
       }
-      return { row, task: row.task };
+      return near ? { row, task: near.task, slice: near.slice } : { row, task: row.task };
     }
 
     click(e) {

@@ -2,11 +2,9 @@
 //! program with the task monitor, streams samples and task activity into a real collector, and
 //! the HTTP API answers per-task questions.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 
 /// TaskGroups of one heavy and one light task the fixture runs.
 const ROUNDS: usize = 25;

@@ -2,14 +2,12 @@
 //! /readyz report the store degraded; damage redb can see, and files that are not an ember
 //! store, stop the start with a clear error. No answer carries internal error text.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use redb::ReadableTable;
 
-use common::*;
+use crate::common::*;
 
 /// Runs the collector on `dir` and expects it to refuse to start; returns its error line.
 fn refused_start(dir: &Path) -> String {

@@ -2,9 +2,7 @@
 //! recurse over, tens of thousands of processes in one batch, and values at the edges of
 //! what the protocol can carry.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::Code;
 
 fn names(prefix: &str, n: usize) -> Vec<String> {

@@ -1,6 +1,5 @@
 //! Helpers for the collector's end-to-end tests: a real collector on loopback, the real agent
 //! binary, a minimal HTTP client, and a raw gRPC client for malformed input.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

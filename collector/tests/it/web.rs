@@ -2,12 +2,10 @@
 //! npm; `.ci/run` installs both), against a collector fed by a real agent profiling a real
 //! python3.12 program.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn the_web_view_works_in_a_real_browser() {

@@ -2,8 +2,6 @@
 //! totals add up at every node, the depth is the deepest stack's, and the JSON is valid and
 //! holds every node, however deep.
 
-mod common;
-
 use ember_collector::query::tree;
 use ember_profile::view::ViewBuilder;
 use ember_profile::{Frame, FrameKind};
@@ -50,8 +48,8 @@ proptest! {
         }
         let json = String::from_utf8(t.to_json()).expect("UTF-8");
         let nodes = t.len();
-        let (parsed_nodes, parsed_total) = common::with_big_stack(move || {
-            let value = common::parse_json(&json);
+        let (parsed_nodes, parsed_total) = crate::common::with_big_stack(move || {
+            let value = crate::common::parse_json(&json);
             let mut count = 0usize;
             let mut stack = vec![&value];
             while let Some(n) = stack.pop() {

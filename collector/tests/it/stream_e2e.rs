@@ -1,11 +1,9 @@
 //! A real agent streaming a real python3.12 target into a real collector on loopback.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn the_flame_graph_over_http_matches_the_workload() {

@@ -1,12 +1,10 @@
 //! Queries that would take more than the collector can give: bounded in number and memory,
 //! answered 503 with Retry-After; and batches of new frames that no longer grow memory.
 
-mod common;
-
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `n` samples of a handful of stacks, spread over threads.
 fn many_samples(sequence: u64, n: usize) -> ember_proto::v1::Batch {

@@ -2,11 +2,9 @@
 //! and unauthenticated batches, retention, and a full disk. A raw gRPC client stands in for
 //! agents that misbehave.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ember_proto::v1::ingest_client::IngestClient;
 use ember_proto::v1::{self, Batch};
 use tonic::Code;

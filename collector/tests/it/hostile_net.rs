@@ -2,13 +2,11 @@
 //! connections and close idle ones, so file descriptors and memory stay bounded and the
 //! agents' (token-protected) ingest keeps working through a flood.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
