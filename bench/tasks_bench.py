@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Overhead of ember's asyncio task monitor (agent/python/ember_monitor.py).
+"""Overhead of ember's asyncio task monitor (agent/python/ember_monitor/).
 
     python3.12 bench/tasks_bench.py [--rounds 7] [--instructions] [--agent target/release/ember-agent]
 
 The monitor is taken from the agent (`ember-agent export-monitor`), so the native fast path
 (_ember_accel) is measured as the agent ships it; "pure Python" turns it off
-(EMBER_MONITOR_ACCEL=0), as for a program that imports ember_monitor.py alone.
+(EMBER_MONITOR_ACCEL=0), as for a program that imports the ember_monitor package alone.
 
 Each configuration runs in a fresh interpreter pinned to one CPU; the time is the minimum of N
 rounds, plain and monitored interleaved, as in ../shared/reference/asyncio-monitoring.md, where
