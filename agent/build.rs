@@ -12,6 +12,8 @@ fn main() {
     let source = "accel/ember_accel.rs";
     // The whole directory: the root file's `mod` declarations pull in the files beside it.
     println!("cargo:rerun-if-changed=accel");
+    // The ring format's constants, which the accel crate includes with #[path].
+    println!("cargo:rerun-if-changed=src/tasks/format.rs");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dir = out_dir.join("accel");
     std::fs::create_dir_all(&dir).expect("create OUT_DIR/accel");

@@ -22,10 +22,15 @@
 //! The crate's modules (rustc follows `mod` from this root file, so it is still one crate):
 //! - [`ffi`]: the hand-declared C-API and thin helpers over it;
 //! - [`ring`]: the ring writer, the process's one ring and its write position;
+//! - [`format`]: the ring format's constants (`agent/src/tasks/format.rs`, shared with the agent);
 //! - [`entry`]: the module's builtin functions and `PyInit__ember_accel`.
 
 mod entry;
 mod ffi;
+// The ring format's constants, shared with the agent's reader: one home for both.
+#[allow(dead_code)]
+#[path = "../src/tasks/format.rs"]
+mod format;
 mod ring;
 
 pub use entry::PyInit__ember_accel;

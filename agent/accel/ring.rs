@@ -10,15 +10,19 @@ use crate::ffi::{
     PYBUF_WRITABLE,
 };
 
-// The constants match ember_monitor.py and agent/src/tasks/ring.rs.
-pub const RING_VERSION: i64 = 2;
-const HEADER_WORDS: usize = 8;
-const RECORD_WORDS: usize = 2;
-const PUBLISHED: usize = 3;
-const LAP: usize = 4;
-pub const START: i64 = 1;
-pub const STOP: i64 = 2;
-pub const READY: i64 = 13;
+use crate::format::{self, LAP, PUBLISHED};
+
+// The format's constants in the types the writer computes with.
+pub const RING_VERSION: i64 = format::VERSION as i64;
+const HEADER_WORDS: usize = format::HEADER_SIZE as usize / 8;
+const RECORD_WORDS: usize = format::RECORD_SIZE as usize / 8;
+const MIN_SLOTS: i64 = format::MIN_SLOTS as i64;
+const MAX_SLOTS: i64 = format::MAX_SLOTS as i64;
+const SLOTS: usize = format::SLOTS;
+const LAYOUT: usize = format::LAYOUT;
+pub const START: i64 = format::START as i64;
+pub const STOP: i64 = format::STOP as i64;
+pub const READY: i64 = format::READY as i64;
 
 pub struct Ring {
     buffer: PyBuffer,
@@ -126,10 +130,10 @@ pub unsafe fn open(buffer_object: *mut PyObject, objects: &[*mut PyObject; 4]) -
         let words = buffer.buf as *const AtomicI64;
         let header_bytes = (HEADER_WORDS * 8) as isize;
         let valid = buffer.len >= header_bytes && words.is_aligned() && {
-            let version = (*words.add(1)).load(Ordering::Relaxed) & 0xFFFF_FFFF;
-            let slots = (*words.add(2)).load(Ordering::Relaxed);
+            let version = (*words.add(LAYOUT)).load(Ordering::Relaxed) & 0xFFFF_FFFF;
+            let slots = (*words.add(SLOTS)).load(Ordering::Relaxed);
             version == RING_VERSION
-                && (64..=1 << 24).contains(&slots)
+                && (MIN_SLOTS..=MAX_SLOTS).contains(&slots)
                 && header_bytes + slots as isize * (RECORD_WORDS * 8) as isize <= buffer.len
         };
         if !valid {
@@ -137,7 +141,7 @@ pub unsafe fn open(buffer_object: *mut PyObject, objects: &[*mut PyObject; 4]) -
             raise(PyExc_ValueError, c"init: not an ember ring of version 2");
             return false;
         }
-        let slots = (*words.add(2)).load(Ordering::Relaxed) as usize;
+        let slots = (*words.add(SLOTS)).load(Ordering::Relaxed) as usize;
         close();
         for &object in objects {
             Py_IncRef(object);

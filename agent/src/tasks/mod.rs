@@ -6,6 +6,9 @@
 //! [`bootstrap`] starts it in commands ember launches.
 
 pub mod bootstrap;
+pub mod format;
+#[cfg(test)]
+mod format_check;
 pub mod ring;
 pub mod shared;
 pub mod timeline;
