@@ -24,6 +24,7 @@ The package's modules:
 - _monitor: one process's monitor (strings, code objects, loops, asyncio's hooks call it);
 - here: start(), stop(), and the hooks into asyncio.
 """
+
 import os
 import sys
 

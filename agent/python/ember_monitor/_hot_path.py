@@ -28,6 +28,7 @@ Why the pure-Python hot path looks the way it does (each point was measured; doc
 - Header words are subscripted with literals (3 = PUBLISHED, 4 = LAP): a constant, not a global
   lookup per record.
 """
+
 from ._ring import READY, START, STOP
 
 
@@ -58,8 +59,9 @@ def python_hot_path(ring, monitor):
 
     `reserve()` is that reservation as a function. The per-step writers (on_start, on_yield,
     on_yield_multi, call_soon) inline it: calling it there cost 4.5% more instructions per task
-    on the worst case (bench/tasks_bench.py --instructions, pure Python: 316,653 against 303,074). One function of closures over shared cells, so
-    longer than usual: splitting it would put an attribute or a call back on the hot path."""
+    on the worst case (bench/tasks_bench.py --instructions, pure Python: 316,653 against
+    303,074). One function of closures over shared cells, so longer than usual: splitting it
+    would put an attribute or a call back on the hot path."""
     import time
 
     words, values, header = ring.words, ring.values, ring.header

@@ -1,5 +1,6 @@
 """The monitor of one process: the ring and its writers (made when a loop is first used), the
 watched code objects, interned strings, loop ids, and what asyncio's hooks call."""
+
 import _thread
 import sys
 

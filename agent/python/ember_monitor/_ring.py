@@ -4,6 +4,7 @@ views the writers store through.
 These constants are the Python copy of the ring format. agent/src/tasks/format.rs is their Rust
 home (the agent's reader and _ember_accel share it); agent/src/tasks/format_check.rs fails when
 any of them, or the table in docs/TASK_RING.md, differs."""
+
 import os
 
 MEMFD_NAME = "ember-task-ring"

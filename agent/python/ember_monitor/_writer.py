@@ -1,6 +1,7 @@
 """The records written once per task or per coroutine, not per step (creation, the last step's
 end, throws), the task factories, and the sys.monitoring callbacks for them; all written in
 terms of a HotPath's `put1` and `put2`."""
+
 import sys
 
 from ._ring import (
