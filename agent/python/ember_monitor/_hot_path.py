@@ -58,10 +58,9 @@ def python_hot_path(ring, monitor):
     bytes) per slot: the price of a slot reservation that allocates nothing.
 
     `reserve()` is that reservation as a function. The per-step writers (on_start, on_yield,
-    on_yield_multi, call_soon) inline it: calling it there cost 4.5% more instructions per task
-    on the worst case (bench/tasks_bench.py --instructions, pure Python: 316,653 against
-    303,074). One function of closures over shared cells, so longer than usual: splitting it
-    would put an attribute or a call back on the hot path."""
+    on_yield_multi, call_soon) inline it: calling it there costs the worst case several percent
+    more instructions per task (docs/BENCHMARKS.md). One function of closures over shared cells,
+    so longer than usual: splitting it would put an attribute or a call back on the hot path."""
     import time
 
     words, values, header = ring.words, ring.values, ring.header
