@@ -1,4 +1,5 @@
-//! Builds `_ember_accel`, the task monitor's native fast path (accel/ember_accel.rs), as a
+//! Builds `_ember_accel`, the task monitor's native fast path (the crate rooted at
+//! accel/ember_accel.rs, whose modules rustc finds next to it), as a
 //! CPython extension module for the agent to embed. It is compiled with rustc directly: it has
 //! no dependencies, and cargo cannot build a second artifact of another crate type for
 //! embedding without a nested cargo build.
@@ -9,7 +10,10 @@ use std::process::Command;
 
 fn main() {
     let source = "accel/ember_accel.rs";
-    println!("cargo:rerun-if-changed={source}");
+    // The whole directory: the root file's `mod` declarations pull in the files beside it.
+    println!("cargo:rerun-if-changed=accel");
+    // The ring format's constants, which the accel crate includes with #[path].
+    println!("cargo:rerun-if-changed=src/tasks/format.rs");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dir = out_dir.join("accel");
     std::fs::create_dir_all(&dir).expect("create OUT_DIR/accel");

@@ -1,5 +1,6 @@
 """Fixed CPU work (call-heavy and loop-heavy), for measuring profiler overhead.
 Prints `elapsed <seconds>` for the work alone, excluding interpreter start-up."""
+
 import os
 import sys
 import time

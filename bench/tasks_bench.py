@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Overhead of ember's asyncio task monitor (agent/python/ember_monitor.py).
+"""Overhead of ember's asyncio task monitor (agent/python/ember_monitor/).
 
     python3.12 bench/tasks_bench.py [--rounds 7] [--instructions] [--agent target/release/ember-agent]
 
 The monitor is taken from the agent (`ember-agent export-monitor`), so the native fast path
 (_ember_accel) is measured as the agent ships it; "pure Python" turns it off
-(EMBER_MONITOR_ACCEL=0), as for a program that imports ember_monitor.py alone.
+(EMBER_MONITOR_ACCEL=0), as for a program that imports the ember_monitor package alone.
 
 Each configuration runs in a fresh interpreter pinned to one CPU; the time is the minimum of N
 rounds, plain and monitored interleaved, as in ../shared/reference/asyncio-monitoring.md, where
@@ -17,6 +17,7 @@ Wall time on a shared VM moves 10-20% between runs, so --instructions also count
 with valgrind (callgrind), which is deterministic: per task, from runs with N and 2N tasks, so
 interpreter start-up cancels out. Workloads run with the current directory at /, because
 `python -c` puts the current directory first on sys.path."""
+
 import argparse
 import os
 import re
@@ -26,7 +27,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-WORKLOAD = r'''
+WORKLOAD = r"""
 import asyncio, os, sys, time
 os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 mode, kind = sys.argv[1], sys.argv[2]
@@ -72,7 +73,7 @@ if kind == "no-asyncio":
     print(time.thread_time() - start)
 else:
     asyncio.run(main())
-'''
+"""
 
 MODES = ["plain", "monitor", "monitor-nolag", "python"]
 LABELS = {
@@ -82,8 +83,13 @@ LABELS = {
     "service-eager": "the same, eager_task_factory",
     "no-asyncio": "a program that never uses asyncio",
 }
-TARGETS = {"worst": "≤ 1.25×", "worst-eager": "≤ 1.25×", "service": "≤ 1.02×", "service-eager": "≤ 1.02×",
-           "no-asyncio": "nothing measurable"}
+TARGETS = {
+    "worst": "≤ 1.25×",
+    "worst-eager": "≤ 1.25×",
+    "service": "≤ 1.02×",
+    "service-eager": "≤ 1.02×",
+    "no-asyncio": "nothing measurable",
+}
 
 
 MONITOR_DIR = None  # where the agent exported the monitor
@@ -97,20 +103,29 @@ def env(tasks=None):
 
 
 def run(python, mode, kind):
-    out = subprocess.run([python, "-c", WORKLOAD, mode, kind], capture_output=True, text=True, env=env(),
-                         check=True, cwd="/")
+    out = subprocess.run(
+        [python, "-c", WORKLOAD, mode, kind], capture_output=True, text=True, env=env(), check=True, cwd="/"
+    )
     return float(out.stdout.strip())
 
 
 def instructions(python, mode, kind, tasks):
-    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-c", WORKLOAD,
-                          mode, kind], capture_output=True, text=True, env=env(tasks), check=True, cwd="/")
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", python, "-c", WORKLOAD, mode, kind],
+        capture_output=True,
+        text=True,
+        env=env(tasks),
+        check=True,
+        cwd="/",
+    )
     return int(re.search(r"Collected : (\d+)", out.stderr).group(1))
 
 
 def per_task(python, mode, kind):
     tasks = (lambda n: n) if kind.startswith("worst") else (lambda n: n // 33)
-    return (instructions(python, mode, kind, 4000) - instructions(python, mode, kind, 2000)) / (tasks(4000) - tasks(2000))
+    return (instructions(python, mode, kind, 4000) - instructions(python, mode, kind, 2000)) / (
+        tasks(4000) - tasks(2000)
+    )
 
 
 def export_monitor(agent, into):
@@ -134,8 +149,10 @@ def main():
 
 
 def report(args):
-    header = ("| workload | plain | monitor | slowdown | lag off | slowdown | pure Python | slowdown | target |\n"
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    header = (
+        "| workload | plain | monitor | slowdown | lag off | slowdown | pure Python | slowdown | target |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     print(f"python {args.python}, {args.rounds} rounds, minimum, pinned to one CPU; CPU seconds\n")
     print(header)
     for kind, label in LABELS.items():
@@ -144,15 +161,19 @@ def report(args):
             for m in MODES:
                 times[m].append(run(args.python, m, kind))
         b, m, n, p = (min(times[x]) for x in MODES)
-        print(f"| {label} | {b:.3f} | {m:.3f} | {m / b:.3f}× | {n:.3f} | {n / b:.3f}× | {p:.3f} | {p / b:.3f}× "
-              f"| {TARGETS[kind]} |")
+        print(
+            f"| {label} | {b:.3f} | {m:.3f} | {m / b:.3f}× | {n:.3f} | {n / b:.3f}× | {p:.3f} | {p / b:.3f}× "
+            f"| {TARGETS[kind]} |"
+        )
     if args.instructions:
         print("\nInstructions per task (callgrind, N = 4000 minus N = 2000 tasks):\n")
         print(header)
         for kind in ["worst", "worst-eager", "service", "service-eager"]:
             b, m, n, p = (per_task(args.python, x, kind) for x in MODES)
-            print(f"| {LABELS[kind]} | {b:,.0f} | {m:,.0f} | {m / b:.3f}× | {n:,.0f} | {n / b:.3f}× | {p:,.0f} "
-                  f"| {p / b:.3f}× | {TARGETS[kind]} |")
+            print(
+                f"| {LABELS[kind]} | {b:,.0f} | {m:,.0f} | {m / b:.3f}× | {n:,.0f} | {n / b:.3f}× | {p:,.0f} "
+                f"| {p / b:.3f}× | {TARGETS[kind]} |"
+            )
 
 
 if __name__ == "__main__":

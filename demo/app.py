@@ -2,6 +2,7 @@
 per request, which parses it, waits on a (simulated) stock service, prices it and renders a
 receipt; a `reporter` task summarises every 100 ms; a worker thread checksums the stock table.
 Runs for DEMO_SECONDS (default 8)."""
+
 import asyncio
 import json
 import os

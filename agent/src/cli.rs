@@ -34,7 +34,7 @@ pub enum Command {
     Record(RecordArgs),
     /// Sample continuously and send the samples to an ember-collector.
     Stream(StreamArgs),
-    /// Write the asyncio task monitor (ember_monitor.py and its native fast path) into a
+    /// Write the asyncio task monitor (the ember_monitor package and its native fast path) into a
     /// directory, for programs that start it themselves: put the directory on PYTHONPATH, then
     /// `import ember_monitor; ember_monitor.start()`.
     ExportMonitor(ExportMonitorArgs),

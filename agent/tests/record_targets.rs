@@ -21,13 +21,32 @@ fn only_child(pid: u32) -> u32 {
 /// Runs `fixture` with python3.12 as PID 1 of a new PID namespace with a private /tmp, like a
 /// container, once it has printed "ready 1". Returns the wrapper and the target's host PID.
 /// Files are read before the private /tmp hides them (the checkout may live under /tmp); with
-/// `with_monitor`, ember_monitor.py is copied into the new /tmp and put on PYTHONPATH.
+/// `with_monitor`, every file of the ember_monitor package is copied into the new /tmp, which
+/// is put on PYTHONPATH.
 fn spawn_in_namespace(fixture_name: &str, with_monitor: bool) -> (Target, u32) {
-    let monitor = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/ember_monitor.py");
     let install_monitor = if with_monitor {
+        let package = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/ember_monitor");
+        let mut files: Vec<_> = std::fs::read_dir(&package)
+            .expect("the monitor's package")
+            .map(|entry| entry.expect("a file of the monitor's package").path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "py"))
+            .collect();
+        files.sort();
+        // Each file into a shell variable before the new /tmp hides it, then out again.
+        let read: Vec<String> =
+            files.iter().enumerate().map(|(i, path)| format!("f{i}=$(cat {})", path.display())).collect();
+        let write: Vec<String> = files
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                let name = path.file_name().expect("a file name").to_string_lossy();
+                format!("printf '%s\\n' \"$f{i}\" > /tmp/ember/ember_monitor/{name}")
+            })
+            .collect();
         format!(
-            "mon=$(cat {}) && mount -t tmpfs tmpfs /tmp && mkdir /tmp/ember && printf '%s\\n' \"$mon\" > /tmp/ember/ember_monitor.py && export PYTHONPATH=/tmp/ember",
-            monitor.display()
+            "{} && mount -t tmpfs tmpfs /tmp && mkdir -p /tmp/ember/ember_monitor && {} && export PYTHONPATH=/tmp/ember",
+            read.join(" && "),
+            write.join(" && ")
         )
     } else {
         "mount -t tmpfs tmpfs /tmp".to_string()

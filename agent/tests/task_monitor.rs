@@ -1,4 +1,4 @@
-//! The asyncio task monitor (agent/python/ember_monitor.py) in real python3.12 programs,
+//! The asyncio task monitor (agent/python/ember_monitor/) in real python3.12 programs,
 //! read back through the agent's ring reader.
 
 mod common;

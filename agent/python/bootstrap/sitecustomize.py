@@ -1,6 +1,7 @@
-"""Written by ember-agent next to ember_monitor.py in a private directory put first on the
+"""Written by ember-agent next to the ember_monitor package in a private directory put first on the
 PYTHONPATH of a command it launches: starts the asyncio task monitor without any change to
 the program, then runs the sitecustomize this file shadows, if there is one."""
+
 import importlib.machinery
 import importlib.util
 import os

@@ -1,11 +1,14 @@
-//! asyncio task activity, recorded inside the target by `agent/python/ember_monitor.py`
+//! asyncio task activity, recorded inside the target by `agent/python/ember_monitor/`
 //! (sys.monitoring) and read here from its shared-memory ring. See ARCHITECTURE.md.
 //!
-//! The module is embedded in the agent ([`MONITOR_SOURCE`]) so nothing has to be installed in
+//! The package is embedded in the agent ([`MONITOR_FILES`]) so nothing has to be installed in
 //! the target's environment, with its optional native fast path ([`ACCEL_LIBRARY`]);
 //! [`bootstrap`] starts it in commands ember launches.
 
 pub mod bootstrap;
+pub mod format;
+#[cfg(test)]
+mod format_check;
 pub mod ring;
 pub mod shared;
 pub mod timeline;
@@ -15,8 +18,15 @@ use std::time::{Duration, Instant};
 
 use crate::process::Pid;
 
-/// The monitor's Python source, as shipped inside the agent binary.
-pub const MONITOR_SOURCE: &str = include_str!("../../python/ember_monitor.py");
+/// The monitor's Python package (`ember_monitor/`), as shipped inside the agent binary: each
+/// file's path under the directory that goes on `PYTHONPATH`, and its source.
+pub const MONITOR_FILES: &[(&str, &str)] = &[
+    ("ember_monitor/__init__.py", include_str!("../../python/ember_monitor/__init__.py")),
+    ("ember_monitor/_ring.py", include_str!("../../python/ember_monitor/_ring.py")),
+    ("ember_monitor/_hot_path.py", include_str!("../../python/ember_monitor/_hot_path.py")),
+    ("ember_monitor/_writer.py", include_str!("../../python/ember_monitor/_writer.py")),
+    ("ember_monitor/_monitor.py", include_str!("../../python/ember_monitor/_monitor.py")),
+];
 
 /// `_ember_accel`, the monitor's per-step work in native code (agent/accel/ember_accel.rs,
 /// built by build.rs for the CPython 3.12+ stable ABI). The monitor uses it when it imports,

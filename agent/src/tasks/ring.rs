@@ -9,25 +9,14 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-pub const MAGIC: &[u8; 8] = b"EMBRING2";
-pub const HEADER_SIZE: u64 = 64;
-pub const RECORD_SIZE: u64 = 16;
-pub const VERSION: u64 = 2;
-/// Tagged words have bit 62 set; a first word below it is a bare STOP, i.e. a time.
-const TAG: u64 = 1 << 62;
-/// Header words.
-const PUBLISHED: usize = 3;
-const LAP: usize = 4;
-const WRITER_PID: usize = 5;
-const FLAGS: usize = 6;
-const CREATED: usize = 7;
-/// Header flag: the records are written by `_ember_accel`, the monitor's native fast path.
-const FLAG_NATIVE: u64 = 2;
+use super::format::{
+    CREATE, CREATED, DEFAULT_NAME, DONE, EXTRA_BITS, EXTRA_SHIFT, FLAGS, FLAGS_BITS, FLAGS_SHIFT, FLAG_NATIVE, ID_BITS,
+    ID_SHIFT, KIND_BITS, LAP, LAYOUT, LOOP, MAGIC_WORD, MAX_SLOTS, MAX_STRING, MIN_SLOTS, MODE, NAME, OUT_CANCELLED,
+    OUT_EXCEPTION, PUBLISHED, READY, SLOTS, START, STOP, STRING, STRING_DATA, TAG, TASK, THREAD, WRITER_PID,
+};
+pub use super::format::{HEADER_SIZE, MAGIC, RECORD_SIZE, VERSION};
 /// A reader racing the writer retries the header this often before calling it "nothing new".
 const HEADER_RETRIES: usize = 100;
-/// Bounds on what a ring header may claim, so a hostile file cannot make us allocate much.
-const MIN_SLOTS: u64 = 64;
-const MAX_SLOTS: u64 = 1 << 24;
 /// Records the writer may have stored beyond the published position (bare STOPs).
 const UNPUBLISHED_MARGIN: u64 = 64;
 /// Records copied per read, so a large backlog is read in bounded pieces.
@@ -35,22 +24,10 @@ const CHUNK_RECORDS: u64 = 1 << 16;
 /// Strings whose bytes are still arriving; more means a broken writer.
 const MAX_PENDING_STRINGS: usize = 1024;
 
-const START: u64 = 1;
-const STOP: u64 = 2;
-const DONE: u64 = 3;
-const CREATE: u64 = 4;
-const TASK: u64 = 5;
-const NAME: u64 = 7;
-const STRING: u64 = 8;
-const STRING_DATA: u64 = 9;
-const LOOP: u64 = 10;
-const THREAD: u64 = 11;
-const MODE: u64 = 12;
-const READY: u64 = 13;
-/// CREATE flag: the name is asyncio's default `Task-N`, and the TASK record holds N.
-const DEFAULT_NAME: u64 = 1;
-/// Strings are at most this long (the writer truncates).
-const MAX_STRING: u64 = 4096;
+/// The bits of a tagged word's field of `bits` bits at `shift`.
+const fn field(word: u64, shift: u32, bits: u32) -> u64 {
+    (word >> shift) & ((1 << bits) - 1)
+}
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +140,9 @@ impl Decoder {
                 out.push(TaskEvent::Stopped { task: None, time: info as i64 });
                 continue;
             }
-            let kind = info & 0xff;
-            let flags = (info >> 8) & 0xff;
-            let id = ((info >> 16) & 0xffff_ffff) as u32;
+            let kind = field(info, 0, KIND_BITS);
+            let flags = field(info, FLAGS_SHIFT, FLAGS_BITS);
+            let id = field(info, ID_SHIFT, ID_BITS) as u32;
             let time = value as i64;
             if kind != TASK {
                 self.pending_create = None;
@@ -179,14 +156,14 @@ impl Decoder {
                 DONE => out.push(TaskEvent::Done {
                     task: id,
                     outcome: match flags {
-                        1 => Outcome::Exception,
-                        2 => Outcome::Cancelled,
+                        OUT_EXCEPTION => Outcome::Exception,
+                        OUT_CANCELLED => Outcome::Cancelled,
                         _ => Outcome::Result,
                     },
-                    exception: (flags == 1).then(|| self.string(value)),
+                    exception: (flags == OUT_EXCEPTION).then(|| self.string(value)),
                 }),
                 CREATE => {
-                    let loop_id = ((info >> 48) & 0x3fff) as u32;
+                    let loop_id = field(info, EXTRA_SHIFT, EXTRA_BITS) as u32;
                     self.pending_create = Some((id, time, flags & DEFAULT_NAME != 0, loop_id));
                 }
                 TASK => {
@@ -287,16 +264,16 @@ impl RingReader {
 
     fn read_layout(&mut self) -> Result<(), RingError> {
         let h = self.header()?;
-        let layout_ok = h[0].to_le_bytes() == *MAGIC
-            && h[1] & 0xffff_ffff == VERSION
-            && h[1] >> 32 == RECORD_SIZE
-            && (MIN_SLOTS..=MAX_SLOTS).contains(&h[2])
-            && h[2].is_power_of_two();
+        let layout_ok = h[MAGIC_WORD].to_le_bytes() == *MAGIC
+            && h[LAYOUT] & 0xffff_ffff == VERSION
+            && h[LAYOUT] >> 32 == RECORD_SIZE
+            && (MIN_SLOTS..=MAX_SLOTS).contains(&h[SLOTS])
+            && h[SLOTS].is_power_of_two();
         let file_len = self.file.metadata().map_err(io(&self.path))?.len();
-        if !layout_ok || file_len < HEADER_SIZE + h[2] * RECORD_SIZE {
+        if !layout_ok || file_len < HEADER_SIZE + h[SLOTS] * RECORD_SIZE {
             return Err(RingError::NotARing(self.path.clone()));
         }
-        self.slots = h[2];
+        self.slots = h[SLOTS];
         self.created = h[CREATED];
         self.read_pos = 0;
         self.decoder = Decoder::default();

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
+use super::format::WRITER_PID;
 use super::ring::{RingError, RingReader, HEADER_SIZE, MAGIC, RECORD_SIZE, VERSION};
 use crate::process::Pid;
 
@@ -26,8 +27,8 @@ use crate::process::Pid;
 pub const MEMFD_NAME: &str = "ember-task-ring";
 /// The variable that tells the monitor which descriptor is its ring.
 pub const RING_FD_ENV: &str = "EMBER_TASK_RING_FD";
-/// Byte offset of the writer's pid in the header (word 5).
-const PID_OFFSET: u64 = 40;
+/// Byte offset of the writer's pid in the header.
+const PID_OFFSET: u64 = WRITER_PID as u64 * 8;
 /// Slots of a ring the agent makes: 2 MiB of records, the monitor's own default.
 pub const DEFAULT_SLOTS: u64 = 1 << 17;
 /// Descriptors looked at per process when searching for its ring.
