@@ -1,10 +1,10 @@
 //! `_ember_accel`: the asyncio task monitor's per-step work in native code, an optional fast
-//! path for `agent/python/ember_monitor.py`, which works the same without it.
+//! path for `agent/python/ember_monitor/`, which works the same without it.
 //!
 //! Why it exists: in pure Python, a sys.monitoring callback costs a Python call, and every
 //! step of every task fires two of them (start and end), plus a `call_soon` wrapper for the
-//! event-loop lag. That puts the worst case (tasks that do nothing but await) at ~1.45-1.6x
-//! (docs/BENCHMARKS.md). Callbacks that are builtin functions cost a fraction of that.
+//! event-loop lag. That makes the worst case (tasks that do nothing but await) far costlier
+//! than builtin callbacks (measured in docs/BENCHMARKS.md).
 //!
 //! What it is: a CPython extension module for the stable ABI (abi3) of 3.12+, GIL builds only.
 //! `agent/build.rs` compiles this crate with rustc (no crates: a build script cannot link
