@@ -1,12 +1,10 @@
 //! Every way `record` can be given bad input or lose its target: a clear message, the right
 //! exit status, no panic, and no lost data.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn assert_no_panic(err: &str) {
     assert!(!err.contains("panicked"), "ember panicked:\n{err}");

@@ -1,12 +1,10 @@
 //! `record` against real Python 3.12 processes: the stacks must be complete and right.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn nested_chain_has_known_shares_and_module_at_the_root() {

@@ -1,12 +1,10 @@
 //! The asyncio task monitor (agent/python/ember_monitor/) in real python3.12 programs,
 //! read back through the agent's ring reader.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use std::sync::Arc;
 
 use ember_agent::tasks::ring::Outcome;

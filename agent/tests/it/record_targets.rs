@@ -1,11 +1,9 @@
 //! Targets in other namespaces, and kernel frames.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The host PID of the only child of `pid`.
 fn only_child(pid: u32) -> u32 {

@@ -1,5 +1,4 @@
 //! The agent's test helpers: the shared testkit plus a command for this crate's binary.
-#![allow(dead_code)]
 
 use std::process::Command;
 

@@ -1,10 +1,8 @@
 //! The four output formats, read back with the tools' own rules.
 
-mod common;
-
 use std::io::Read;
 
-use common::*;
+use crate::common::*;
 use prost::Message;
 
 fn record_to(name: &str, extra: &[&str]) -> (std::path::PathBuf, tempfile::TempDir, String) {

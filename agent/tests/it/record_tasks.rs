@@ -1,11 +1,9 @@
 //! `record` with the asyncio task monitor bootstrapped into the launched command, and the
 //! Chrome trace output joining tasks and samples.
 
-mod common;
-
 use std::collections::HashMap;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_trace_has_a_track_per_task_and_samples_attributed_to_tasks() {

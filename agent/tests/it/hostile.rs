@@ -3,12 +3,10 @@
 //! for real: planted files are made through `setpriv`, and the hostile targets drop to it
 //! themselves. Targets get a private /tmp (`unshare --mount`), so nothing leaks into the host's.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const NOBODY: &str = "65534";
 

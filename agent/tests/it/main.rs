@@ -1,0 +1,16 @@
+//! The agent's integration tests, one binary so they link once: real Python processes, the
+//! real kernel's perf events, real namespaces and a real unprivileged user.
+
+// Each test module uses its own share of the helpers.
+#[allow(dead_code)]
+mod common;
+
+mod dashboards;
+mod hostile;
+mod properties;
+mod record_errors;
+mod record_outputs;
+mod record_stacks;
+mod record_targets;
+mod record_tasks;
+mod task_monitor;
