@@ -119,7 +119,9 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServerError
     TcpListener::bind(addr).await.map_err(|source| ServerError::Listen { what, addr: addr.to_string(), source })
 }
 
-/// Runs until `shutdown` completes. `on_bound` learns the listening addresses first.
+/// Runs until `shutdown` completes. `on_bound` learns the listening addresses first. Long
+/// because it wires every part (store, limits, both listeners, retention, shutdown) in the
+/// order they depend on each other; each step is a few lines.
 pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -72,6 +72,10 @@ fn accept(buffer: &mut SendBuffer, config: &SenderConfig, metrics: &AgentMetrics
     metrics.buffer_bytes.set(buffer.bytes() as i64);
 }
 
+/// Takes batches from the sampler and delivers them until the sampler is done and every batch
+/// is acknowledged, or the final-flush deadline passes. One loop holding all the state
+/// (buffer, backoff, deadline, the request in flight), which is why it is long: the
+/// branches share that state and each is short.
 pub async fn run(
     config: SenderConfig,
     mut client: Client,

@@ -57,7 +57,8 @@ impl SymbolTable {
 
     /// Resolves all `keys` in batches: one symbolizer call per image and one for the kernel.
     /// `symbolizer` keeps what it parsed of each image, so a caller that resolves again and
-    /// again (`stream`, every flush) passes the same one.
+    /// again (`stream`, every flush) passes the same one. Long because it is one match over
+    /// every kind of frame key, each arm building that kind's frames.
     pub fn resolve<'a>(
         keys: impl IntoIterator<Item = &'a FrameKey>,
         strings: &Interner,

@@ -59,11 +59,7 @@ fn python_older_than_3_12_is_profiled_natively_with_a_warning() {
 fn python_3_12_without_the_trampoline_says_how_to_turn_it_on() {
     let _serial = serial();
     let target = serve_target_cpu("1", false);
-    let mut agent = RunningAgent::start(&["record", "--pid", &target.pid().to_string()]);
-    agent.wait_for_stderr("recording", Duration::from_secs(30));
-    let cpu_at_attach = cpu_seconds(target.pid());
-    let out = agent.finish();
-    let cpu = target.final_cpu() - cpu_at_attach;
+    let (out, cpu) = record_until_exit(&target, &[]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("perf trampoline is off"), "{err}");
@@ -78,11 +74,7 @@ fn a_target_that_exits_during_recording_still_gives_its_profile() {
     let _serial = serial();
     let target = serve_target_cpu("1", true);
     let started = std::time::Instant::now();
-    let mut agent = RunningAgent::start(&["record", "--duration", "60", "--pid", &target.pid().to_string()]);
-    agent.wait_for_stderr("recording", Duration::from_secs(30));
-    let cpu_at_attach = cpu_seconds(target.pid());
-    let out = agent.finish();
-    let cpu = target.final_cpu() - cpu_at_attach;
+    let (out, cpu) = record_until_exit(&target, &["--duration", "60"]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(started.elapsed() < Duration::from_secs(30), "ember stops when the target exits");

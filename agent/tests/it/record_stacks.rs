@@ -129,11 +129,7 @@ fn a_forked_child_keeps_the_frames_from_before_the_fork() {
 fn attaching_to_a_running_process() {
     let _serial = serial();
     let target = serve_target_cpu("2", true);
-    let mut agent = RunningAgent::start(&["record", "--pid", &target.pid().to_string()]);
-    agent.wait_for_stderr("recording", Duration::from_secs(30));
-    let cpu_at_attach = cpu_seconds(target.pid());
-    let out = agent.finish();
-    let cpu = target.final_cpu() - cpu_at_attach;
+    let (out, cpu) = record_until_exit(&target, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let folded = Folded::from_output(&out);
     let expected = samples_for(cpu, 99.0, 0.75);

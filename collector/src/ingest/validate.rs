@@ -104,6 +104,9 @@ impl Window {
     }
 }
 
+/// Checks every index, time and name of a batch from the network and turns it into what the
+/// store takes. One pass over the batch's tables in wire order, so it is long: each check
+/// names the field it refuses, and splitting it would scatter the indexes it carries along.
 pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
     let window = Window::now();
     if batch.agent_id.is_empty() || batch.agent_id.len() > MAX_AGENT_ID {

@@ -27,7 +27,9 @@ fn sealed_blob(key: (u32, i64, u64), value: &[u8]) -> Vec<u8> {
     seal(&blob_key(key), value)
 }
 
-/// Stores `batch`, or returns `None` if it is a repeat.
+/// Stores `batch`, or returns `None` if it is a repeat. One write transaction, so the dedup
+/// key, dictionaries, series, blobs and tasks commit together or not at all; that is why
+/// its stages share one function body.
 pub fn write(store: &EmbeddedStore, db: &Database, batch: &NewBatch) -> Result<Option<Committed>, StoreError> {
     let now = crate::query::now_ms();
     let txn = db.begin_write().map_err(storage_error)?;
