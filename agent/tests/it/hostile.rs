@@ -162,16 +162,18 @@ fn the_task_ring_cannot_be_truncated_or_read_by_other_users() {
 fn files_planted_in_tmp_are_never_written() {
     let _serial = serial();
     // A private PID namespace makes the launched command's PID predictable (2), and a private
-    // /tmp keeps the plants out of the host's. uid 65534 plants links to a root file and
+    // /tmp keeps the plants out of the host's. The agent is copied out first: the checkout may
+    // live under /tmp. uid 65534 plants links to a root file and
     // world-writable files under every name the monitor or CPython used to use.
     let plant = "for i in $(seq 1 64); do ln -s /tmp/victim /tmp/ember-$i.ring; : > /tmp/ember-$((i+64)).ring; \
                  chmod 666 /tmp/ember-$((i+64)).ring; done";
     let script = format!(
-        "code=$(cat {fixture}) && mount -t tmpfs tmpfs /tmp && chmod 1777 /tmp \
+        "code=$(cat {fixture}) && mount -t tmpfs tmpfs /mnt && cp {ember} /mnt/ember-agent \
+         && mount -t tmpfs tmpfs /tmp && chmod 1777 /tmp \
          && echo precious > /tmp/victim && chmod 600 /tmp/victim \
          && setpriv --reuid {NOBODY} --regid {NOBODY} --clear-groups sh -c '{plant}' \
          && printf '%s\\n' \"$code\" > /tmp/app.py \
-         && {ember} record -o /tmp/run.trace.json -- {python} /tmp/app.py \
+         && /mnt/ember-agent record -o /tmp/run.trace.json -- {python} /tmp/app.py \
          && echo victim=$(cat /tmp/victim) \
          && echo written=$(find /tmp -maxdepth 1 -name 'ember-*.ring' -type f ! -empty | wc -l) \
          && echo links=$(find /tmp -maxdepth 1 -name 'ember-*.ring' -type l | wc -l) \
