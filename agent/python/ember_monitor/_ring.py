@@ -78,14 +78,21 @@ def task_number(name):
 
 
 _memory = None  # (fd, mmap, pid): this process's ring memory, kept for its life
-_agent_fd = None  # the agent's ring for this process, claimed by start()
+_agent_fd = None  # (fd, pid): the agent's ring, claimed by start() in process `pid`
+_fork_handler = False
 
 
 def claim_agent_ring():
     """Takes the ring ember-agent made for this process, if there is one (once)."""
-    global _agent_fd
+    global _agent_fd, _fork_handler
     if _agent_fd is None:
-        _agent_fd = _agent_ring()
+        fd = _agent_ring()
+        _agent_fd = None if fd is None else (fd, os.getpid())
+    if not _fork_handler:
+        # From now on, a child forked at any time (before asyncio too) drops what is its
+        # parent's: a ring it would otherwise write into alongside the parent.
+        _fork_handler = True
+        os.register_at_fork(after_in_child=forget_memory_in_child)
 
 
 def _agent_ring():
@@ -111,9 +118,13 @@ def _agent_ring():
             word[LAYOUT] != VERSION | RECORD_SIZE << 32
             or not MIN_SLOTS <= slots <= MAX_SLOTS
             or slots & (slots - 1)
-            or word[WRITER_PID] != os.getpid()
             or os.fstat(fd).st_size != HEADER_SIZE + slots * RECORD_SIZE
         ):
+            return None
+        if word[WRITER_PID] != os.getpid():
+            # An ember ring made for another process (this one runs under a wrapper such as
+            # `sh -c`): not ours to write, nor to pass on to our own children.
+            os.close(fd)
             return None
         os.set_inheritable(fd, False)
         return fd
@@ -129,7 +140,8 @@ def _ring_memory(capacity):
     import fcntl
     import mmap
 
-    fd, _agent_fd = _agent_fd, None
+    claimed, _agent_fd = _agent_fd, None
+    fd = claimed[0] if claimed is not None and claimed[1] == os.getpid() else None
     if fd is None:
         slots = MIN_SLOTS
         while slots * 2 * RECORD_SIZE <= capacity:
@@ -146,14 +158,19 @@ def _ring_memory(capacity):
 
 
 def forget_memory_in_child():
-    """A forked child must not write to, or show the agent, its parent's ring."""
-    global _memory
+    """A forked child must not write to, or show the agent, its parent's ring, whether its
+    parent had mapped it yet or only claimed it."""
+    global _memory, _agent_fd
+    for held in (_memory, _agent_fd):
+        if held is not None and held[-1] != os.getpid():
+            try:
+                os.close(held[0])
+            except OSError:
+                pass
     if _memory is not None and _memory[2] != os.getpid():
-        try:
-            os.close(_memory[0])
-        except OSError:
-            pass
         _memory = None
+    if _agent_fd is not None and _agent_fd[1] != os.getpid():
+        _agent_fd = None
 
 
 class Ring:

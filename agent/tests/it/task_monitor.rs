@@ -172,3 +172,15 @@ fn native_fast_path_on_python_3_13() {
     let (_, timeline) = run_fixture_in(&python_version("3.13"), "asyncio_tasks.py", &[], Writer::Native);
     check(&timeline);
 }
+
+#[test]
+fn a_child_forked_before_asyncio_leaves_its_parents_ring_alone() {
+    for writer in [Writer::Native, Writer::Python] {
+        let (_, timeline) = run_fixture("asyncio_fork.py", &[], writer);
+        for i in 0..3 {
+            assert_eq!(timeline.by_name(&format!("parent-{i}")).len(), 1, "{writer:?}: the parent's tasks");
+            assert!(timeline.by_name(&format!("child-{i}")).is_empty(), "{writer:?}: a child's task in the parent's ring");
+        }
+    }
+}
+
