@@ -193,7 +193,8 @@ impl ProcessState {
                 // CAP_CHECKPOINT_RESTORE).
                 target_file::open_mapped_path(pid, path).or_else(|first| {
                     let exact = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-                    open_nonblocking(&exact).map_err(|_| ElfError::Target { path: path.into(), source: first })
+                    target_file::open_magic_link(&exact)
+                        .map_err(|_| ElfError::Target { path: path.into(), source: first })
                 })
             })
         } else {
@@ -294,10 +295,4 @@ impl ProcessState {
             None => FrameKey::Unknown { region: strings.intern("[unknown]"), addr },
         }
     }
-}
-
-/// Opens a magic link of `/proc` (which must be followed) without blocking on a FIFO.
-fn open_nonblocking(path: &str) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)
 }

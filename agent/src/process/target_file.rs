@@ -3,10 +3,12 @@
 //!
 //! Every path is resolved inside the target's root (`/proc/PID/root`), one component at a
 //! time with `O_NOFOLLOW`, so no symlink anywhere on the way is followed: a planted
-//! `/tmp/perf-N.map -> /etc/shadow` fails to open instead of being read. Files are opened
-//! non-blocking, so a FIFO cannot hang the agent, and must be regular files. Where the caller
-//! asks for it, the owner must be one of the target's uids (or root) and the file must have a
-//! single link, so a hard link to someone else's file is refused too.
+//! `/tmp/perf-N.map -> /etc/shadow` fails to open instead of being read. The last component
+//! is first opened `O_PATH`, which opens nothing (no FIFO blocks, no device driver runs), and
+//! only a regular file is then opened for reading, non-blocking, through that descriptor.
+//! Where the caller asks for it, the owner must be one of the target's uids (or root), the
+//! file must have a single link (no hard link to someone else's file) and sit on the same
+//! mount as its directory (no file bind-mounted over the name from a user namespace).
 
 use std::fs::File;
 use std::io;
@@ -31,6 +33,8 @@ pub enum TargetFileError {
     Owner { owner: u32, expected: Vec<u32> },
     #[error("it has {0} hard links, where a file the target wrote itself has one")]
     Links(u64),
+    #[error("it is a mount point (a file mounted over the name), not a file the target wrote")]
+    Mounted,
     #[error("{0}")]
     Io(#[source] io::Error),
 }
@@ -95,21 +99,13 @@ pub fn open_beneath(mut dir: OwnedFd, components: &[&str], owner: &Owner) -> Res
     if last.contains('/') || *last == ".." {
         return Err(TargetFileError::Missing);
     }
-    let fd = openat(
-        dir.as_fd(),
-        *last,
-        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
-        Mode::empty(),
-    )?;
-    let file = File::from(fd);
-    check(&file, owner)?;
-    Ok(file)
-}
-
-/// The checks every opened target file passes: a regular file, and for owned files the
-/// owner and link count.
-pub fn check(file: &File, owner: &Owner) -> Result<(), TargetFileError> {
-    let meta = file.metadata().map_err(TargetFileError::Io)?;
+    // O_PATH opens nothing: a FIFO does not block and a device's driver never runs.
+    let path = openat(dir.as_fd(), *last, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?;
+    let path = File::from(path);
+    let meta = path.metadata().map_err(TargetFileError::Io)?;
+    if meta.file_type().is_symlink() {
+        return Err(TargetFileError::Symlink);
+    }
     if !meta.file_type().is_file() {
         return Err(TargetFileError::NotRegular);
     }
@@ -120,8 +116,49 @@ pub fn check(file: &File, owner: &Owner) -> Result<(), TargetFileError> {
         if meta.nlink() != 1 {
             return Err(TargetFileError::Links(meta.nlink()));
         }
+        if mount_id(&path) != mount_id(&dir) {
+            return Err(TargetFileError::Mounted);
+        }
     }
-    Ok(())
+    reopen_for_reading(&path)
+}
+
+/// Opens a `/proc` magic link (`/proc/PID/fd/N`, `/proc/PID/map_files/…`), which must be
+/// followed, to a regular file only: the link is resolved `O_PATH` first, so whatever the
+/// target has put there, no device is opened and no FIFO blocks.
+pub fn open_magic_link(path: &str) -> Result<File, TargetFileError> {
+    let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())?;
+    let fd = File::from(fd);
+    if !fd.metadata().map_err(TargetFileError::Io)?.file_type().is_file() {
+        return Err(TargetFileError::NotRegular);
+    }
+    reopen_for_reading(&fd)
+}
+
+/// Opens for reading the very file an `O_PATH` descriptor holds, never blocking.
+pub fn reopen_for_reading(path: &File) -> Result<File, TargetFileError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
+        .map_err(TargetFileError::Io)?;
+    Ok(file)
+}
+
+/// The id of the mount a descriptor's file is on (`statx`, Linux 5.8+); `None` where the
+/// kernel cannot say, which then passes (an older kernel loses only this one check).
+fn mount_id(fd: &impl AsFd) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `buf` is a valid statx buffer, the path is an empty NUL-terminated string used
+    // with AT_EMPTY_PATH, and the descriptor stays open for the call.
+    let (rc, buf) = unsafe {
+        let mut buf: libc::statx = std::mem::zeroed();
+        let rc = libc::statx(fd.as_fd().as_raw_fd(), c"".as_ptr(), libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut buf);
+        (rc, buf)
+    };
+    (rc == 0 && buf.stx_mask & libc::STATX_MNT_ID != 0).then_some(buf.stx_mnt_id)
 }
 
 /// A short, escaped excerpt of bytes read from a target, safe to put in a log line.

@@ -131,41 +131,44 @@ pub async fn run(
                         },
                     }
                 };
+                // The buffer takes what arrived meanwhile only now: taking it earlier could drop
+                // the batch in flight from a full buffer, and the ack would then remove another.
+                if let Some(pushed) = pushed {
+                    match pushed {
+                        Ok(ack) => {
+                            if failing {
+                                tracing::info!("collector reachable again; resending what it has not acknowledged");
+                                failing = false;
+                            }
+                            if let Some(done) = buffer.ack_front() {
+                                acked_batches += 1;
+                                acked_samples += done.samples;
+                            }
+                            metrics.batch(if ack.duplicate { "duplicate" } else { "acked" });
+                            metrics.bytes.inc_by(bytes as u64);
+                            metrics.buffer_bytes.set(buffer.bytes() as i64);
+                            backoff.reset();
+                            next_attempt = Instant::now();
+                        }
+                        Err(status) if retry(status.code()) => {
+                            metrics.reconnects.inc();
+                            let delay = backoff.next_delay();
+                            if !failing || status.code() == Code::Unauthenticated {
+                                tracing::warn!(sequence, "collector did not take the batch ({}: {}); retrying in {delay:?}", status.code(), status.message());
+                            }
+                            failing = true;
+                            next_attempt = Instant::now() + delay;
+                        }
+                        Err(status) => {
+                            tracing::error!(sequence, "collector refused the batch ({}: {}); dropping it", status.code(), status.message());
+                            let _ = buffer.ack_front();
+                            metrics.batch("rejected");
+                            next_attempt = Instant::now();
+                        }
+                    }
+                }
                 for batch in arrived {
                     accept(&mut buffer, &config, &metrics, batch);
-                }
-                let Some(pushed) = pushed else { continue }; // the loop's top reports what is left
-                match pushed {
-                    Ok(ack) => {
-                        if failing {
-                            tracing::info!("collector reachable again; resending what it has not acknowledged");
-                            failing = false;
-                        }
-                        if let Some(done) = buffer.ack_front() {
-                            acked_batches += 1;
-                            acked_samples += done.samples;
-                        }
-                        metrics.batch(if ack.duplicate { "duplicate" } else { "acked" });
-                        metrics.bytes.inc_by(bytes as u64);
-                        metrics.buffer_bytes.set(buffer.bytes() as i64);
-                        backoff.reset();
-                        next_attempt = Instant::now();
-                    }
-                    Err(status) if retry(status.code()) => {
-                        metrics.reconnects.inc();
-                        let delay = backoff.next_delay();
-                        if !failing || status.code() == Code::Unauthenticated {
-                            tracing::warn!(sequence, "collector did not take the batch ({}: {}); retrying in {delay:?}", status.code(), status.message());
-                        }
-                        failing = true;
-                        next_attempt = Instant::now() + delay;
-                    }
-                    Err(status) => {
-                        tracing::error!(sequence, "collector refused the batch ({}: {}); dropping it", status.code(), status.message());
-                        let _ = buffer.ack_front();
-                        metrics.batch("rejected");
-                        next_attempt = Instant::now();
-                    }
                 }
             }
         }

@@ -114,13 +114,10 @@ pub fn find(pid: Pid, ns_pid: u32) -> Option<RingReader> {
 }
 
 fn open_found(path: PathBuf, ns_pid: u32) -> Result<RingReader, RingError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // The descriptor may have been swapped for a FIFO since we read its link: never block.
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(&path)
-        .map_err(|source| RingError::Io { path: path.clone(), source })?;
+    // The target may have swapped the descriptor for a FIFO or a device since we read its
+    // link: it is resolved without being opened first, and only a regular file is opened.
+    let file = crate::process::target_file::open_magic_link(&path.to_string_lossy())
+        .map_err(|e| RingError::Io { path: path.clone(), source: std::io::Error::other(e.to_string()) })?;
     let seals = fcntl(&file, FcntlArg::F_GET_SEALS).map(SealFlag::from_bits_truncate);
     if !seals.is_ok_and(|s| s.contains(size_seals())) {
         return Err(RingError::NotSealed(path));

@@ -105,7 +105,7 @@ pub enum ElfError {
     Target { path: PathBuf, source: crate::process::target_file::TargetFileError },
     #[error("{path} is not a regular file")]
     NotRegular { path: PathBuf },
-    #[error("{path} is {len} bytes, larger than ember copies")]
+    #[error("{path} is {len} bytes: larger than ember copies, or past what it copies in all")]
     TooLarge { path: PathBuf, len: u64 },
     #[error("cannot copy an image into memory: {source}")]
     Copy { source: std::io::Error },
@@ -123,6 +123,9 @@ pub struct ElfCache {
     images: Vec<Arc<ElfImage>>,
     by_identity: HashMap<FileIdentity, Option<ImageId>>,
     by_build_id: HashMap<Vec<u8>, ImageId>,
+    /// Bytes of images copied into memory so far (see [`stable`]), bounded by
+    /// [`MAX_COPIED_TOTAL`] so targets mapping many large files cannot exhaust memory.
+    copied_bytes: u64,
 }
 
 impl ElfCache {
@@ -145,7 +148,8 @@ impl ElfCache {
         if let Some(known) = self.by_identity.get(&identity) {
             return known.and_then(|id| self.get(id).cloned());
         }
-        let loaded = match open().and_then(|file| open_image(ImageId(self.images.len() as u32), display_path, file)) {
+        let id = ImageId(self.images.len() as u32);
+        let loaded = match open().and_then(|file| open_image(id, display_path, file, &mut self.copied_bytes)) {
             Ok(image) => {
                 let reuse = image.build_id.as_ref().and_then(|b| self.by_build_id.get(b)).copied();
                 match reuse {
@@ -190,12 +194,14 @@ impl ElfCache {
 /// Largest image ember copies (see [`stable`]); larger untrusted files get no unwind info or
 /// symbols.
 const MAX_COPIED_IMAGE: u64 = 1 << 30;
+/// Most bytes copied over all images of a recording.
+const MAX_COPIED_TOTAL: u64 = 2 << 30;
 
 /// A file that cannot change under the mapping ember reads it through. A file only root can
 /// write is used as it is; any other (a library in a user's virtualenv, a file in /tmp) could
 /// be truncated by its owner while mapped, and reading a truncated mapping kills the reader
 /// with SIGBUS. Those are copied into a sealed memory file, which can never shrink.
-fn stable(file: File, path: &str) -> Result<File, ElfError> {
+fn stable(file: File, path: &str, copied_bytes: &mut u64) -> Result<File, ElfError> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata().map_err(|source| ElfError::Open { path: path.into(), source })?;
     if !meta.file_type().is_file() {
@@ -205,12 +211,14 @@ fn stable(file: File, path: &str) -> Result<File, ElfError> {
     if only_root_writes || cannot_shrink(&file) {
         return Ok(file);
     }
-    if meta.len() > MAX_COPIED_IMAGE {
+    if meta.len() > MAX_COPIED_IMAGE || copied_bytes.saturating_add(meta.len()) > MAX_COPIED_TOTAL {
         return Err(ElfError::TooLarge { path: path.into(), len: meta.len() });
     }
     let mut from_start = std::io::BufReader::new(&file);
     std::io::Seek::rewind(&mut from_start).map_err(|source| ElfError::Copy { source })?;
-    sealed_copy(&mut from_start, meta.len()).map_err(|source| ElfError::Copy { source })
+    let copy = sealed_copy(&mut from_start, meta.len()).map_err(|source| ElfError::Copy { source })?;
+    *copied_bytes += copy.metadata().map_or(meta.len(), |m| m.len());
+    Ok(copy)
 }
 
 /// A memfd sealed against shrinking (one of ours, such as the vDSO's copy).
@@ -234,8 +242,8 @@ fn sealed_copy(source: &mut impl std::io::Read, expected_len: u64) -> std::io::R
     Ok(file)
 }
 
-fn open_image(id: ImageId, display_path: &str, file: File) -> Result<ElfImage, ElfError> {
-    let file = stable(file, display_path)?;
+fn open_image(id: ImageId, display_path: &str, file: File, copied_bytes: &mut u64) -> Result<ElfImage, ElfError> {
+    let file = stable(file, display_path, copied_bytes)?;
     // SAFETY: the mapping is read-only, and the file is either writable by root alone or a
     // sealed memfd that cannot shrink, so no page of the mapping can disappear under us.
     let map = unsafe { Mmap::map(&file) }.map_err(|source| ElfError::Map { path: display_path.into(), source })?;

@@ -41,7 +41,7 @@ fn assert_nothing_leaked(out: &std::process::Output, folded: &str) {
 #[test]
 fn a_perf_map_that_links_to_a_root_file_is_not_read() {
     let _serial = serial();
-    for (mode, reason) in [("symlink", "symbolic link"), ("hardlink", "hard links")] {
+    for (mode, reason) in [("symlink", "symbolic link"), ("hardlink", "hard links"), ("bindmount", "mount point")] {
         let (_target, pid) = hostile_target(mode, "30");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.folded");
@@ -142,7 +142,15 @@ fn the_task_ring_cannot_be_truncated_or_read_by_other_users() {
     let file = std::fs::OpenOptions::new().write(true).open(&ring).expect("root opens the ring");
     let err = file.set_len(0).expect_err("a sealed ring cannot be truncated");
     assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
-    // Another user cannot read it (it is reachable only through /proc/PID/fd).
+    // Another user cannot read it: it has no name in any file system (the 0644 file in /tmp it
+    // replaced could be read by anyone), only a descriptor behind /proc/PID/fd.
+    let link = std::fs::read_link(&ring).expect("the ring's link");
+    assert!(link.to_string_lossy().starts_with("/memfd:ember-task-ring"), "{link:?}");
+    let in_tmp = std::fs::read_dir("/tmp")
+        .expect("/tmp")
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy() == format!("ember-{pid}.ring"));
+    assert!(!in_tmp, "a ring file in /tmp");
     let other = Command::new("setpriv")
         .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "cat", &ring])
         .output()
@@ -211,11 +219,12 @@ fn a_collector_that_never_answers_cannot_hold_the_agent_past_its_final_flush() {
     let out = run(ember()
         .args(["stream", "--collector", &format!("http://{addr}"), "--final-flush-timeout", "2s", "--"])
         .arg(python312())
-        .args(["-c", "pass"]));
+        // Half a CPU second of work: samples, so there is a batch the peer never takes.
+        .args(["-c", "import time\nend = time.thread_time() + 0.5\nwhile time.thread_time() < end: pass"]));
     let elapsed = started.elapsed();
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("batches unacknowledged"), "{err}");
+    assert!(err.contains("giving up on"), "a batch was left to give up on: {err}");
     // 2 s of final flush; the slack is for start-up on a busy machine, far below the 30 s a
     // request may hang.
     assert!(elapsed < Duration::from_secs(20), "exited {elapsed:?} after start with a 2 s final flush\n{err}");

@@ -179,8 +179,10 @@ fn a_child_forked_before_asyncio_leaves_its_parents_ring_alone() {
         let (_, timeline) = run_fixture("asyncio_fork.py", &[], writer);
         for i in 0..3 {
             assert_eq!(timeline.by_name(&format!("parent-{i}")).len(), 1, "{writer:?}: the parent's tasks");
-            assert!(timeline.by_name(&format!("child-{i}")).is_empty(), "{writer:?}: a child's task in the parent's ring");
+            assert!(
+                timeline.by_name(&format!("child-{i}")).is_empty(),
+                "{writer:?}: a child's task in the parent's ring"
+            );
         }
     }
 }
-
