@@ -171,17 +171,24 @@ impl Engine {
     }
 
     /// Stops sampling and takes in what is left: the last events, perf-map lines and task
-    /// records. The task monitor's files are removed (the command has loaded them).
+    /// records.
     pub fn finish(&mut self) {
         self.session.disable();
         self.process_batch();
         self.pipeline.finish();
         self.pipeline.stats.decode_errors = self.session.stats().decode_errors;
-        self.bootstrap = None;
+    }
+
+    /// Passes a signal on to the launched command, if it still runs.
+    pub fn forward_to_command(&self, signal: nix::sys::signal::Signal) {
+        if let (Some(pid), None) = (self.started.launched, self.child_exit) {
+            launch::forward_signal(pid, signal);
+        }
     }
 
     /// The launched command's exit, waiting for it if it still runs (after `forward`, if
-    /// given, is sent to it).
+    /// given, is sent to it). The task monitor's files are removed only then: processes the
+    /// command starts later load them too.
     pub fn wait_for_command(&mut self, forward: Option<nix::sys::signal::Signal>) -> Option<ChildExit> {
         if let (Some(pid), None) = (self.started.launched, self.child_exit) {
             if let Some(signal) = forward {
@@ -189,6 +196,7 @@ impl Engine {
             }
             self.child_exit = Some(launch::wait(pid));
         }
+        self.bootstrap = None;
         self.child_exit
     }
 }

@@ -190,8 +190,11 @@ pub fn run(
     if reason == StopReason::TargetsExited && engine.started().launched.is_none() && !all_python {
         tracing::info!("every target has exited");
     }
+    // A service shut down with SIGTERM hears it at once, while the last batch is sent.
+    if reason == StopReason::Terminated {
+        engine.forward_to_command(nix::sys::signal::Signal::SIGTERM);
+    }
     engine.finish();
     let _ = flusher.send(&mut engine.pipeline, &metrics, &batches);
-    let forward = (reason == StopReason::Terminated).then_some(nix::sys::signal::Signal::SIGTERM);
-    engine.wait_for_command(forward)
+    engine.wait_for_command(None)
 }
