@@ -155,7 +155,7 @@ fn tls_with_client_certificates() {
     );
     let url = format!("https://localhost:{}", collector.grpc.rsplit(':').next().expect("port"));
     let py = python312().display().to_string();
-    let code = "import time\nend=time.monotonic()+2\nwhile time.monotonic()<end: pass";
+    let code = "import time\nend=time.thread_time()+2\nwhile time.thread_time()<end: pass";
     let run_agent = |identity: bool| {
         let mut cmd = agent_cmd();
         cmd.args([
@@ -231,7 +231,7 @@ fn a_wrong_token_is_rejected_and_the_right_one_accepted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::start(dir.path(), &["--token", "s3cret"]);
     let py = python312().display().to_string();
-    let code = "import time\nend=time.monotonic()+1.5\nwhile time.monotonic()<end: pass";
+    let code = "import time\nend=time.thread_time()+1.5\nwhile time.thread_time()<end: pass";
     let run_agent = |token: &str, service: &str| {
         stream(&collector, &["--final-flush-timeout", "2s", "--token", token, "--service", service], &[&py, "-c", code])
             .finish()
