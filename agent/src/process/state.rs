@@ -17,6 +17,9 @@ use crate::unwind::{
 
 /// Largest anonymous region read to check trampolines (CPython's arenas are 64 KiB).
 const MAX_ARENA_READ: u64 = 1 << 20;
+/// Most bytes of arenas kept per process (256 of CPython's 64 KiB arenas); past it the cache
+/// starts over, so a target mapping many executable regions costs reads, not memory.
+const MAX_ARENA_CACHE: usize = 16 << 20;
 
 /// An executable mapping.
 #[derive(Debug, Clone)]
@@ -273,6 +276,10 @@ impl ProcessState {
 
     fn arena(&mut self, start: u64, end: u64) -> Option<&Vec<u8>> {
         let pid = self.pid;
+        let cached: usize = self.arena_bytes.values().flatten().map(Vec::len).sum();
+        if !self.arena_bytes.contains_key(&start) && cached >= MAX_ARENA_CACHE {
+            self.arena_bytes.clear();
+        }
         self.arena_bytes
             .entry(start)
             .or_insert_with(|| memory::read(pid, start, (end - start).min(MAX_ARENA_READ) as usize))

@@ -139,6 +139,9 @@ const MAX_READ_PER_POLL: u64 = 4 << 20;
 /// Most bytes read from one process's map. CPython writes one ~100-byte line per code
 /// object, so this is millions of functions; a map past it is not CPython's.
 pub const MAX_MAP_BYTES: u64 = 256 << 20;
+/// Most entries one process's table may hold: far more functions than any program has, and
+/// a bound on memory however short a hostile map's lines are.
+pub const MAX_MAP_ENTRIES: usize = 1 << 21;
 /// Longest line kept: a qualname plus a file path (PATH_MAX), with room to spare.
 const MAX_LINE: usize = 16 << 10;
 
@@ -325,10 +328,19 @@ impl PerfMapReader {
             }
             self.lines_read += 1;
             match std::str::from_utf8(&line).map_err(|_| LineError::MissingFields).and_then(parse_line) {
-                Ok(parsed) => {
+                Ok(parsed) if table.len() < MAX_MAP_ENTRIES => {
                     let name = strings.intern(parsed.name);
                     table.insert(parsed.start, parsed.size, name);
                     added += 1;
+                }
+                Ok(_) => {
+                    if !self.capped {
+                        tracing::warn!(
+                            "the perf map {} names more than {MAX_MAP_ENTRIES} functions; ignoring the rest",
+                            self.display_path()
+                        );
+                    }
+                    self.capped = true;
                 }
                 Err(e) => self.corrupt(&line, e),
             }
