@@ -104,10 +104,14 @@ pub fn cmdline(pid: Pid) -> Option<Vec<String>> {
 }
 
 /// The PID as the process sees itself: the last `NSpid:` field of `/proc/PID/status`.
-pub fn ns_pid(pid: Pid) -> Result<NsPid, ProcfsError> {
+/// Who a process is, from one read of its status: its pid in its own namespace (`NSpid:`)
+/// and its real, effective, saved and file-system uids (`Uid:`).
+pub fn identity(pid: Pid) -> Result<(NsPid, Vec<u32>), ProcfsError> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
     let text = read(path.clone())?;
-    parse_ns_pid(&text).ok_or(ProcfsError::Parse { path, what: "NSpid line" })
+    let ns_pid = parse_ns_pid(&text).ok_or_else(|| ProcfsError::Parse { path: path.clone(), what: "NSpid line" })?;
+    let uids = parse_uids(&text).ok_or(ProcfsError::Parse { path, what: "Uid line" })?;
+    Ok((ns_pid, uids))
 }
 
 pub fn parse_ns_pid(status: &str) -> Option<NsPid> {
@@ -116,12 +120,6 @@ pub fn parse_ns_pid(status: &str) -> Option<NsPid> {
 }
 
 /// The real, effective, saved and file-system uids of a process (`Uid:` of its status).
-pub fn uids(pid: Pid) -> Result<Vec<u32>, ProcfsError> {
-    let path = PathBuf::from(format!("/proc/{pid}/status"));
-    let text = read(path.clone())?;
-    parse_uids(&text).ok_or(ProcfsError::Parse { path, what: "Uid line" })
-}
-
 pub fn parse_uids(status: &str) -> Option<Vec<u32>> {
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     let mut uids: Vec<u32> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>().ok()?;

@@ -80,9 +80,8 @@ impl std::fmt::Debug for ProcessState {
 impl ProcessState {
     /// Starts tracking a live process from `/proc`.
     pub fn from_proc(pid: Pid, elf: &mut ElfCache) -> Result<Self, procfs::ProcfsError> {
-        let ns_pid = procfs::ns_pid(pid)?;
+        let (ns_pid, uids) = procfs::identity(pid)?;
         let comm = procfs::comm(pid, Tid(pid.0)).unwrap_or_default();
-        let uids = procfs::uids(pid)?;
         let mut state = Self::empty(pid, ns_pid, comm, uids);
         state.refresh_maps(elf)?;
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
@@ -119,8 +118,7 @@ impl ProcessState {
     /// the stack at the fork return into the parent's trampolines, which only the parent's
     /// map names, so the child starts from the parent's table and adds its own map on top.
     pub fn forked_from(parent: &ProcessState, pid: Pid, elf: &mut ElfCache) -> Self {
-        let ns_pid = procfs::ns_pid(pid).unwrap_or(NsPid(pid.0));
-        let uids = procfs::uids(pid).unwrap_or_else(|_| parent.perf_map_owner_uids());
+        let (ns_pid, uids) = procfs::identity(pid).unwrap_or_else(|_| (NsPid(pid.0), parent.perf_map_owner_uids()));
         let mut child = Self::empty(pid, ns_pid, parent.comm.clone(), uids);
         child.runtime = parent.runtime;
         child.perf_map = parent.perf_map.clone();
@@ -140,7 +138,7 @@ impl ProcessState {
         let pid = self.pid;
         let ns_pid = self.ns_pid;
         // exec may change uids (a setuid program).
-        let uids = procfs::uids(pid).unwrap_or_else(|_| self.perf_map_owner_uids());
+        let uids = procfs::identity(pid).map_or_else(|_| self.perf_map_owner_uids(), |(_, uids)| uids);
         *self = Self::empty(pid, ns_pid, self.comm.clone(), uids);
         let _ = self.refresh_maps(elf);
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
