@@ -204,7 +204,7 @@
 
   async function loadProfile() {
     const body = await api('/api/v1/profile', rangeParams());
-    tree = F.flatten(body.tree);
+    tree = F.fromApi(body.tree);
     const empty = tree.total[0] === 0;
     $('empty').hidden = !empty;
     flame.setTree(tree);
@@ -346,7 +346,7 @@
     if (state.baseTo) params.base_to = state.baseTo;
     if (state.baseQuery) params.base_query = state.baseQuery;
     const body = await api('/api/v1/diff', params);
-    diffView.setTree(F.flatten(body.tree));
+    diffView.setTree(F.fromApi(body.tree));
     diffView.draw();
     $('diff-summary').textContent = `${body.total} samples now, ${body.base_total} in the base period`;
   }
@@ -400,7 +400,7 @@
       }
     }
     const body = await api('/api/v1/profile', { query: withMatchers(state.query, matchers), from, to });
-    taskFlame.setTree(F.flatten(body.tree)); taskFlame.orientation = 'icicle'; taskFlame.draw();
+    taskFlame.setTree(F.fromApi(body.tree)); taskFlame.orientation = 'icicle'; taskFlame.draw();
     $('tasks-selection').textContent = `${title}: ${body.total} sample${body.total === 1 ? '' : 's'}`
       + (body.total ? '' : ' (a slice shorter than the sampling interval often has none)');
     return body;

@@ -1,28 +1,56 @@
 'use strict';
-// ember's flame graph renderer: a canvas, a flat tree in parallel arrays, and culling of
+// ember's flame graph renderer: a canvas, the API's flat tree in parallel arrays, and culling of
 // frames narrower than half a pixel, so trees of 100k nodes draw in a few milliseconds.
 (function () {
   const ROW = 18;
 
-  /** Flattens the API's nested tree into parallel arrays in depth-first order. */
-  function flatten(root) {
-    const t = { name: [], kind: [], file: [], self: [], total: [], base: [], baseSelf: [], depth: [], parent: [], x: [], rows: [], maxDepth: 0 };
-    const stack = [[root, -1, 0, 0]];
-    while (stack.length) {
-      const [n, p, d, off] = stack.pop();
-      const i = t.name.length;
-      t.name.push(n.name); t.kind.push(n.kind); t.file.push(n.file || '');
-      t.self.push(n.self || 0); t.total.push(n.total || 0);
-      t.base.push(n.base_total || 0); t.baseSelf.push(n.base_self || 0);
-      t.depth.push(d); t.parent.push(p); t.x.push(off);
-      (t.rows[d] || (t.rows[d] = [])).push(i);
-      if (d > t.maxDepth) t.maxDepth = d;
-      const kids = n.children || [];
-      let o = off;
-      const offs = kids.map((c) => { const s = o; o += c.total || 0; return s; });
-      for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k], i, d + 1, offs[k]]);
+  /**
+   * The renderer's tree from the API's flat arrays (docs/API.md): nodes depth first, each
+   * with its parent, frame and counts. Adds each node's depth, its x offset (the totals of the
+   * siblings before it) and the rows of node indexes per depth, in x order.
+   */
+  function fromApi(a) {
+    const n = a.frame.length;
+    const zeros = () => new Array(n).fill(0);
+    const t = {
+      name: new Array(n), kind: new Array(n), file: new Array(n),
+      self: a.self, total: a.total, base: a.base_total || zeros(), baseSelf: a.base_self || zeros(),
+      depth: new Array(n), parent: a.parent, x: new Array(n), rows: [], maxDepth: 0,
+    };
+    const nextX = new Array(n);
+    for (let i = 0; i < n; i++) {
+      const f = a.frame[i];
+      t.name[i] = a.frames.name[f]; t.kind[i] = a.frames.kind[f]; t.file[i] = a.frames.file[f] || '';
+      const p = a.parent[i];
+      if (p >= 0 && p < i) {
+        t.depth[i] = t.depth[p] + 1;
+        t.x[i] = nextX[p];
+        nextX[p] += t.total[i];
+      } else {
+        t.depth[i] = 0; t.x[i] = 0;
+      }
+      nextX[i] = t.x[i];
+      (t.rows[t.depth[i]] || (t.rows[t.depth[i]] = [])).push(i);
+      if (t.depth[i] > t.maxDepth) t.maxDepth = t.depth[i];
     }
     return t;
+  }
+
+  /** The renderer's tree from a nested `{name, kind, file, self, total, children}` tree built here. */
+  function flatten(root) {
+    const a = { frames: { name: [], kind: [], file: [] }, frame: [], parent: [], self: [], total: [], base_self: [], base_total: [] };
+    const stack = [[root, -1]];
+    while (stack.length) {
+      const [node, parent] = stack.pop();
+      const i = a.frame.length;
+      a.frames.name.push(node.name); a.frames.kind.push(node.kind); a.frames.file.push(node.file || '');
+      a.frame.push(i); a.parent.push(parent);
+      a.self.push(node.self || 0); a.total.push(node.total || 0);
+      a.base_self.push(node.base_self || 0); a.base_total.push(node.base_total || 0);
+      const kids = node.children || [];
+      for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k], i]);
+    }
+    return fromApi(a);
   }
 
   function hash(s) {
@@ -200,5 +228,5 @@
     return root;
   }
 
-  window.EmberFlame = { flatten, FlameView, pathOf, findPath, kindColor, syntheticTree, ROW };
+  window.EmberFlame = { fromApi, flatten, FlameView, pathOf, findPath, kindColor, syntheticTree, ROW };
 })();

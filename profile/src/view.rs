@@ -44,18 +44,39 @@ impl View {
 /// native frames of the C code it called (without CPython's call plumbing). A stack without
 /// any Python frame is shown whole, so non-Python targets still get native stacks.
 pub fn default_view(frames: Vec<&Frame>) -> Vec<&Frame> {
-    let Some(innermost) = frames.iter().rposition(|f| f.kind == FrameKind::Python) else {
-        return frames;
-    };
-    frames
-        .into_iter()
+    default_view_by(&frames, |f| *f).copied().collect()
+}
+
+/// [`default_view`] over anything that leads to a frame, such as indexes into a frame table.
+pub fn default_view_by<'a, 'f: 'a, T>(
+    items: &'a [T],
+    frame_of: impl Fn(&T) -> &'f Frame + 'a,
+) -> impl Iterator<Item = &'a T> + 'a {
+    let innermost = items.iter().rposition(|t| frame_of(t).kind == FrameKind::Python);
+    items
+        .iter()
         .enumerate()
-        .filter(|(i, f)| match f.kind {
-            FrameKind::Python | FrameKind::Marker | FrameKind::Kernel => true,
-            FrameKind::Native => *i > innermost && !f.interpreter_plumbing,
+        .filter(move |(i, t)| {
+            let Some(innermost) = innermost else { return true };
+            let f = frame_of(t);
+            match f.kind {
+                FrameKind::Python | FrameKind::Marker | FrameKind::Kernel => true,
+                FrameKind::Native => *i > innermost && !f.interpreter_plumbing,
+            }
         })
-        .map(|(_, f)| f)
-        .collect()
+        .map(|(_, t)| t)
+}
+
+impl View {
+    /// A view over a table of distinct frames and stacks of indexes into it, which need no
+    /// interning: identical stacks are merged, frames are taken as they are.
+    pub fn from_indexed(frames: Vec<Frame>, stacks: impl IntoIterator<Item = (Vec<u32>, u64)>) -> View {
+        let mut builder = ViewBuilder { view: View { frames, ..View::default() }, ..ViewBuilder::default() };
+        for (ids, count) in stacks {
+            builder.add_ids(ids, count, 0, 0);
+        }
+        builder.view
+    }
 }
 
 /// Builds a [`View`]: interns frames and merges identical stacks of the same thread.

@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ember_profile::export::{self, Format, Meta};
-use ember_profile::view::{default_view, View, ViewBuilder};
+use ember_profile::view::{default_view_by, View};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -88,15 +88,18 @@ pub fn stack_counts(store: &dyn Store, mut selector: Selector, range: TimeRange)
     }
 }
 
-/// The view users see: the default view unless `native` is set.
+/// The view the exports read: the default view unless `native` is set. The store's frames are
+/// distinct already, so the view takes them and their indexes as they are.
 pub fn build_view(counts: &StackCounts, native: bool) -> View {
-    let mut builder = ViewBuilder::new();
-    for (ids, count) in &counts.stacks {
-        let frames: Vec<_> = ids.iter().map(|&i| &counts.frames[i as usize]).collect();
-        let frames = if native { frames } else { default_view(frames) };
-        builder.add(frames, *count, 0, 0);
-    }
-    builder.finish()
+    let stacks = counts.stacks.iter().map(|(ids, count)| {
+        let kept = if native {
+            ids.to_vec()
+        } else {
+            default_view_by(ids, |&i| &counts.frames[i as usize]).copied().collect()
+        };
+        (kept, *count)
+    });
+    View::from_indexed(counts.frames.to_vec(), stacks)
 }
 
 #[derive(Serialize)]
@@ -159,9 +162,9 @@ fn export_response(format: Format, view: &View, meta: &Meta) -> Result<Response,
     Ok(response)
 }
 
-/// `{<fields>, "tree": …}`, written without recursion however deep the tree is.
+/// `{<fields>, "tree": …}`, the tree as flat arrays.
 fn tree_response(fields: &[(&str, String)], tree: &query::tree::FlameTree) -> Response {
-    let mut body = Vec::with_capacity(tree.len() * 96 + 128);
+    let mut body = Vec::with_capacity(tree.len() * 24 + 128);
     body.push(b'{');
     for (name, value) in fields {
         body.extend_from_slice(format!("\"{name}\":{value},").as_bytes());
@@ -182,12 +185,15 @@ pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Re
     let store = state.store.clone();
     let slot = state.enter("profile")?;
     let counts = slot.run(move || stack_counts(store.as_ref(), selector, range)).await?;
-    let view = build_view(&counts, native);
     let response = if format == "json" {
-        let fields =
-            [("from", range.from_ms.to_string()), ("to", range.to_ms.to_string()), ("total", view.total.to_string())];
-        tree_response(&fields, &query::tree::tree(&view))
+        let fields = [
+            ("from", range.from_ms.to_string()),
+            ("to", range.to_ms.to_string()),
+            ("total", counts.total().to_string()),
+        ];
+        tree_response(&fields, &query::tree::tree(&counts, native))
     } else {
+        let view = build_view(&counts, native);
         let format: Format = format.parse().map_err(|e: String| ApiError::bad("format", e))?;
         let meta = Meta {
             target: param(&params, "query").unwrap_or("{}").to_string(),
@@ -245,11 +251,11 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
             ))
         })
         .await?;
-    let (now, base) = (build_view(&now, native), build_view(&base, native));
     let response = if format == "json" {
-        let fields = [("total", now.total.to_string()), ("base_total", base.total.to_string())];
-        tree_response(&fields, &query::tree::diff_tree(&now, &base))
+        let fields = [("total", now.total().to_string()), ("base_total", base.total().to_string())];
+        tree_response(&fields, &query::tree::diff_tree(&now, &base, native))
     } else {
+        let (now, base) = (build_view(&now, native), build_view(&base, native));
         let title = format!("ember diff: {} vs base", param(&params, "query").unwrap_or("{}"));
         let mut body = Vec::new();
         export::svg::write_diff(&base, &now, &title, &mut body)

@@ -70,6 +70,18 @@ impl Attribution {
         self.tasks.get(&(series, id))
     }
 
+    /// Whether `filter` accepts what ran on thread `tid` of `series` at `time_ns`. The
+    /// filter's matchers run once per task met, not once per sample, and never for the tasks
+    /// no sample fell in (a busy service has more tasks than samples).
+    pub fn accepted_by<'s>(&'s self, filter: &'s TaskFilter) -> impl FnMut(u32, u32, i64) -> bool + 's {
+        let mut seen: HashMap<(u32, u64), bool> = HashMap::new();
+        let outside = filter.matches(None);
+        move |series, tid, time_ns| match self.task_at(series, tid, time_ns) {
+            Some(t) => *seen.entry((series, t.id)).or_insert_with(|| filter.matches(Some(t))),
+            None => outside,
+        }
+    }
+
     /// The task running on thread `tid` of `series` at `time_ns`.
     pub fn task_at(&self, series: u32, tid: u32, time_ns: i64) -> Option<&TaskRecord> {
         let slices = self.threads.get(&(series, tid))?;
@@ -89,10 +101,11 @@ fn task_samples(
     range: TimeRange,
 ) -> Result<Vec<(i64, u64, u32)>, StoreError> {
     let attribution = Attribution::new(store.tasks(selector, range)?);
+    let mut accepted = attribution.accepted_by(filter);
     let samples = store.raw_samples(selector, range)?;
     Ok(samples
         .into_iter()
-        .filter(|(series, s)| filter.matches(attribution.task_at(*series, s.tid, s.time_ns)))
+        .filter(|(series, s)| accepted(*series, s.tid, s.time_ns))
         .map(|(_, s)| (s.time_ns, u64::from(s.weight), s.stack))
         .collect())
 }
@@ -154,14 +167,20 @@ mod tests {
         TaskSlice { task, tid, start_ns: start_us * 1_000, end_ns: end_us * 1_000 + 999, ready_ns: None }
     }
 
-    #[test]
-    fn a_sample_belongs_to_the_slice_on_its_thread_at_its_time() {
-        let a = Attribution::new(vec![SeriesTasks {
+    /// Series 1: task `a` runs on thread 10 at 100–200 µs, `b` at 300–400 µs and on thread 11
+    /// at 100–200 µs.
+    fn two_tasks() -> Attribution {
+        Attribution::new(vec![SeriesTasks {
             series: 1,
             labels: Labels::new(),
             tasks: vec![task(1, "a"), task(2, "b")],
             slices: vec![slice(1, 10, 100, 200), slice(2, 10, 300, 400), slice(2, 11, 100, 200)],
-        }]);
+        }])
+    }
+
+    #[test]
+    fn a_sample_belongs_to_the_slice_on_its_thread_at_its_time() {
+        let a = two_tasks();
         let name = |series, tid, us: i64| a.task_at(series, tid, us * 1_000).map(|t| t.name.clone());
         assert_eq!(name(1, 10, 150), Some("a".into()));
         assert_eq!(name(1, 10, 200), Some("a".into()), "the end microsecond is inside");
@@ -169,6 +188,19 @@ mod tests {
         assert_eq!(name(1, 10, 50), None);
         assert_eq!(name(1, 11, 150), Some("b".into()), "per thread");
         assert_eq!(name(2, 10, 150), None, "per series");
+    }
+
+    #[test]
+    fn accepted_by_agrees_with_the_filter_for_tasks_and_gaps() {
+        let a = two_tasks();
+        for query in [r#"{task="a"}"#, r#"{task=""}"#, r#"{task_id="2"}"#, r#"{task!="a"}"#] {
+            let filter = TaskFilter::split(&mut Selector::parse(query).expect("valid")).expect("matcher");
+            let mut accepted = a.accepted_by(&filter);
+            for us in [50, 150, 250, 350, 450] {
+                let expected = filter.matches(a.task_at(1, 10, us * 1_000));
+                assert_eq!(accepted(1, 10, us * 1_000), expected, "{query} at {us} µs");
+            }
+        }
     }
 
     #[test]

@@ -98,7 +98,8 @@ fn diff_series_and_every_profile_format_render() {
     assert_eq!(status, 200, "{body}");
     let diff = parse_json(&body);
     assert_eq!((diff["total"].as_u64(), diff["base_total"].as_u64()), (Some(300), Some(100)));
-    assert_eq!(diff["tree"]["children"][0]["base_total"].as_u64(), Some(100));
+    let tree = FlatTree::of(&diff);
+    assert_eq!(tree.count("base_total", tree.children(0)[0]), 100);
     let (status, svg) = collector.get("/api/v1/diff?from=now-1m&base_from=now-3m&base_to=now-1m&format=svg");
     assert_eq!(status, 200);
     assert!(svg.contains("<svg") && svg.contains("main (app.py)"), "{}", &svg[..svg.len().min(300)]);

@@ -176,13 +176,73 @@ pub fn stream(collector: &Collector, extra: &[&str], command: &[&str]) -> Runnin
     Running::start(&mut stream_cmd(collector, extra, command))
 }
 
-/// Parses JSON of any depth: flame trees nest as deep as the deepest stack.
 pub fn parse_json(text: &str) -> serde_json::Value {
-    use serde::Deserialize;
-    let mut de = serde_json::Deserializer::from_str(text);
-    de.disable_recursion_limit();
-    serde_json::Value::deserialize(&mut de)
-        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", &text[..text.len().min(300)]))
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", &text[..text.len().min(300)]))
+}
+
+/// A flame tree as `/api/v1/profile` and `/api/v1/diff` serve it (docs/API.md): flat arrays,
+/// nodes depth first. Checked for shape when made.
+pub struct FlatTree {
+    names: Vec<String>,
+    kinds: Vec<String>,
+    frame: Vec<usize>,
+    parent: Vec<i64>,
+    counts: std::collections::HashMap<String, Vec<u64>>,
+}
+
+impl FlatTree {
+    /// The `tree` of a response.
+    pub fn of(response: &serde_json::Value) -> FlatTree {
+        let tree = &response["tree"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array().expect("array").iter().map(|s| s.as_str().expect("string").to_string()).collect()
+        };
+        let numbers = |key: &str| -> Option<Vec<u64>> {
+            Some(tree[key].as_array()?.iter().map(|n| n.as_u64().expect("count")).collect())
+        };
+        let frame: Vec<usize> = numbers("frame").expect("frame").into_iter().map(|f| f as usize).collect();
+        let parent: Vec<i64> =
+            tree["parent"].as_array().expect("parent").iter().map(|p| p.as_i64().expect("int")).collect();
+        let names = strings(&tree["frames"]["name"]);
+        let counts: std::collections::HashMap<String, Vec<u64>> = ["self", "total", "base_self", "base_total"]
+            .into_iter()
+            .filter_map(|key| Some((key.to_string(), numbers(key)?)))
+            .collect();
+        assert_eq!(parent.len(), frame.len());
+        assert!(counts.values().all(|c| c.len() == frame.len()), "one count per node");
+        assert_eq!(parent.first(), Some(&-1), "node 0 is the root");
+        for (i, &p) in parent.iter().enumerate().skip(1) {
+            assert!(p >= 0 && (p as usize) < i, "node {i}: parent {p} is not an earlier node");
+        }
+        assert!(frame.iter().all(|&f| f < names.len()), "frames in the table");
+        FlatTree { kinds: strings(&tree["frames"]["kind"]), names, frame, parent, counts }
+    }
+
+    pub fn len(&self) -> usize {
+        self.frame.len()
+    }
+
+    pub fn name(&self, node: usize) -> &str {
+        &self.names[self.frame[node]]
+    }
+
+    pub fn kind(&self, node: usize) -> &str {
+        &self.kinds[self.frame[node]]
+    }
+
+    /// `self`, `total`, `base_self` or `base_total` of a node.
+    pub fn count(&self, key: &str, node: usize) -> u64 {
+        self.counts[key][node]
+    }
+
+    pub fn children(&self, node: usize) -> Vec<usize> {
+        (node + 1..self.len()).filter(|&i| self.parent[i] == node as i64).collect()
+    }
+
+    /// The root's parent is `None`.
+    pub fn parent(&self, node: usize) -> Option<usize> {
+        usize::try_from(self.parent[node]).ok()
+    }
 }
 
 pub fn now_ns() -> u64 {
@@ -256,16 +316,6 @@ pub fn push_batch(
         }
         client.push(request).await.map(tonic::Response::into_inner)
     })
-}
-
-/// Runs `f` on a thread with a large stack (for parsing arbitrarily deep JSON in tests).
-pub fn with_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::Builder::new()
-        .stack_size(1 << 30)
-        .spawn(f)
-        .expect("thread starts")
-        .join()
-        .unwrap_or_else(|_| panic!("the big-stack thread panicked"))
 }
 
 /// An HTTP GET with extra request headers; returns status, response head and body.

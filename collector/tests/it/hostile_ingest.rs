@@ -21,23 +21,17 @@ fn depth_by_leaf(folded: &str) -> std::collections::HashMap<String, Vec<String>>
 /// Depth of the deepest path of a JSON flame tree (the root not counted), and the frame under
 /// the root on the way to it.
 fn json_depth(body: String) -> (usize, String) {
-    with_big_stack(move || {
-        let json = parse_json(&body);
-        let mut deepest = (0, String::new());
-        let mut stack = vec![(&json["tree"], 0usize, String::new())];
-        while let Some((node, depth, first)) = stack.pop() {
-            if depth > deepest.0 {
-                deepest = (depth, first.clone());
-            }
-            for child in node["children"].as_array().into_iter().flatten() {
-                let first = if depth == 0 { child["name"].as_str().unwrap_or("").to_string() } else { first.clone() };
-                stack.push((child, depth + 1, first));
-            }
-        }
-        // A value nested this deep is dropped on this thread's large stack too.
-        drop(json);
-        deepest
-    })
+    let tree = FlatTree::of(&parse_json(&body));
+    // Depth first, so a parent's depth and first frame are known before its children's.
+    let (mut depth, mut first) = (vec![0usize; tree.len()], vec![0usize; tree.len()]);
+    for i in 1..tree.len() {
+        let p = tree.parent(i).expect("only the root has no parent");
+        depth[i] = depth[p] + 1;
+        first[i] = if p == 0 { i } else { first[p] };
+    }
+    let deepest = (0..tree.len()).max_by_key(|&i| depth[i]).unwrap_or(0);
+    let name = if deepest == 0 { String::new() } else { tree.name(first[deepest]).to_string() };
+    (depth[deepest], name)
 }
 
 #[test]

@@ -2,8 +2,10 @@
 //! totals add up at every node, the depth is the deepest stack's, and the JSON is valid and
 //! holds every node, however deep.
 
+use std::sync::Arc;
+
 use ember_collector::query::tree;
-use ember_profile::view::ViewBuilder;
+use ember_collector::store::StackCounts;
 use ember_profile::{Frame, FrameKind};
 use proptest::prelude::*;
 
@@ -28,42 +30,32 @@ proptest! {
 
     #[test]
     fn trees_of_deep_stacks_add_up_and_serialize(spec in stacks()) {
-        let mut b = ViewBuilder::new();
+        // Frame i of the table is `frame(i)`, as the store hands them out: distinct, indexed.
+        let alphabet_max = spec.iter().map(|s| s.1 + s.2).max().unwrap_or(0);
+        let frames: Vec<Frame> = (0..alphabet_max).map(frame).collect();
+        let mut stacks = Vec::new();
         let mut total = 0;
         let mut deepest = 0;
         for &(depth, alphabet, seed, count) in &spec {
-            let frames: Vec<Frame> = (0..depth as u32).map(|i| frame((i + seed) % alphabet)).collect();
-            b.add(frames.iter(), count, 1, 1);
+            let ids: Vec<u32> = (0..depth as u32).map(|i| (i + seed) % alphabet).collect();
+            stacks.push((Arc::from(ids), count));
             total += count;
             deepest = deepest.max(depth);
         }
-        let view = b.finish();
-        let t = tree::tree(&view);
+        let counts = StackCounts { frames: Arc::new(frames), stacks };
+        let t = tree::tree(&counts, true);
         prop_assert_eq!(t.root().total(), total);
         prop_assert_eq!(t.depth(), deepest);
         for i in 0..t.len() {
             let n = t.node(i);
-            let below: u64 = n.children().iter().map(|&c| t.node(c).total()).sum();
+            let below: u64 = n.children().map(|c| t.node(c).total()).sum();
             prop_assert_eq!(n.total(), n.self_count() + below, "node {}", i);
         }
-        let json = String::from_utf8(t.to_json()).expect("UTF-8");
-        let nodes = t.len();
-        let (parsed_nodes, parsed_total) = crate::common::with_big_stack(move || {
-            let value = crate::common::parse_json(&json);
-            let mut count = 0usize;
-            let mut stack = vec![&value];
-            while let Some(n) = stack.pop() {
-                count += 1;
-                stack.extend(n["children"].as_array().into_iter().flatten());
-            }
-            let total = value["total"].as_u64();
-            drop(stack);
-            drop(value);
-            (count, total)
-        });
-        prop_assert_eq!(parsed_nodes, nodes);
-        prop_assert_eq!(parsed_total, Some(total));
-        let d = tree::diff_tree(&view, &view);
+        let json = crate::common::parse_json(&String::from_utf8(t.to_json()).expect("UTF-8"));
+        let flat = crate::common::FlatTree::of(&serde_json::json!({ "tree": json }));
+        prop_assert_eq!(flat.len(), t.len());
+        prop_assert_eq!(flat.count("total", 0), total);
+        let d = tree::diff_tree(&counts, &counts, true);
         prop_assert_eq!(d.root().base_total(), total);
     }
 }
