@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::aggregate::{Keep, Profile, SampleOwner};
 use crate::perf::{PerfEvent, SampleEvent};
 use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
+use crate::symbolize::perf_map::StaleMap;
 use crate::tasks::TaskTracker;
 use crate::unwind::{unwind_stack, ElfCache, StackEnd};
 
@@ -18,8 +19,9 @@ pub struct Pipeline {
     pub profile: Profile,
     pub stats: Stats,
     follow_children: bool,
-    /// Perf-map length before a launched command started; earlier lines are stale.
-    launched_map_offsets: HashMap<Pid, u64>,
+    /// Launched commands not tracked yet, with what their PID's perf map held before they
+    /// started (stale lines of an earlier process).
+    launched: HashMap<Pid, Option<StaleMap>>,
     threads_seen: HashSet<(Pid, Tid)>,
     keys: Vec<FrameKey>,
     /// asyncio task timelines, when the task monitor runs in the targets.
@@ -34,7 +36,7 @@ impl Pipeline {
             profile: Profile::new(keep),
             stats: Stats::default(),
             follow_children,
-            launched_map_offsets: HashMap::new(),
+            launched: HashMap::new(),
             threads_seen: HashSet::new(),
             keys: Vec::new(),
             tasks: None,
@@ -66,8 +68,8 @@ impl Pipeline {
     pub fn track(&mut self, pid: Pid) -> Result<&ProcessState, procfs::ProcfsError> {
         if !self.processes.contains_key(&pid) {
             let mut state = ProcessState::from_proc(pid, &mut self.elf)?;
-            if let Some(offset) = self.launched_map_offsets.remove(&pid) {
-                state.perf_map_reader.start_at(offset);
+            if let Some(stale) = self.launched.remove(&pid).flatten() {
+                state.perf_map_reader.skip_stale(stale);
             }
             state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
             self.profile.process_names.insert(pid, state.comm.clone());
@@ -78,8 +80,8 @@ impl Pipeline {
     }
 
     /// Remembers a launched command whose state is created once it has exec'd.
-    pub fn expect_launched(&mut self, pid: Pid, perf_map_len: u64) {
-        self.launched_map_offsets.insert(pid, perf_map_len);
+    pub fn expect_launched(&mut self, pid: Pid, stale_map: Option<StaleMap>) {
+        self.launched.insert(pid, stale_map);
     }
 
     /// Reads the task rings of every process (the monitor writes one per process).
@@ -89,7 +91,7 @@ impl Pipeline {
     }
 
     fn is_expected(&self, pid: Pid) -> bool {
-        self.launched_map_offsets.contains_key(&pid)
+        self.launched.contains_key(&pid)
     }
 
     /// Reads what every perf map gained since the last call. Called before each batch of

@@ -80,7 +80,7 @@ pub fn start_targets(
             // What a map of an earlier process with this PID already holds is stale.
             let owner = procfs::identity(child.pid).map_or(Owner::OneOf(Vec::new()), |(_, uids)| Owner::OneOf(uids));
             let map = MapLocation { pid: child.pid, file_name: format!("perf-{}.map", child.pid), owner };
-            pipeline.expect_launched(child.pid, PerfMapReader::new(map).current_len());
+            pipeline.expect_launched(child.pid, PerfMapReader::new(map).stale_part());
             if let Err(e) = session.attach_thread(crate::process::Tid(child.pid.0), true) {
                 child.abort();
                 return Err(e.into());

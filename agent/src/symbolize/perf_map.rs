@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 
 use crate::intern::{Interner, StrId};
 use crate::process::target_file::{self, Owner, TargetFileError};
@@ -182,6 +183,17 @@ pub struct PerfMapReader {
     pub capped: bool,
     pub corrupt_lines: u64,
     pub lines_read: u64,
+    /// What an earlier process with this PID left in the map, skipped if the map opened is
+    /// that same file.
+    stale: Option<StaleMap>,
+}
+
+/// A perf map as it was before a launched command started: its file and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleMap {
+    device: u64,
+    inode: u64,
+    len: u64,
 }
 
 impl PerfMapReader {
@@ -205,6 +217,7 @@ impl PerfMapReader {
             capped: false,
             corrupt_lines: 0,
             lines_read: 0,
+            stale: None,
         }
     }
 
@@ -228,7 +241,16 @@ impl PerfMapReader {
         }
         let Some(location) = &self.location else { return false };
         match location.open() {
-            Ok(file) => self.file = Some(file),
+            Ok(file) => {
+                // The command may have changed its root (chroot, a container) since the stale
+                // length was taken: only that very file has a stale start.
+                let stale =
+                    self.stale.filter(|s| file.metadata().is_ok_and(|m| (m.dev(), m.ino()) == (s.device, s.inode)));
+                if let Some(stale) = stale {
+                    self.offset = self.offset.max(stale.len);
+                }
+                self.file = Some(file);
+            }
             Err(TargetFileError::Missing) => {}
             Err(e) => {
                 let reason = e.to_string();
@@ -241,17 +263,19 @@ impl PerfMapReader {
         self.file.is_some()
     }
 
-    /// The map's current length, where it can be opened (0 when it does not exist).
-    pub fn current_len(&mut self) -> u64 {
+    /// The map as it is now, if it exists and may be read: what a process that takes this PID
+    /// later must not read as its own.
+    pub fn stale_part(&mut self) -> Option<StaleMap> {
         if !self.try_open() {
-            return 0;
+            return None;
         }
-        self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len())
+        let meta = self.file.as_ref()?.metadata().ok()?;
+        Some(StaleMap { device: meta.dev(), inode: meta.ino(), len: meta.len() })
     }
 
-    /// Starts reading at `offset`: the length the file had before the process started.
-    pub fn start_at(&mut self, offset: u64) {
-        self.offset = offset;
+    /// Skips `stale` if the map this reader opens is the same file.
+    pub fn skip_stale(&mut self, stale: StaleMap) {
+        self.stale = Some(stale);
     }
 
     /// Reads new complete lines into `table`. Returns how many entries were added.
@@ -439,5 +463,32 @@ mod tests {
         table.insert(0x9000, 0xb, fresh);
         assert_eq!(table.len(), 2);
         assert!(table.lookup(0x9000 + 0xb).is_none(), "end is exclusive");
+    }
+
+    #[test]
+    fn a_stale_start_is_skipped_only_in_the_same_file() {
+        // The command may chroot, so the map it writes is another file than the one that
+        // held an earlier process's lines under the same name (that bug hid every Python frame).
+        let pid = Pid(std::process::id());
+        let name = format!("ember-stale-test-{}.map", std::process::id());
+        let path = std::path::Path::new("/tmp").join(&name);
+        let uid = crate::process::procfs::identity(pid).expect("own identity").1;
+        let location = || MapLocation { pid, file_name: name.clone(), owner: Owner::OneOf(uid.clone()) };
+        let read_all = |stale| {
+            let mut reader = PerfMapReader::new(location());
+            reader.skip_stale(stale);
+            let (mut table, mut strings) = (PerfMapTable::default(), Interner::default());
+            reader.poll(&mut table, &mut strings).expect("readable")
+        };
+        std::fs::write(&path, "1000 b py::old:a.py\n").expect("write");
+        let stale = PerfMapReader::new(location()).stale_part().expect("the old map");
+        std::fs::write(&path, "1000 b py::old:a.py\n2000 b py::new:a.py\n").expect("append");
+        assert_eq!(read_all(stale), 1, "same file: only what came after");
+        let replacement = path.with_extension("new");
+        std::fs::write(&replacement, "3000 b py::x:a.py\n4000 b py::y:a.py\n").expect("write");
+        std::fs::rename(&replacement, &path).expect("replace");
+        let all = read_all(stale);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(all, 2, "another file: read from its start");
     }
 }
