@@ -3,6 +3,7 @@
 
 pub mod native;
 pub mod perf_map;
+pub(crate) mod plt;
 
 use std::collections::HashMap;
 

@@ -32,16 +32,33 @@ impl NativeSymbolizer {
         Self { inner }
     }
 
-    /// Symbolizes file offsets of one image; one entry per offset, empty when unknown.
+    /// Symbolizes file offsets of one image; one entry per offset, empty when unknown. PLT
+    /// stubs are named from the image's relocations, the rest by blazesym.
     pub fn symbolize_image(&self, image: &ElfImage, file_offsets: &[u64]) -> Vec<Vec<NativeName>> {
-        let src = Source::Elf(Elf::new(image.fd_path()));
-        match self.inner.symbolize(&src, Input::FileOffset(file_offsets)) {
-            Ok(results) => results.into_iter().map(|r| names(&r)).collect(),
-            Err(e) => {
-                tracing::debug!(module = %image.path, "symbolization failed: {e}");
-                vec![Vec::new(); file_offsets.len()]
+        let mut out = vec![Vec::new(); file_offsets.len()];
+        let (mut positions, mut rest) = (Vec::new(), Vec::new());
+        for (i, &offset) in file_offsets.iter().enumerate() {
+            match image.plt.name_at(offset) {
+                Some(stub) => out[i] = vec![NativeName { function: stub.to_string() }],
+                None => {
+                    positions.push(i);
+                    rest.push(offset);
+                }
             }
         }
+        if rest.is_empty() {
+            return out;
+        }
+        let src = Source::Elf(Elf::new(image.fd_path()));
+        match self.inner.symbolize(&src, Input::FileOffset(&rest)) {
+            Ok(results) => {
+                for (i, r) in positions.into_iter().zip(results) {
+                    out[i] = names(&r);
+                }
+            }
+            Err(e) => tracing::debug!(module = %image.path, "symbolization failed: {e}"),
+        }
+        out
     }
 
     /// Symbolizes kernel addresses from `/proc/kallsyms`.

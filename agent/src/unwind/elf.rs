@@ -64,6 +64,8 @@ pub struct ElfImage {
     pub debug_frame: Option<Section>,
     pub got: Option<Range<u64>>,
     pub segments: Vec<LoadSegment>,
+    /// Its PLT stubs' names, which no symbol table holds.
+    pub plt: crate::symbolize::plt::PltStubs,
 }
 
 impl ElfImage {
@@ -280,6 +282,7 @@ fn open_image(id: ImageId, display_path: &str, file: File, copied_bytes: &mut u6
         debug_frame: section(".debug_frame"),
         got,
         segments,
+        plt: crate::symbolize::plt::PltStubs::parse(&obj),
         file,
     })
 }
