@@ -289,6 +289,9 @@ fn event_builder(
         .sample_stack_user(cfg.stack_bytes)
         .clockid(Clock::MONOTONIC)
         .sample_id_all(true)
+        // `mmap` asks for records of new executable mappings (libraries dlopen'ed after
+        // attach: extension modules); `mmap2` alone only chooses their format.
+        .mmap(true)
         .mmap2(true)
         .comm(true)
         .comm_exec(true)

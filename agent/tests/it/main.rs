@@ -9,6 +9,7 @@ mod dashboards;
 mod hostile;
 mod properties;
 mod record_errors;
+mod record_fidelity;
 mod record_outputs;
 mod record_stacks;
 mod record_targets;
