@@ -1,6 +1,7 @@
 //! Stage 2, **process**: what ember knows about each target: ids, threads, executable
 //! mappings, the Python runtime, and launching commands under the profiler.
 
+pub(crate) mod ancestors;
 pub(crate) mod ids;
 pub(crate) mod launch;
 pub(crate) mod memory;

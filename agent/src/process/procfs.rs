@@ -72,6 +72,34 @@ pub fn ppid(pid: Pid) -> Option<Pid> {
     status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|v| v.trim().parse().ok()).map(Pid)
 }
 
+/// The children of every thread of `pid` (`/proc/PID/task/TID/children`), in no order.
+pub fn children(pid: Pid) -> Vec<Pid> {
+    let mut children = Vec::new();
+    for tid in threads(pid).unwrap_or_default() {
+        let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")).unwrap_or_default();
+        children.extend(text.split_whitespace().filter_map(|c| c.parse().ok()).map(Pid));
+    }
+    children
+}
+
+/// Every process below `pid` in the process tree (children, their children…), at most
+/// `limit` of them, parents before their children.
+pub fn descendants(pid: Pid, limit: usize) -> Vec<Pid> {
+    let mut found: Vec<Pid> = Vec::new();
+    let mut next = 0;
+    let mut parent = pid;
+    loop {
+        for child in children(parent) {
+            if found.len() < limit && child != pid && !found.contains(&child) {
+                found.push(child);
+            }
+        }
+        let Some(&p) = found.get(next) else { return found };
+        parent = p;
+        next += 1;
+    }
+}
+
 /// The process's cgroup membership, as `/proc/PID/cgroup` lists it.
 pub fn cgroup(pid: Pid) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()

@@ -225,6 +225,38 @@ impl ProcessState {
         (addr < m.end).then_some((start, m))
     }
 
+    /// Reads, once, the perf maps of the ancestors this process was forked from (see
+    /// [`ancestors`](super::ancestors)): frames from before the fork return into trampolines
+    /// only they name. Called before the process's own map is read, so its own lines, read
+    /// later, replace any ancestor line they overlap (an ancestor reuses arena slots after
+    /// the fork that the child gives to other code). Lines appended after this read were
+    /// written after the fork and are never read. Every line is verified against this
+    /// process's own bytes, as its own lines are. Returns the lines added.
+    pub fn read_ancestor_maps(&mut self, strings: &mut Interner, elf: &mut ElfCache) -> usize {
+        let mut added = 0;
+        // Farthest first, so a nearer ancestor's lines replace the ones it reused.
+        for location in super::ancestors::perf_maps(self.pid).into_iter().rev() {
+            let (ancestor, shown) = (location.pid, location.display());
+            let mut reader = PerfMapReader::new(location);
+            match reader.read_to_end(&mut self.perf_map, strings) {
+                Ok(n) if n > 0 => {
+                    tracing::info!(
+                        pid = %self.pid,
+                        "read {n} lines of the perf map of PID {ancestor}, which it was forked from, for frames from before the fork"
+                    );
+                    added += n;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(pid = %self.pid, "cannot read the ancestor's perf map {shown}: {e}"),
+            }
+            self.perf_map_reader.corrupt_lines += reader.corrupt_lines;
+        }
+        if added > 0 {
+            self.verify_trampolines(elf);
+        }
+        added
+    }
+
     /// Reads new perf-map lines and checks the bytes behind them. Returns the lines added.
     pub fn poll_perf_map(&mut self, strings: &mut Interner, elf: &mut ElfCache) -> usize {
         let added = match self.perf_map_reader.poll(&mut self.perf_map, strings) {

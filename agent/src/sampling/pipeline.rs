@@ -60,6 +60,10 @@ impl Pipeline {
         gone
     }
 
+    pub fn follows_children(&self) -> bool {
+        self.follow_children
+    }
+
     pub fn is_tracked(&self, pid: Pid) -> bool {
         self.processes.contains_key(&pid)
     }
@@ -71,6 +75,7 @@ impl Pipeline {
             if let Some(stale) = self.launched.remove(&pid).flatten() {
                 state.perf_map_reader.skip_stale(stale);
             }
+            state.read_ancestor_maps(&mut self.profile.strings, &mut self.elf);
             state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
             self.profile.process_names.insert(pid, state.comm.clone());
             self.stats.processes += 1;

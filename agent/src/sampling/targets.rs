@@ -51,12 +51,20 @@ pub fn start_targets(
                 }
             }
             for &pid in pids {
+                // Listed before the target's events exist: a child forked after that inherits
+                // them, and must not be attached a second time.
+                let children = if pipeline.follows_children() {
+                    procfs::descendants(pid, MAX_EXISTING_CHILDREN)
+                } else {
+                    Vec::new()
+                };
                 session.attach_process(pid).map_err(|e| match e {
                     PerfError::NoSuchProcess(_) => SamplingError::NoSuchProcess(pid.0),
                     other => SamplingError::Perf(other),
                 })?;
                 let state = pipeline.track(pid).map_err(|_| SamplingError::NoSuchProcess(pid.0))?;
                 warn_about_runtime(state);
+                attach_existing_children(&children, session, pipeline)?;
             }
             let text = pids.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ");
             Ok(Started { pids: pids.clone(), launched: None, text })
@@ -89,6 +97,29 @@ pub fn start_targets(
             Ok(Started { pids: vec![pid], launched: Some(pid), text: format!("{} (PID {pid})", command.join(" ")) })
         }
     }
+}
+
+/// Most children of a `--pid` target that `--subprocesses` attaches to at start.
+const MAX_EXISTING_CHILDREN: usize = 4096;
+
+/// `--subprocesses` with `--pid`: the children that already run (a pre-fork server's workers)
+/// are followed like those forked later. A child that exits meanwhile is skipped.
+fn attach_existing_children(
+    children: &[Pid],
+    session: &mut SamplingSession,
+    pipeline: &mut Pipeline,
+) -> Result<(), SamplingError> {
+    for &child in children {
+        match session.attach_process(child) {
+            Ok(_) => {}
+            Err(PerfError::NoSuchProcess(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if pipeline.track(child).is_ok() {
+            tracing::info!("following {}, which already ran", describe(child));
+        }
+    }
+    Ok(())
 }
 
 /// Tells the user, once per process, what ember can and cannot see in it.

@@ -314,6 +314,19 @@ impl PerfMapReader {
         Ok(self.consume(&chunk, table, strings))
     }
 
+    /// Reads the whole map as it is now, poll by poll (each bounded), up to [`MAX_MAP_BYTES`].
+    /// Returns how many entries were added.
+    pub fn read_to_end(&mut self, table: &mut PerfMapTable, strings: &mut Interner) -> io::Result<usize> {
+        let mut added = 0;
+        loop {
+            let before = self.offset;
+            added += self.poll(table, strings)?;
+            if self.offset == before {
+                return Ok(added);
+            }
+        }
+    }
+
     /// Parses bytes that follow what was consumed before. Split from `poll` so it can be
     /// tested and fuzzed on byte strings.
     pub fn consume(&mut self, bytes: &[u8], table: &mut PerfMapTable, strings: &mut Interner) -> usize {

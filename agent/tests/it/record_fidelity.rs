@@ -63,3 +63,76 @@ fn a_library_loaded_after_attach_is_unwound_through() {
     assert!(out.status.success(), "{err}");
     assert_late_extension_stacks(&Folded::from_output(&out), &err);
 }
+
+/// The stack every worker sample of `prefork.py` must have: the frames from before the fork,
+/// named only in the master's map, then the worker's own.
+const WORKER_STACK: [&str; 5] = ["<module>", "main", "Arbiter.run", "Arbiter.spawn_worker", "Worker.run"];
+
+fn worker_sample(s: &[String]) -> bool {
+    has_frame(s, "handle_request") || has_frame(s, "only_in_worker")
+}
+
+fn whole_worker_stack(s: &[String]) -> bool {
+    let python: Vec<&str> = s.iter().filter(|f| f.ends_with(".py)")).map(|f| function(f)).collect();
+    python.starts_with(&WORKER_STACK) && !s.iter().any(|f| f == "[truncated]" || f.contains("[anon]"))
+}
+
+/// `prefork.py` with two workers, waiting; returns it and its workers' PIDs.
+fn start_prefork() -> (Target, Vec<String>) {
+    let target = Target::spawn(
+        Command::new(python312()).args(["-X", "perf"]).arg(fixture("prefork.py")).stdin(Stdio::piped()),
+    );
+    let ready = target.wait_for("ready", Duration::from_secs(20));
+    let workers: Vec<String> = ready.split_whitespace().skip(1).map(str::to_string).collect();
+    assert_eq!(workers.len(), 2, "{ready}");
+    (target, workers)
+}
+
+/// Attaches with `args`, then lets the workers work; returns ember's output.
+fn record_prefork(target: &mut Target, args: &[&str]) -> std::process::Output {
+    let mut full = vec!["record"];
+    full.extend_from_slice(args);
+    let mut agent = RunningAgent::start(&full);
+    agent.wait_for_stderr("recording", Duration::from_secs(20));
+    let mut stdin = target.child.stdin.take().expect("piped stdin");
+    writeln!(stdin, "go").expect("the master reads stdin");
+    agent.finish()
+}
+
+#[test]
+fn a_worker_forked_before_attach_has_the_frames_from_before_the_fork() {
+    let _serial = serial();
+    let (mut target, workers) = start_prefork();
+    let out = record_prefork(&mut target, &["--pid", &workers[0]]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let folded = Folded::from_output(&out);
+    let working = folded.count(worker_sample);
+    assert!(working >= 100, "only {working} samples of the worker's loop\n{err}");
+    let whole = folded.count(|s| worker_sample(s) && whole_worker_stack(s));
+    assert!(
+        whole as f64 >= 0.99 * working as f64,
+        "{whole} of {working} worker samples rooted at <module> through the master's frames\n{err}\n{:?}",
+        folded.stacks
+    );
+    assert!(err.contains("which it was forked from"), "the master's map was read: {err}");
+}
+
+#[test]
+fn subprocesses_with_pid_follow_the_workers_that_already_run() {
+    let _serial = serial();
+    let (mut target, workers) = start_prefork();
+    let master = target.pid().to_string();
+    let out = record_prefork(&mut target, &["--subprocesses", "--pid", &master]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let folded = Folded::from_output(&out);
+    for worker in &workers {
+        let root = format!("process {worker} ");
+        let mine = |s: &[String]| s[0].starts_with(&root) && worker_sample(&s[1..]);
+        let working = folded.count(mine);
+        assert!(working >= 100, "only {working} samples of worker {worker}\n{err}");
+        let whole = folded.count(|s| mine(s) && whole_worker_stack(&s[1..]));
+        assert!(whole as f64 >= 0.99 * working as f64, "worker {worker}: {whole} of {working} samples whole\n{err}");
+    }
+}
