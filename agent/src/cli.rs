@@ -7,11 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::aggregate::view::ViewOptions;
 use crate::export::Format;
-use crate::perf::SamplingConfig;
+use crate::perf::{SamplingConfig, MAX_STACK_COPY};
 use crate::process::Pid;
 use crate::record::{RecordConfig, Targets};
 
-/// The kernel copies at most this much user stack per sample.
+/// The largest user stack copy the kernel accepts to be asked for. It copies at most
+/// [`MAX_STACK_COPY`] of it, which is what ember then asks for.
 pub const MAX_STACK_BYTES: u32 = 65528;
 
 #[derive(Debug, Parser)]
@@ -52,7 +53,8 @@ pub struct SamplingArgs {
     /// Samples per second per thread.
     #[arg(short, long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub rate: u64,
-    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8).
+    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8; more than 65440 is
+    /// clamped to 65440, the most a sample can carry).
     #[arg(long, default_value_t = 32768, value_parser = parse_stack_bytes)]
     pub stack_bytes: u32,
     /// Add kernel frames.
@@ -67,10 +69,22 @@ pub struct SamplingArgs {
 }
 
 impl SamplingArgs {
+    /// `--stack-bytes`, clamped to what a sample can carry, saying so.
+    fn stack_bytes(&self) -> u32 {
+        if self.stack_bytes > MAX_STACK_COPY {
+            tracing::warn!(
+                "--stack-bytes {} is more than a perf sample can carry (a record is at most 64 KiB with its \
+                 header); copying {MAX_STACK_COPY} bytes per sample, the most there is room for",
+                self.stack_bytes
+            );
+        }
+        self.stack_bytes.min(MAX_STACK_COPY)
+    }
+
     fn config(&self) -> SamplingConfig {
         SamplingConfig {
             rate_hz: self.rate,
-            stack_bytes: self.stack_bytes,
+            stack_bytes: self.stack_bytes(),
             kernel: self.kernel,
             follow_children: self.subprocesses,
             ring_bytes: (self.ring_kib * 1024) as usize,
@@ -333,6 +347,17 @@ mod tests {
         assert!(
             Cli::try_parse_from(["ember-agent", "stream", "--collector", "x", "--all-python", "--pid", "1"]).is_err()
         );
+    }
+
+    #[test]
+    fn stack_bytes_past_what_a_sample_carries_are_clamped() {
+        assert_eq!(MAX_STACK_COPY, 65440, "65535 - 72 bytes before the stack - 16 for its sizes, rounded down to 8");
+        let stack = |n: &str| {
+            record(&["ember-agent", "record", "--pid", "1", "--stack-bytes", n]).map(|c| c.sampling.stack_bytes)
+        };
+        assert_eq!(stack("65440"), Ok(65440));
+        assert_eq!(stack("65528"), Ok(65440));
+        assert_eq!(stack("32768"), Ok(32768));
     }
 
     #[test]

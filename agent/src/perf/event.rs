@@ -15,6 +15,15 @@ pub const REG_IP: u32 = 8;
 /// `sample_regs_user` mask: exactly what DWARF CFI on x86_64 needs to find return addresses.
 pub const USER_REGS_MASK: u64 = (1 << REG_BP) | (1 << REG_SP) | (1 << REG_IP);
 
+/// The most user stack one of ember's samples can carry. A record's size is a u16, so the
+/// kernel fits the copy into what the other fields leave (`perf_sample_ustack_size`): 65535
+/// minus the fields before the stack (header, ip, tid, time, cpu, the register ABI word and
+/// the registers) and the stack's two size words, rounded down to 8. The kernel accepts a
+/// request of up to 65528 but silently copies less than this bound; with `--kernel` the
+/// callchain takes its share too, which the decoder notices per sample.
+pub const MAX_STACK_COPY: u32 = (u16::MAX as u32 - SAMPLE_BYTES_BEFORE_STACK - 16) / 8 * 8;
+const SAMPLE_BYTES_BEFORE_STACK: u32 = 8 + 4 * 8 + 8 + 8 * USER_REGS_MASK.count_ones();
+
 /// The user-space registers captured with a sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UserRegs {
@@ -112,13 +121,35 @@ impl Decoder {
         let header = perf_event_header { type_: ty, misc, size: u16::try_from(size).unwrap_or(u16::MAX) };
         let mut parser = Parser::new(body, self.config.clone());
         parser
-            .parse_record_with_header(EventVisitor { stack_request: self.stack_request }, header)
+            .parse_record_with_header(EventVisitor { stack_request: self.stack_request, body }, header)
             .map_err(|source| DecodeError::Malformed { ty, source })
     }
 }
 
-struct EventVisitor {
+struct EventVisitor<'b> {
     stack_request: usize,
+    /// The record's bytes, where the stack copy's reserved size is read.
+    body: &'b [u8],
+}
+
+/// Whether the kernel copied all the stack it reserved room for. The record holds the
+/// reserved size, then the copy, then what was copied (`dyn_size`): a copy shorter than its
+/// room stopped at the top of the stack, while a full one may have been cut by the request
+/// or by the record's size limit, which can be less than the request (see
+/// [`MAX_STACK_COPY`]). The reserved size is the word just before the copy in `body`.
+fn stack_copy_full(body: &[u8], stack: &[u8], stack_request: usize) -> bool {
+    let start = (stack.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    let reserved = start
+        .checked_sub(8)
+        .and_then(|at| body.get(at..start))
+        .and_then(|word| word.try_into().ok())
+        .map(u64::from_ne_bytes)
+        .filter(|&reserved| start.checked_add(reserved as usize).is_some_and(|end| end <= body.len()));
+    match reserved {
+        Some(reserved) => reserved > 0 && stack.len() as u64 >= reserved,
+        // Not a view into `body` (a copied record): only the request can tell.
+        None => stack_request > 0 && stack.len() >= stack_request,
+    }
 }
 
 fn meta_time(meta: &RecordMetadata) -> u64 {
@@ -129,7 +160,7 @@ fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-impl<'a> Visitor<'a> for EventVisitor {
+impl<'a> Visitor<'a> for EventVisitor<'_> {
     type Output = Option<PerfEvent>;
 
     fn visit_unimplemented(self, _metadata: RecordMetadata) -> Self::Output {
@@ -144,8 +175,8 @@ impl<'a> Visitor<'a> for EventVisitor {
             }
             Some(UserRegs { bp: r.regs[0], sp: r.regs[1], ip: r.regs[2] })
         });
+        let stack_filled = record.stack_user().is_some_and(|s| stack_copy_full(self.body, s, self.stack_request));
         let stack = record.stack_user().map(<[u8]>::to_vec).unwrap_or_default();
-        let stack_filled = self.stack_request > 0 && stack.len() >= self.stack_request;
         let kernel_chain = record
             .callchain()
             .map(|chain| chain.iter().copied().filter(|&a| a < PERF_CONTEXT_MAX_MARKER).collect())

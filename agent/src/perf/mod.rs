@@ -4,5 +4,5 @@
 pub(crate) mod event;
 pub mod session;
 
-pub use event::{Decoder, MmapEvent, PerfEvent, SampleEvent, UserRegs};
+pub use event::{Decoder, MmapEvent, PerfEvent, SampleEvent, UserRegs, MAX_STACK_COPY};
 pub use session::{PerfError, SamplingConfig, SamplingSession};

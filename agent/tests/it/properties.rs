@@ -109,4 +109,18 @@ proptest! {
         prop_assert_eq!(&s.stack, &stack);
         prop_assert_eq!(s.stack_filled, stack.len() == 64);
     }
+
+    #[test]
+    fn a_copy_the_kernel_made_smaller_than_asked_is_full_when_it_fills_its_room(
+        room_words in 1usize..=8, stack in proptest::collection::vec(any::<u8>(), 0..=64),
+    ) {
+        // The kernel leaves less room than the request when the record would pass 64 KiB.
+        let room = room_words * 8;
+        let stack = &stack[..stack.len().min(room)];
+        let decoder = decoder_for(&config(128));
+        let body = sample_body(0x1000, 7, 7, 1, stack, room);
+        let event = decoder.decode(9, 2, &body).expect("valid record").expect("a sample");
+        let PerfEvent::Sample(s) = event else { panic!("not a sample") };
+        prop_assert_eq!(s.stack_filled, stack.len() == room, "a full room may hide more stack; a short copy reached the top");
+    }
 }

@@ -79,9 +79,8 @@ fn whole_worker_stack(s: &[String]) -> bool {
 
 /// `prefork.py` with two workers, waiting; returns it and its workers' PIDs.
 fn start_prefork() -> (Target, Vec<String>) {
-    let target = Target::spawn(
-        Command::new(python312()).args(["-X", "perf"]).arg(fixture("prefork.py")).stdin(Stdio::piped()),
-    );
+    let target =
+        Target::spawn(Command::new(python312()).args(["-X", "perf"]).arg(fixture("prefork.py")).stdin(Stdio::piped()));
     let ready = target.wait_for("ready", Duration::from_secs(20));
     let workers: Vec<String> = ready.split_whitespace().skip(1).map(str::to_string).collect();
     assert_eq!(workers.len(), 2, "{ready}");
@@ -135,4 +134,36 @@ fn subprocesses_with_pid_follow_the_workers_that_already_run() {
         let whole = folded.count(|s| mine(s) && whole_worker_stack(&s[1..]));
         assert!(whole as f64 >= 0.99 * working as f64, "worker {worker}: {whole} of {working} samples whole\n{err}");
     }
+}
+
+/// `deep.py` with `args`: its recursion samples must reach <module>, and the summary must count
+/// the samples the stack copy cut, however the kernel shortened the copy.
+fn assert_deep_recursion_whole(args: &[&str]) -> String {
+    let out =
+        run(ember().args(["record", "--rate", "199"]).args(args).arg("--").arg(python312()).arg(fixture("deep.py")));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let folded = Folded::from_output(&out);
+    let recursion = folded.count(|s| has_frame(s, "recurse"));
+    let rooted = folded.count(|s| has_frame(s, "recurse") && function(&s[0]) == "<module>");
+    assert!(recursion >= 300, "only {recursion} recursion samples\n{err}");
+    assert!(
+        rooted as f64 >= 0.99 * recursion as f64,
+        "{rooted} of {recursion} recursion samples reach <module>\n{err}"
+    );
+    assert!(!err.contains(" 0 truncated"), "the bottom of a 151-deep recursion does not fit in 64 KiB: {err}");
+    err
+}
+
+#[test]
+fn the_largest_stack_copy_is_clamped_and_a_short_copy_counts_as_truncated() {
+    let _serial = serial();
+    // The kernel takes 65528 but copies at most 65440 bytes; taken as complete, the stacks of
+    // the deepest samples were cut silently.
+    let err = assert_deep_recursion_whole(&["--stack-bytes", "65528"]);
+    assert!(err.contains("--stack-bytes 65528 is more than a perf sample can carry") && err.contains("65440"), "{err}");
+    // With kernel frames the callchain takes room too, so the kernel copies less than 65440:
+    // the decoder must see that the copy filled the room it had.
+    let err = assert_deep_recursion_whole(&["--kernel", "--stack-bytes", "65440"]);
+    assert!(!err.contains("more than a perf sample can carry"), "{err}");
 }
