@@ -15,6 +15,9 @@ use crate::unwind::{
     ElfCache, ElfError, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache,
 };
 
+/// How much code at an entry point counts as the entry code: ld.so's `_start` calls
+/// `_dl_start`, then `_dl_init`, and jumps to the program within its first 64 bytes.
+const ENTRY_CODE_BYTES: u64 = 64;
 /// Largest anonymous region read to check trampolines (CPython's arenas are 64 KiB).
 const MAX_ARENA_READ: u64 = 1 << 20;
 /// Most bytes of arenas kept per process (256 of CPython's 64 KiB arenas); past it the cache
@@ -62,6 +65,8 @@ pub struct ProcessState {
     pub perf_map_reader: PerfMapReader,
     pub completer: StackCompleter,
     arena_bytes: HashMap<u64, Option<Vec<u8>>>,
+    /// The first bytes at each mapped image's entry point (avma), keyed by start.
+    entry_code: BTreeMap<u64, u64>,
     pub exited: bool,
 }
 
@@ -103,6 +108,7 @@ impl ProcessState {
             perf_map_reader: PerfMapReader::new(map),
             completer: StackCompleter::default(),
             arena_bytes: HashMap::new(),
+            entry_code: BTreeMap::new(),
             exited: false,
         }
     }
@@ -122,6 +128,7 @@ impl ProcessState {
         let mut child = Self::empty(pid, ns_pid, parent.comm.clone(), uids);
         child.runtime = parent.runtime;
         child.perf_map = parent.perf_map.clone();
+        child.entry_code = parent.entry_code.clone();
         for (&start, m) in &parent.mappings {
             child.insert_mapping(start, m.clone());
             if let Some(image) = m.image.and_then(|id| elf.get(id)) {
@@ -202,6 +209,11 @@ impl ProcessState {
             None
         };
         self.insert_mapping(start, Mapping { end, pgoff, path: path.to_string(), image: image.as_ref().map(|i| i.id) });
+        if let Some(entry) = image.as_ref().and_then(|i| Some(i.entry?.wrapping_add(i.load_bias(start, pgoff)))) {
+            if (start..end).contains(&entry) {
+                self.entry_code.insert(entry, entry.saturating_add(ENTRY_CODE_BYTES).min(end));
+            }
+        }
         if let Some(image) = image {
             if image.has_cfi() || image.text.is_some() {
                 self.unwinder.add_module(crate::unwind::stack::native_module(&image, start, end, pgoff));
@@ -218,6 +230,12 @@ impl ProcessState {
             }
         }
         Ok(())
+    }
+
+    /// Whether `addr` is in the code at an image's entry point: the dynamic loader's `_start`
+    /// (or a program's), which has no caller and, in ld.so, no CFI to say so.
+    pub fn is_entry_code(&self, addr: u64) -> bool {
+        self.entry_code.range(..=addr).next_back().is_some_and(|(_, &end)| addr < end)
     }
 
     pub fn mapping_at(&self, addr: u64) -> Option<(u64, &Mapping)> {

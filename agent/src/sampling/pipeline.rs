@@ -8,6 +8,7 @@ use crate::perf::{PerfEvent, SampleEvent};
 use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
 use crate::symbolize::perf_map::StaleMap;
 use crate::tasks::TaskTracker;
+use crate::unwind::stack::UnwoundStack;
 use crate::unwind::{unwind_stack, ElfCache, StackEnd};
 
 use super::stats::Stats;
@@ -189,6 +190,9 @@ impl Pipeline {
             &sample.stack,
             sample.stack_filled,
         );
+        if ends_in_entry_code(state, &unwound, sample.stack_filled) {
+            unwound.end = StackEnd::Complete;
+        }
         let mut complete = true;
         match unwound.end {
             StackEnd::Complete => state.completer.remember(tid, &unwound.frames),
@@ -232,4 +236,13 @@ impl Pipeline {
         self.poll_tasks();
         self.stats.corrupt_map_lines = self.processes.values().map(|p| p.perf_map_reader.corrupt_lines).sum();
     }
+}
+
+/// A walk that failed in a process's entry code (ld.so's `_start`, which has no CFI, while the
+/// loader runs before the program) with the copy reaching the top of the stack: that frame is
+/// the root, so the stack is complete, not cut.
+fn ends_in_entry_code(state: &ProcessState, unwound: &UnwoundStack, stack_filled: bool) -> bool {
+    let outermost = unwound.frames.len().checked_sub(1);
+    let root = outermost.and_then(|i| unwound.frames.get(i).map(|f| f.lookup_addr(i == 0)));
+    matches!(unwound.end, StackEnd::Failed(_)) && !stack_filled && root.is_some_and(|addr| state.is_entry_code(addr))
 }

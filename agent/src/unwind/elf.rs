@@ -66,6 +66,8 @@ pub struct ElfImage {
     pub segments: Vec<LoadSegment>,
     /// Its PLT stubs' names, which no symbol table holds.
     pub plt: crate::symbolize::plt::PltStubs,
+    /// The ELF entry point (`e_entry`, an svma), where a program's first instruction is.
+    pub entry: Option<u64>,
 }
 
 impl ElfImage {
@@ -283,6 +285,7 @@ fn open_image(id: ImageId, display_path: &str, file: File, copied_bytes: &mut u6
         got,
         segments,
         plt: crate::symbolize::plt::PltStubs::parse(&obj),
+        entry: Some(obj.entry()).filter(|&e| e != 0),
         file,
     })
 }

@@ -167,3 +167,28 @@ fn the_largest_stack_copy_is_clamped_and_a_short_copy_counts_as_truncated() {
     let err = assert_deep_recursion_whole(&["--kernel", "--stack-bytes", "65440"]);
     assert!(!err.contains("more than a perf sample can carry"), "{err}");
 }
+
+#[test]
+fn samples_in_the_dynamic_loader_at_start_are_rooted_at_its_entry() {
+    let _serial = serial();
+    // ld.so's _start has no CFI; a walk that reaches it from the loader's work (relocating
+    // libpython, all of it with LD_BIND_NOW) at the top of the stack is complete. A launch
+    // spends a few ms there, so runs repeat until enough samples were taken in it.
+    let (mut rooted, mut cut) = (0, 0);
+    for _ in 0..20 {
+        let out = run(ember()
+            .args(["record", "--rate", "10000", "--"])
+            .arg(python312())
+            .args(["-c", "pass"])
+            .env("LD_BIND_NOW", "1"));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let folded = Folded::from_output(&out);
+        rooted += folded.count(|s| s[0].starts_with("_start [ld-linux"));
+        cut += folded.count(|s| s[0] == "[truncated]" && s.get(1).is_some_and(|f| f.starts_with("_start [ld-linux")));
+        if rooted + cut >= 20 {
+            break;
+        }
+    }
+    assert!(rooted + cut >= 20, "only {} samples in the loader's start-up", rooted + cut);
+    assert_eq!(cut, 0, "{cut} loader samples marked [truncated] ({rooted} rooted at _start)");
+}
