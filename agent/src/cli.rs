@@ -231,6 +231,14 @@ pub struct RecordArgs {
     /// a track per asyncio task).
     #[arg(short, long)]
     pub format: Option<Format>,
+    /// Keep a replay case for the unwinder's tests: a few samples with what unwinding them
+    /// needs, written to DIR/case.json.gz (docs/REPLAY.md).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub capture_replay: Option<PathBuf>,
+    /// Most samples the replay case keeps.
+    #[arg(long, value_name = "N", hide = true, requires = "capture_replay",
+          default_value_t = crate::replay::DEFAULT_SAMPLES as u64, value_parser = clap::value_parser!(u64).range(1..=50))]
+    pub capture_samples: u64,
     #[command(flatten)]
     pub tasks: TaskArgs,
     #[command(flatten)]
@@ -284,6 +292,7 @@ impl RecordArgs {
             output: self.output,
             format,
             tasks: self.tasks.mode(),
+            capture_replay: self.capture_replay.map(|dir| (dir, self.capture_samples as usize)),
         })
     }
 }
@@ -366,5 +375,13 @@ mod tests {
         assert!(record(&["ember-agent", "record", "--pid", "1", "--stack-bytes", "70000"]).is_err());
         assert!(record(&["ember-agent", "record", "--pid", "1", "--rate", "0"]).is_err());
         assert!(record(&["ember-agent", "record", "--pid", "1", "--", "python3"]).is_err(), "pid and command conflict");
+        assert!(
+            record(&["ember-agent", "record", "--pid", "1", "--capture-samples", "5"]).is_err(),
+            "needs a directory"
+        );
+        assert!(record(&["ember-agent", "record", "--pid", "1", "--capture-replay", "d", "--capture-samples", "51"])
+            .is_err());
+        let c = record(&["ember-agent", "record", "--pid", "1", "--capture-replay", "d"]).expect("valid");
+        assert_eq!(c.capture_replay, Some(("d".into(), crate::replay::DEFAULT_SAMPLES)));
     }
 }

@@ -11,6 +11,7 @@ pub mod intern;
 pub mod perf;
 pub mod process;
 pub mod record;
+pub mod replay;
 pub(crate) mod sampling;
 pub mod stream;
 pub mod symbolize;

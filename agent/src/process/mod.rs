@@ -1,6 +1,7 @@
 //! Stage 2, **process**: what ember knows about each target: ids, threads, executable
 //! mappings, the Python runtime, and launching commands under the profiler.
 
+pub(crate) mod access;
 pub(crate) mod ancestors;
 pub(crate) mod ids;
 pub(crate) mod launch;
@@ -12,4 +13,4 @@ pub(crate) mod target_file;
 
 pub use ids::{NsPid, Pid, Tid};
 pub use state::FrameKey;
-pub(crate) use state::ProcessState;
+pub(crate) use state::{ProcessState, SampleUnwind};

@@ -2,17 +2,22 @@
 //! mappings (with their unwind modules) and its perf map.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use framehop::Unwinder;
 
+use super::access::{LiveTarget, TargetAccess};
 use super::ids::{NsPid, Pid, Tid};
+use super::procfs;
 use super::python::{self, Runtime};
-use super::target_file::{self, Owner};
-use super::{memory, procfs};
+use super::target_file::Owner;
 use crate::intern::{Interner, StrId};
+use crate::perf::SampleEvent;
 use crate::symbolize::perf_map::{MapLocation, PerfMapReader, PerfMapTable};
+use crate::unwind::stack::{RawFrame, UnwoundStack};
 use crate::unwind::{
-    ElfCache, ElfError, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache,
+    unwind_stack, ElfCache, FileIdentity, ImageId, NativeUnwinder, StackCompleter, StackEnd, TrampolineKind,
+    UnwindCache,
 };
 
 /// How much code at an entry point counts as the entry code: ld.so's `_start` calls
@@ -30,6 +35,8 @@ pub struct Mapping {
     pub end: u64,
     pub pgoff: u64,
     pub path: String,
+    /// Device and inode of a mapped file, which identify its image.
+    pub dev_inode: Option<(u32, u32, u64)>,
     pub image: Option<ImageId>,
 }
 
@@ -67,7 +74,29 @@ pub struct ProcessState {
     arena_bytes: HashMap<u64, Option<Vec<u8>>>,
     /// The first bytes at each mapped image's entry point (avma), keyed by start.
     entry_code: BTreeMap<u64, u64>,
+    /// Where mappings, memory and mapped files are read from.
+    access: Arc<dyn TargetAccess>,
     pub exited: bool,
+}
+
+/// One sample unwound, completed and turned into frame keys.
+#[derive(Debug, Clone)]
+pub struct SampleUnwind {
+    /// Leaf first, including frames taken from an earlier stack.
+    pub frames: Vec<RawFrame>,
+    /// How the walk over this sample's own stack copy ended.
+    pub end: StackEnd,
+    /// The earlier stack of the thread whose outer frames completed this one.
+    pub completed_from: Option<Arc<[RawFrame]>>,
+    /// Bytes at the start of the stack copy the walk read.
+    pub stack_read: usize,
+}
+
+impl SampleUnwind {
+    /// Whether the stack reaches its root, by itself or completed.
+    pub fn is_whole(&self) -> bool {
+        self.end == StackEnd::Complete || self.completed_from.is_some()
+    }
 }
 
 impl std::fmt::Debug for ProcessState {
@@ -87,15 +116,30 @@ impl ProcessState {
     pub fn from_proc(pid: Pid, elf: &mut ElfCache) -> Result<Self, procfs::ProcfsError> {
         let (ns_pid, uids) = procfs::identity(pid)?;
         let comm = procfs::comm(pid, Tid(pid.0)).unwrap_or_default();
-        let mut state = Self::empty(pid, ns_pid, comm, uids);
+        let mut state = Self::empty(pid, ns_pid, comm, Self::live_map(pid, ns_pid, uids), Arc::new(LiveTarget(pid)));
         state.refresh_maps(elf)?;
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         state.runtime = python::detect(exe.as_deref(), state.mappings.values().map(|m| m.path.as_str()));
         Ok(state)
     }
 
-    fn empty(pid: Pid, ns_pid: NsPid, comm: String, uids: Vec<u32>) -> Self {
-        let map = MapLocation { pid, file_name: format!("perf-{ns_pid}.map"), owner: Owner::OneOf(uids) };
+    /// A process known only from a recording: its mappings and memory come from `access`,
+    /// its perf-map lines are fed to [`ProcessState::perf_map_reader`] by the caller.
+    pub(crate) fn recorded(pid: Pid, comm: String, access: Arc<dyn TargetAccess>) -> Self {
+        Self::empty(pid, NsPid(pid.0), comm, PerfMapReader::detached(), access)
+    }
+
+    fn live_map(pid: Pid, ns_pid: NsPid, uids: Vec<u32>) -> PerfMapReader {
+        PerfMapReader::new(MapLocation { pid, file_name: format!("perf-{ns_pid}.map"), owner: Owner::OneOf(uids) })
+    }
+
+    fn empty(
+        pid: Pid,
+        ns_pid: NsPid,
+        comm: String,
+        perf_map_reader: PerfMapReader,
+        access: Arc<dyn TargetAccess>,
+    ) -> Self {
         Self {
             pid,
             ns_pid,
@@ -105,10 +149,11 @@ impl ProcessState {
             unwinder: NativeUnwinder::new(),
             cache: UnwindCache::new(),
             perf_map: PerfMapTable::default(),
-            perf_map_reader: PerfMapReader::new(map),
+            perf_map_reader,
             completer: StackCompleter::default(),
             arena_bytes: HashMap::new(),
             entry_code: BTreeMap::new(),
+            access,
             exited: false,
         }
     }
@@ -125,7 +170,8 @@ impl ProcessState {
     /// map names, so the child starts from the parent's table and adds its own map on top.
     pub fn forked_from(parent: &ProcessState, pid: Pid, elf: &mut ElfCache) -> Self {
         let (ns_pid, uids) = procfs::identity(pid).unwrap_or_else(|_| (NsPid(pid.0), parent.perf_map_owner_uids()));
-        let mut child = Self::empty(pid, ns_pid, parent.comm.clone(), uids);
+        let mut child =
+            Self::empty(pid, ns_pid, parent.comm.clone(), Self::live_map(pid, ns_pid, uids), Arc::new(LiveTarget(pid)));
         child.runtime = parent.runtime;
         child.perf_map = parent.perf_map.clone();
         child.entry_code = parent.entry_code.clone();
@@ -146,7 +192,7 @@ impl ProcessState {
         let ns_pid = self.ns_pid;
         // exec may change uids (a setuid program).
         let uids = procfs::identity(pid).map_or_else(|_| self.perf_map_owner_uids(), |(_, uids)| uids);
-        *self = Self::empty(pid, ns_pid, self.comm.clone(), uids);
+        *self = Self::empty(pid, ns_pid, self.comm.clone(), Self::live_map(pid, ns_pid, uids), self.access.clone());
         let _ = self.refresh_maps(elf);
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         self.runtime = python::detect(exe.as_deref(), self.mappings.values().map(|m| m.path.as_str()));
@@ -182,33 +228,24 @@ impl ProcessState {
             }
         }
         let is_file = path.starts_with('/') && !path.starts_with("//anon");
+        let access = &self.access;
         let image = if path == "[vdso]" {
             // The vDSO is the same code in every process of this kernel; read it once from
             // the target's memory so its CFI and symbols work like a file's.
-            let pid = self.pid;
             elf.load_bytes(FileIdentity::Path("[vdso]".into()), "[vdso]", || {
-                memory::read(pid, start, (end - start) as usize)
+                access.read_memory(start, (end - start) as usize)
             })
         } else if is_file {
             let identity = match dev_inode {
                 Some((maj, min, ino)) if ino != 0 => FileIdentity::DevInode(maj, min, ino),
                 _ => FileIdentity::Path(format!("{}:{path}", self.pid)),
             };
-            let pid = self.pid;
-            elf.load(identity, path, || {
-                // The path as the kernel printed it, resolved in the target's root without
-                // following links; else the mapped file itself (needs CAP_SYS_ADMIN or
-                // CAP_CHECKPOINT_RESTORE).
-                target_file::open_mapped_path(pid, path).or_else(|first| {
-                    let exact = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-                    target_file::open_magic_link(&exact)
-                        .map_err(|_| ElfError::Target { path: path.into(), source: first })
-                })
-            })
+            elf.load(identity, path, || access.open_mapped(path, start, end))
         } else {
             None
         };
-        self.insert_mapping(start, Mapping { end, pgoff, path: path.to_string(), image: image.as_ref().map(|i| i.id) });
+        let mapping = Mapping { end, pgoff, path: path.to_string(), dev_inode, image: image.as_ref().map(|i| i.id) };
+        self.insert_mapping(start, mapping);
         if let Some(entry) = image.as_ref().and_then(|i| Some(i.entry?.wrapping_add(i.load_bias(start, pgoff)))) {
             if (start..end).contains(&entry) {
                 self.entry_code.insert(entry, entry.saturating_add(ENTRY_CODE_BYTES).min(end));
@@ -224,7 +261,7 @@ impl ProcessState {
     /// Adds executable mappings from `/proc/PID/maps` that the perf records have not told us
     /// about (mappings made before attach, or records still in another CPU's buffer).
     pub fn refresh_maps(&mut self, elf: &mut ElfCache) -> Result<(), procfs::ProcfsError> {
-        for line in procfs::maps(self.pid)? {
+        for line in self.access.maps()? {
             if line.executable {
                 self.add_mapping(line.start, line.end, line.offset, &line.path, line.dev_inode, elf);
             }
@@ -234,6 +271,15 @@ impl ProcessState {
 
     /// Whether `addr` is in the code at an image's entry point: the dynamic loader's `_start`
     /// (or a program's), which has no caller and, in ld.so, no CFI to say so.
+    /// A walk that failed in a process's entry code (ld.so's `_start`, which has no CFI, while
+    /// the loader runs before the program) with the copy reaching the top of the stack: that
+    /// frame is the root, so the stack is complete, not cut.
+    fn ends_in_entry_code(&self, unwound: &UnwoundStack, stack_filled: bool) -> bool {
+        let outermost = unwound.frames.len().checked_sub(1);
+        let root = outermost.and_then(|i| unwound.frames.get(i).map(|f| f.lookup_addr(i == 0)));
+        matches!(unwound.end, StackEnd::Failed(_)) && !stack_filled && root.is_some_and(|addr| self.is_entry_code(addr))
+    }
+
     pub fn is_entry_code(&self, addr: u64) -> bool {
         self.entry_code.range(..=addr).next_back().is_some_and(|(_, &end)| addr < end)
     }
@@ -290,6 +336,18 @@ impl ProcessState {
         added
     }
 
+    /// Adds perf-map lines given as bytes (a replay case's) and checks them as [`poll_perf_map`]
+    /// does the file's.
+    ///
+    /// [`poll_perf_map`]: ProcessState::poll_perf_map
+    pub(crate) fn add_perf_map_lines(&mut self, bytes: &[u8], strings: &mut Interner, elf: &mut ElfCache) -> usize {
+        let added = self.perf_map_reader.consume(bytes, &mut self.perf_map, strings);
+        if added > 0 {
+            self.verify_trampolines(elf);
+        }
+        added
+    }
+
     /// Decides, for every new perf-map entry, whether it is a trampoline and which variant,
     /// by reading the code at its address from the target.
     fn verify_trampolines(&mut self, elf: &mut ElfCache) {
@@ -297,7 +355,7 @@ impl ProcessState {
         if pending.iter().any(|&(start, _)| self.mapping_at(start).is_none()) {
             let _ = self.refresh_maps(elf);
         }
-        let alive = procfs::process_exists(self.pid);
+        let alive = self.access.alive();
         for (start, size) in pending {
             let kind = match self.mapping_at(start).map(|(s, m)| (s, m.end, m.image.is_none())) {
                 Some((arena_start, arena_end, true)) => {
@@ -323,15 +381,66 @@ impl ProcessState {
     }
 
     fn arena(&mut self, start: u64, end: u64) -> Option<&Vec<u8>> {
-        let pid = self.pid;
+        let access = &self.access;
         let cached: usize = self.arena_bytes.values().flatten().map(Vec::len).sum();
         if !self.arena_bytes.contains_key(&start) && cached >= MAX_ARENA_CACHE {
             self.arena_bytes.clear();
         }
         self.arena_bytes
             .entry(start)
-            .or_insert_with(|| memory::read(pid, start, (end - start).min(MAX_ARENA_READ) as usize))
+            .or_insert_with(|| access.read_memory(start, (end - start).min(MAX_ARENA_READ) as usize))
             .as_ref()
+    }
+
+    /// The code bytes at `start` that the trampoline check read, for a replay recording.
+    pub(crate) fn code_bytes(&mut self, start: u64, len: u64) -> Option<Vec<u8>> {
+        let (arena_start, mapping) = self.mapping_at(start)?;
+        let arena_end = mapping.end;
+        let from = usize::try_from(start - arena_start).ok()?;
+        let to = from.checked_add(usize::try_from(len).ok()?)?;
+        self.arena(arena_start, arena_end)?.get(from..to).map(<[u8]>::to_vec)
+    }
+
+    /// Unwinds one sample of this process, completes it from the thread's earlier stacks if
+    /// the walk stopped short, and appends its frame keys (root last) to `keys`.
+    pub fn unwind_sample(
+        &mut self,
+        sample: &SampleEvent,
+        strings: &mut Interner,
+        keys: &mut Vec<FrameKey>,
+    ) -> SampleUnwind {
+        let tid = sample.tid;
+        let mut unwound = unwind_stack(
+            &self.unwinder,
+            &mut self.cache,
+            &self.perf_map,
+            sample.regs,
+            &sample.stack,
+            sample.stack_filled,
+        );
+        if self.ends_in_entry_code(&unwound, sample.stack_filled) {
+            unwound.end = StackEnd::Complete;
+        }
+        let mut frames = unwound.frames;
+        let mut completed_from = None;
+        match unwound.end {
+            StackEnd::Complete => self.completer.remember(tid, &frames),
+            StackEnd::Truncated | StackEnd::Failed(_) => {
+                completed_from = self.completer.complete(tid, &mut frames);
+                if completed_from.is_some() {
+                    self.completer.remember(tid, &frames);
+                }
+            }
+        }
+        let outcome = SampleUnwind { frames, end: unwound.end, completed_from, stack_read: unwound.stack_read };
+        keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
+        for (i, frame) in outcome.frames.iter().enumerate() {
+            keys.push(self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings));
+        }
+        if !outcome.is_whole() || keys.is_empty() {
+            keys.push(FrameKey::Truncated);
+        }
+        outcome
     }
 
     /// Classifies an address of this process.

@@ -27,6 +27,8 @@ pub struct RecordConfig {
     pub format: Format,
     /// Whether to record asyncio tasks.
     pub tasks: crate::tasks::TaskMode,
+    /// Keep a replay case of at most this many samples in this directory.
+    pub capture_replay: Option<(std::path::PathBuf, usize)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,10 @@ pub enum RecordError {
     Sampling(#[from] SamplingError),
     #[error(transparent)]
     Output(#[from] OutputError),
+    #[error(transparent)]
+    Capture(#[from] crate::replay::CaptureError),
+    #[error("{0} already holds a replay case; name a new directory")]
+    CaptureExists(std::path::PathBuf),
 }
 
 /// How a recording ended.
@@ -55,9 +61,16 @@ impl RecordOutcome {
 pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     // Fail before recording, not after, if the result could not be written.
     let output = Output::open(config.output.as_deref(), config.format)?;
+    if let Some((dir, _)) = &config.capture_replay {
+        let case = dir.join(crate::replay::CASE_FILE);
+        if case.symlink_metadata().is_ok() {
+            return Err(RecordError::CaptureExists(case));
+        }
+    }
     let signals = Signals::install()?;
     let keep = if config.format == Format::Trace { Keep::CountsAndTimes } else { Keep::Counts };
     let mut engine = Engine::start(&config.sampling, keep, config.tasks, Some(&config.targets))?;
+    engine.pipeline.capture = config.capture_replay.clone().map(|(dir, n)| crate::replay::Capture::new(dir, n));
     let target_text = engine.started().text.clone();
     let launched = engine.started().launched;
     tracing::info!(threads = engine.session.thread_count(), "recording {target_text}");
@@ -96,7 +109,7 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     );
     let view = view::build(&pipeline.profile, &symbols, config.view);
     let meta = Meta {
-        target: target_text,
+        target: target_text.clone(),
         duration_secs: elapsed.as_secs_f64(),
         rate_hz: config.sampling.rate_hz,
         start_unix_nanos,
@@ -113,6 +126,10 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     // its exit status is still ember's.
     let forward = (reason == StopReason::Terminated).then_some(nix::sys::signal::Signal::SIGTERM);
     let child_exit = engine.wait_for_command(forward);
+    let captured = engine.pipeline.capture.take().map(|c| c.write(&target_text, &engine.pipeline.elf));
     written?;
+    if let Some(path) = captured.transpose()? {
+        eprintln!("replay case: {}", path.display());
+    }
     Ok(RecordOutcome { stats, child_exit })
 }

@@ -6,10 +6,10 @@ use std::collections::{HashMap, HashSet};
 use crate::aggregate::{Keep, Profile, SampleOwner};
 use crate::perf::{PerfEvent, SampleEvent};
 use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
+use crate::replay::Capture;
 use crate::symbolize::perf_map::StaleMap;
 use crate::tasks::TaskTracker;
-use crate::unwind::stack::UnwoundStack;
-use crate::unwind::{unwind_stack, ElfCache, StackEnd};
+use crate::unwind::{ElfCache, StackEnd};
 
 use super::stats::Stats;
 
@@ -27,6 +27,8 @@ pub struct Pipeline {
     keys: Vec<FrameKey>,
     /// asyncio task timelines, when the task monitor runs in the targets.
     pub tasks: Option<TaskTracker>,
+    /// Samples kept for a replay case (`record --capture-replay`).
+    pub capture: Option<Capture>,
 }
 
 impl Pipeline {
@@ -41,6 +43,7 @@ impl Pipeline {
             threads_seen: HashSet::new(),
             keys: Vec::new(),
             tasks: None,
+            capture: None,
         }
     }
 
@@ -179,45 +182,20 @@ impl Pipeline {
             self.stats.untracked_samples += 1;
             return;
         }
-        let Self { processes, profile, stats, keys, threads_seen, .. } = self;
+        let Self { processes, profile, stats, keys, threads_seen, capture, elf, .. } = self;
         let Some(state) = processes.get_mut(&pid) else { return };
         keys.clear();
-        let mut unwound = unwind_stack(
-            &state.unwinder,
-            &mut state.cache,
-            &state.perf_map,
-            sample.regs,
-            &sample.stack,
-            sample.stack_filled,
-        );
-        if ends_in_entry_code(state, &unwound, sample.stack_filled) {
-            unwound.end = StackEnd::Complete;
-        }
-        let mut complete = true;
+        let unwound = state.unwind_sample(&sample, &mut profile.strings, keys);
         match unwound.end {
-            StackEnd::Complete => state.completer.remember(tid, &unwound.frames),
-            StackEnd::Truncated | StackEnd::Failed(_) => {
-                if unwound.end == StackEnd::Truncated {
-                    stats.truncated += 1;
-                } else {
-                    stats.unwind_failures += 1;
-                }
-                if state.completer.complete(tid, &mut unwound.frames) {
-                    if unwound.end == StackEnd::Truncated {
-                        stats.completed += 1;
-                    }
-                    state.completer.remember(tid, &unwound.frames);
-                } else {
-                    complete = false;
-                }
+            StackEnd::Complete => {}
+            StackEnd::Truncated => {
+                stats.truncated += 1;
+                stats.completed += u64::from(unwound.completed_from.is_some());
             }
+            StackEnd::Failed(_) => stats.unwind_failures += 1,
         }
-        keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
-        for (i, frame) in unwound.frames.iter().enumerate() {
-            keys.push(state.frame_key(frame.addr, frame.lookup_addr(i == 0), &mut profile.strings));
-        }
-        if !complete || keys.is_empty() {
-            keys.push(FrameKey::Truncated);
+        if let Some(capture) = capture {
+            capture.offer(state, &sample, &unwound, keys, &profile.strings, elf);
         }
         if threads_seen.insert((pid, tid)) {
             stats.threads += 1;
@@ -236,13 +214,4 @@ impl Pipeline {
         self.poll_tasks();
         self.stats.corrupt_map_lines = self.processes.values().map(|p| p.perf_map_reader.corrupt_lines).sum();
     }
-}
-
-/// A walk that failed in a process's entry code (ld.so's `_start`, which has no CFI, while the
-/// loader runs before the program) with the copy reaching the top of the stack: that frame is
-/// the root, so the stack is complete, not cut.
-fn ends_in_entry_code(state: &ProcessState, unwound: &UnwoundStack, stack_filled: bool) -> bool {
-    let outermost = unwound.frames.len().checked_sub(1);
-    let root = outermost.and_then(|i| unwound.frames.get(i).map(|f| f.lookup_addr(i == 0)));
-    matches!(unwound.end, StackEnd::Failed(_)) && !stack_filled && root.is_some_and(|addr| state.is_entry_code(addr))
 }

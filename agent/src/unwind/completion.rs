@@ -30,17 +30,17 @@ impl StackCompleter {
     }
 
     /// Extends a truncated stack (leaf first) with the outer frames of a remembered stack of
-    /// the same thread. Returns whether it found a frame both agree on.
-    pub fn complete(&self, tid: Tid, frames: &mut Vec<RawFrame>) -> bool {
-        let Some(last) = frames.last().copied() else { return false };
-        let Some(refs) = self.references.get(&tid) else { return false };
-        for reference in refs {
+    /// the same thread. Returns the remembered stack it took them from, if it found a frame
+    /// both agree on.
+    pub fn complete(&self, tid: Tid, frames: &mut Vec<RawFrame>) -> Option<Arc<[RawFrame]>> {
+        let last = frames.last().copied()?;
+        for reference in self.references.get(&tid)? {
             if let Some(at) = reference.iter().position(|f| *f == last) {
                 frames.extend_from_slice(&reference[at + 1..]);
-                return true;
+                return Some(reference.clone());
             }
         }
-        false
+        None
     }
 
     pub fn forget_thread(&mut self, tid: Tid) {
@@ -64,7 +64,7 @@ mod tests {
         c.remember(tid, &[f(0x10, 100), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
         // A deeper sample, cut off after reaching the frame (0x20, 200).
         let mut truncated = vec![f(0x99, 10), f(0x98, 50), f(0x20, 200)];
-        assert!(c.complete(tid, &mut truncated));
+        assert!(c.complete(tid, &mut truncated).is_some());
         assert_eq!(truncated, vec![f(0x99, 10), f(0x98, 50), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
     }
 
@@ -73,7 +73,7 @@ mod tests {
         let mut c = StackCompleter::default();
         c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
         let mut truncated = vec![f(0x99, 10), f(0x20, 250)];
-        assert!(!c.complete(Tid(1), &mut truncated));
+        assert!(c.complete(Tid(1), &mut truncated).is_none());
         assert_eq!(truncated.len(), 2);
     }
 
@@ -82,7 +82,7 @@ mod tests {
         let mut c = StackCompleter::default();
         c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
         let mut truncated = vec![f(0x20, 200)];
-        assert!(!c.complete(Tid(2), &mut truncated));
+        assert!(c.complete(Tid(2), &mut truncated).is_none());
     }
 
     #[test]
@@ -91,10 +91,10 @@ mod tests {
         let tid = Tid(3);
         c.remember(tid, &[f(1, 10), f(2, 20), f(3, 30)]);
         let mut middle = vec![f(5, 1), f(2, 20)];
-        assert!(c.complete(tid, &mut middle));
+        assert!(c.complete(tid, &mut middle).is_some());
         c.remember(tid, &middle);
         let mut deep = vec![f(9, 0), f(5, 1)];
-        assert!(c.complete(tid, &mut deep));
+        assert!(c.complete(tid, &mut deep).is_some());
         assert_eq!(deep, vec![f(9, 0), f(5, 1), f(2, 20), f(3, 30)]);
     }
 }

@@ -246,6 +246,35 @@ fn sealed_copy(source: &mut impl std::io::Read, expected_len: u64) -> std::io::R
     Ok(file)
 }
 
+/// A memfd of `len` bytes holding `extents` at their offsets and zeros elsewhere, sealed as a
+/// copied image is: how a replay case's image, recorded in part, is opened.
+pub(crate) fn sealed_sparse<'a>(len: u64, extents: impl IntoIterator<Item = (u64, &'a [u8])>) -> std::io::Result<File> {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::os::unix::fs::FileExt;
+    if len > MAX_COPIED_IMAGE {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "image larger than ember copies"));
+    }
+    let fd = memfd_create(c"ember-replay-image", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let file = File::from(fd);
+    // tmpfs keeps the holes sparse: only the recorded extents take memory.
+    file.set_len(len)?;
+    for (offset, bytes) in extents {
+        let fits = offset.checked_add(bytes.len() as u64).is_some_and(|end| end <= len);
+        if !fits {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "extent past the end of the image"));
+        }
+        file.write_all_at(bytes, offset)?;
+    }
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file)
+}
+
+/// The sections whose bytes unwinding reads (framehop's DWARF CFI). `.text` and `.got` are
+/// used only for their addresses: framehop reads code bytes only for Mach-O and PE.
+pub(crate) const CFI_SECTIONS: [&str; 3] = [".eh_frame", ".eh_frame_hdr", ".debug_frame"];
+
 fn open_image(id: ImageId, display_path: &str, file: File, copied_bytes: &mut u64) -> Result<ElfImage, ElfError> {
     let file = stable(file, display_path, copied_bytes)?;
     // SAFETY: the mapping is read-only, and the file is either writable by root alone or a

@@ -59,6 +59,8 @@ pub struct UnwoundStack {
     /// Leaf first.
     pub frames: Vec<RawFrame>,
     pub end: StackEnd,
+    /// Bytes at the start of the copy the walk read: a replay recording keeps only these.
+    pub stack_read: usize,
 }
 
 /// Where the perf trampolines are; implemented by the perf-map table.
@@ -105,13 +107,16 @@ pub fn unwind_stack(
     stack_filled: bool,
 ) -> UnwoundStack {
     let Some(regs) = regs else {
-        return UnwoundStack { frames: Vec::new(), end: StackEnd::Failed(UnwindFailure::NoRegisters) };
+        return UnwoundStack { frames: Vec::new(), end: StackEnd::Failed(UnwindFailure::NoRegisters), stack_read: 0 };
     };
     let stack_start = regs.sp;
     let stack_end = regs.sp.saturating_add(stack.len() as u64);
+    let mut stack_read = 0;
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
         let offset = usize::try_from(addr.checked_sub(stack_start).ok_or(())?).map_err(|_| ())?;
-        let bytes = stack.get(offset..offset.checked_add(8).ok_or(())?).ok_or(())?;
+        let read_end = offset.checked_add(8).ok_or(())?;
+        let bytes = stack.get(offset..read_end).ok_or(())?;
+        stack_read = stack_read.max(read_end);
         Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
     };
     let beyond_copy = |addr: u64| addr >= stack_end;
@@ -165,7 +170,7 @@ pub fn unwind_stack(
             Err(_) => break StackEnd::Failed(UnwindFailure::Loop),
         }
     };
-    UnwoundStack { frames, end }
+    UnwoundStack { frames, end, stack_read }
 }
 
 #[cfg(test)]

@@ -14,4 +14,5 @@ mod record_outputs;
 mod record_stacks;
 mod record_targets;
 mod record_tasks;
+mod replay;
 mod task_monitor;

@@ -1,0 +1,51 @@
+//! How ember reads a target: its executable mappings, its memory (to check trampolines and
+//! copy the vDSO) and the files it maps. The live target goes through `/proc` and
+//! `process_vm_readv`; a replay case (see [`crate::replay`]) answers from its recording, so
+//! the same process state and unwind code run on both.
+
+use std::fmt::Debug;
+use std::fs::File;
+
+use super::ids::Pid;
+use super::procfs::{self, MapsLine, ProcfsError};
+use super::{memory, target_file};
+use crate::unwind::ElfError;
+
+pub trait TargetAccess: Debug + Send + Sync {
+    /// The target's mappings, as `/proc/PID/maps` lists them.
+    fn maps(&self) -> Result<Vec<MapsLine>, ProcfsError>;
+    /// `len` bytes of the target's memory at `addr`, or `None` if they cannot be read.
+    fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>>;
+    /// The file mapped at `start..end` under `path`.
+    fn open_mapped(&self, path: &str, start: u64, end: u64) -> Result<File, ElfError>;
+    /// Whether the target still runs (when not, perf-map lines are trusted by their size).
+    fn alive(&self) -> bool;
+}
+
+/// A running process, read through `/proc` and `process_vm_readv`.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveTarget(pub Pid);
+
+impl TargetAccess for LiveTarget {
+    fn maps(&self) -> Result<Vec<MapsLine>, ProcfsError> {
+        procfs::maps(self.0)
+    }
+
+    fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        memory::read(self.0, addr, len)
+    }
+
+    fn open_mapped(&self, path: &str, start: u64, end: u64) -> Result<File, ElfError> {
+        let pid = self.0;
+        // The path as the kernel printed it, resolved in the target's root without following
+        // links; else the mapped file itself (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
+        target_file::open_mapped_path(pid, path).or_else(|first| {
+            let exact = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+            target_file::open_magic_link(&exact).map_err(|_| ElfError::Target { path: path.into(), source: first })
+        })
+    }
+
+    fn alive(&self) -> bool {
+        procfs::process_exists(self.0)
+    }
+}
