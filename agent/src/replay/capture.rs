@@ -67,6 +67,8 @@ struct Snapshot {
     time: u64,
     record: SampleRecord,
     mappings: Vec<(MappingRecord, Option<ImageId>)>,
+    /// The addresses framehop looked up (return addresses less one), to keep their FDEs.
+    lookups: Vec<u64>,
     perf_map: Vec<String>,
     memory: Vec<MemoryRecord>,
 }
@@ -122,6 +124,7 @@ impl Capture {
                 }
             }
         };
+        let lookups = unwound.frames.iter().enumerate().map(|(i, f)| f.lookup_addr(i == 0)).collect();
         for (i, frame) in unwound.frames.iter().enumerate() {
             add_mapping(state, frame.addr);
             add_mapping(state, frame.lookup_addr(i == 0));
@@ -156,7 +159,7 @@ impl Capture {
                 frames: keys.iter().map(|k| frame_text(k, strings, elf)).collect(),
             },
         };
-        spread.keep(index, Snapshot { time: sample.time, record, mappings, perf_map, memory });
+        spread.keep(index, Snapshot { time: sample.time, record, mappings, lookups, perf_map, memory });
     }
 
     /// Builds the case: the kept samples in the order they were taken, with shared tables.
@@ -173,6 +176,16 @@ impl Capture {
             memory: Vec::new(),
             samples: Vec::new(),
         };
+        // Each image's addresses in all samples, in the file's own address space.
+        let mut svmas: HashMap<ImageId, Vec<u64>> = HashMap::new();
+        for snapshot in &kept {
+            for (m, image) in &snapshot.mappings {
+                let Some(loaded) = image.and_then(|id| elf.get(id)) else { continue };
+                let bias = loaded.load_bias(m.start, m.pgoff);
+                let inside = snapshot.lookups.iter().filter(|&&a| a >= m.start && a < m.end);
+                svmas.entry(loaded.id).or_default().extend(inside.map(|a| a.wrapping_sub(bias)));
+            }
+        }
         let mut images: HashMap<ImageId, Option<usize>> = HashMap::new();
         let mut mappings: HashMap<MappingRecord, usize> = HashMap::new();
         let mut lines: HashMap<String, usize> = HashMap::new();
@@ -183,7 +196,7 @@ impl Capture {
                 mapping.image = image.and_then(|id| {
                     *images.entry(id).or_insert_with(|| {
                         let image = elf.get(id)?;
-                        match image_extents(image) {
+                        match image_extents(image, svmas.get(&id).map_or(&[][..], Vec::as_slice)) {
                             Ok((file_len, extents)) => {
                                 case.images.push(ImageRecord {
                                     path: image.path.clone(),
@@ -278,6 +291,7 @@ mod tests {
                 expected: Expected { end: "complete".into(), completed: false, frames: Vec::new() },
             },
             mappings: Vec::new(),
+            lookups: Vec::new(),
             perf_map: Vec::new(),
             memory: Vec::new(),
         };

@@ -3,8 +3,13 @@
 //! reads; those ranges plus the CFI sections are what a case keeps. A replay puts them back
 //! at their offsets in a sparse file, so the image goes through the very loader the live
 //! agent uses, and code, symbols and debug info stay out of the corpus.
+//!
+//! With an `.eh_frame_hdr` (its sorted table is all framehop searches), only the FDEs for the
+//! sampled addresses and their CIEs are kept of `.eh_frame`, a few KiB instead of the
+//! megabyte of libpython's.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::Range;
 
 use memmap2::Mmap;
@@ -51,8 +56,9 @@ impl<'a> ReadRef<'a> for &'a Logged<'a> {
     }
 }
 
-/// The file length and the extents of `image` a replay needs.
-pub fn image_extents(image: &ElfImage) -> Result<(u64, Vec<Extent>), ExtentError> {
+/// The file length and the extents of `image` a replay needs to unwind at `svmas` (addresses
+/// in the file's own address space).
+pub fn image_extents(image: &ElfImage, svmas: &[u64]) -> Result<(u64, Vec<Extent>), ExtentError> {
     let path = image.path.clone();
     // SAFETY: the image's file is, by construction of the cache, writable by root alone or a
     // sealed memfd, so the mapping cannot shrink under us (see `unwind::elf::stable`).
@@ -62,14 +68,23 @@ pub fn image_extents(image: &ElfImage) -> Result<(u64, Vec<Extent>), ExtentError
     // What the image loader reads: sections by name, their compression headers, segments
     // and the build-id note.
     let mut keep = Vec::new();
+    let mut cfi = HashMap::new();
     for name in [".text", ".got"].iter().chain(CFI_SECTIONS.iter()) {
         if let Some(section) = obj.section_by_name(name) {
             let _ = section.compressed_file_range();
-            if CFI_SECTIONS.contains(name) {
-                if let Some((offset, size)) = section.file_range() {
-                    keep.push(offset..offset + size);
-                }
+            if let (true, Some((offset, size))) = (CFI_SECTIONS.contains(name), section.file_range()) {
+                cfi.insert(*name, (offset, size, section.address()));
             }
+        }
+    }
+    let fdes = match (cfi.get(".eh_frame_hdr"), cfi.get(".eh_frame")) {
+        (Some(&hdr), Some(&eh)) => fde_ranges(&map, hdr, eh, svmas),
+        _ => None,
+    };
+    for (name, (offset, size, _)) in &cfi {
+        match (&fdes, *name) {
+            (Some(fdes), ".eh_frame") => keep.extend(fdes.iter().cloned()),
+            _ => keep.push(*offset..offset + size),
         }
     }
     let _ = obj.segments().count();
@@ -85,6 +100,69 @@ pub fn image_extents(image: &ElfImage) -> Result<(u64, Vec<Extent>), ExtentError
         })
         .collect();
     Ok((len, extents))
+}
+
+/// File ranges of the FDEs (and their CIEs) that cover `svmas`, found through the binary
+/// search table of `.eh_frame_hdr` as framehop finds them. `None` if the table is in a form
+/// this does not read: then all of `.eh_frame` is kept.
+fn fde_ranges(map: &[u8], hdr: (u64, u64, u64), eh: (u64, u64, u64), svmas: &[u64]) -> Option<Vec<Range<u64>>> {
+    const DW_EH_PE_UDATA4: u8 = 0x03;
+    const DW_EH_PE_SDATA4: u8 = 0x0b;
+    const DW_EH_PE_DATAREL_SDATA4: u8 = 0x3b;
+    let (hdr_offset, hdr_size, hdr_svma) = hdr;
+    let (eh_offset, eh_size, eh_svma) = eh;
+    let at = |offset: u64| -> Option<u32> {
+        let start = usize::try_from(offset).ok()?;
+        Some(u32::from_le_bytes(map.get(start..start.checked_add(4)?)?.try_into().ok()?))
+    };
+    let head = map.get(usize::try_from(hdr_offset).ok()?..)?.get(..4)?;
+    let [1, ptr_enc, count_enc, table_enc] = *head else { return None };
+    if ptr_enc & 0x0f != DW_EH_PE_SDATA4 && ptr_enc & 0x0f != DW_EH_PE_UDATA4 {
+        return None;
+    }
+    if count_enc != DW_EH_PE_UDATA4 || table_enc != DW_EH_PE_DATAREL_SDATA4 {
+        return None;
+    }
+    let count = u64::from(at(hdr_offset + 8)?);
+    let table = hdr_offset + 12;
+    if table + count * 8 > hdr_offset + hdr_size {
+        return None;
+    }
+    // Entries are (initial location, FDE address), both relative to the header's address.
+    let entry = |i: u64| -> Option<(u64, u64)> {
+        let rel = |v: u32| hdr_svma.wrapping_add(i64::from(v as i32) as u64);
+        Some((rel(at(table + i * 8)?), rel(at(table + i * 8 + 4)?)))
+    };
+    let eh_end = eh_offset + eh_size;
+    // The CIE or FDE starting at file offset `pos`: its length word and body.
+    let record = |pos: u64| -> Option<Range<u64>> {
+        let len = at(pos)?;
+        (len != u32::MAX).then_some(pos..(pos + 4 + u64::from(len)).min(eh_end))
+    };
+    let mut out = Vec::new();
+    for &svma in svmas {
+        // The last entry starting at or below the address, as a binary search finds it.
+        let (mut lo, mut hi) = (0, count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if entry(mid)?.0 <= svma {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let Some(i) = lo.checked_sub(1) else { continue };
+        let fde = entry(i)?.1.checked_sub(eh_svma)?.checked_add(eh_offset)?;
+        if fde >= eh_end {
+            return None;
+        }
+        let fde_range = record(fde)?;
+        // The CIE pointer counts back from its own position.
+        let cie = (fde + 4).checked_sub(u64::from(at(fde + 4)?))?;
+        out.push(fde_range);
+        out.push(record(cie)?);
+    }
+    Some(out)
 }
 
 /// Sorts, clamps to `len` and joins ranges that overlap or nearly touch.
@@ -118,7 +196,10 @@ mod tests {
         let mut cache = ElfCache::default();
         let open = || std::fs::File::open(&exe).map_err(|source| ElfError::Open { path: exe.clone(), source });
         let image = cache.load(FileIdentity::Path("exe".into()), "exe", open).expect("own ELF loads");
-        let (len, extents) = image_extents(&image).expect("extents");
+        // One address inside the text: its FDE and CIE are kept of .eh_frame, nothing else.
+        let text = image.text.as_ref().expect("text").svma.clone();
+        let svmas = [text.start + (text.end - text.start) / 2];
+        let (len, extents) = image_extents(&image, &svmas).expect("extents");
         let kept: u64 = extents.iter().map(|e| e.bytes.len() as u64).sum();
         assert!(kept < len / 2, "keeps {kept} of {len} bytes: not the code");
         let sparse = crate::unwind::elf::sealed_sparse(len, extents.iter().map(|e| (e.offset, &e.bytes[..])))
@@ -137,8 +218,13 @@ mod tests {
             _ => false,
         };
         assert!(image.eh_frame.is_some());
-        assert!(same(&copy.eh_frame, &image.eh_frame) && same(&copy.eh_frame_hdr, &image.eh_frame_hdr));
-        assert!(same(&copy.debug_frame, &image.debug_frame));
+        assert!(same(&copy.eh_frame_hdr, &image.eh_frame_hdr) && same(&copy.debug_frame, &image.debug_frame));
+        let (orig, sparse) =
+            (&image.eh_frame.as_ref().expect("eh_frame").bytes, &copy.eh_frame.as_ref().expect("copy").bytes);
+        assert_eq!(orig.len(), sparse.len());
+        assert!(orig.iter().zip(sparse.iter()).all(|(o, s)| s == o || *s == 0), "only zeros where bytes were left out");
+        let nonzero = sparse.iter().filter(|&&b| b != 0).count();
+        assert!(nonzero > 16 && nonzero < orig.len() / 8, "one FDE and its CIE: {nonzero} of {} bytes", orig.len());
         assert_eq!(copy.text.as_ref().map(|t| t.svma.clone()), image.text.as_ref().map(|t| t.svma.clone()));
         assert_eq!(copy.got, image.got);
         assert_eq!(copy.load_bias(0x1000, 0), image.load_bias(0x1000, 0));
