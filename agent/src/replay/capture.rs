@@ -74,18 +74,29 @@ struct Snapshot {
 }
 
 /// The samples kept for one case. Stacks that reached their root and stacks cut short are
-/// kept apart, half each at most, so the rarer failures are not drowned by the rest.
+/// kept apart, so the rarer failures are not drowned by the rest: the case takes up to half
+/// its samples from the cut ones, and fills the rest with whole ones.
 #[derive(Debug)]
 pub struct Capture {
     dir: PathBuf,
+    limit: usize,
     whole: Spread,
     cut: Spread,
 }
 
+/// `n` of `items`, evenly spaced.
+fn thin<T>(items: Vec<T>, n: usize) -> Vec<T> {
+    let len = items.len();
+    if len <= n {
+        return items;
+    }
+    let picks: Vec<usize> = (0..n).map(|i| i * len / n).collect();
+    items.into_iter().enumerate().filter(|(i, _)| picks.contains(i)).map(|(_, t)| t).collect()
+}
+
 impl Capture {
     pub fn new(dir: PathBuf, limit: usize) -> Self {
-        let cut = limit / 2;
-        Self { dir, whole: Spread::new(limit - cut), cut: Spread::new(cut) }
+        Self { dir, limit, whole: Spread::new(limit), cut: Spread::new(limit) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -164,7 +175,11 @@ impl Capture {
 
     /// Builds the case: the kept samples in the order they were taken, with shared tables.
     pub(crate) fn into_case(self, target: &str, elf: &ElfCache) -> Case {
-        let mut kept: Vec<Snapshot> = self.whole.kept.into_iter().chain(self.cut.kept).map(|(_, s)| s).collect();
+        let (whole, cut) = (self.whole.kept.len(), self.cut.kept.len());
+        let cut_n = cut.min(self.limit.saturating_sub(whole).max(self.limit / 2));
+        let whole_n = whole.min(self.limit - cut_n);
+        let mut kept: Vec<Snapshot> =
+            thin(self.whole.kept, whole_n).into_iter().chain(thin(self.cut.kept, cut_n)).map(|(_, s)| s).collect();
         kept.sort_by_key(|s| s.time);
         let mut case = Case {
             format: FORMAT_VERSION,
@@ -269,6 +284,12 @@ fn intern<T: Clone + Eq + std::hash::Hash>(index: &mut HashMap<T, usize>, table:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thinning_keeps_an_even_selection() {
+        assert_eq!(thin((0..10).collect(), 3), vec![0, 3, 6]);
+        assert_eq!(thin((0..2).collect(), 3), vec![0, 1]);
+    }
 
     #[test]
     fn spread_keeps_an_even_selection_of_any_run() {
