@@ -37,11 +37,15 @@ def hook_registry(monitor, patch_undo):
     base = type(registry)
     if registry is None or base.__module__ != "_weakrefset" or "add" not in base.__dict__:
         return False
-    base_add = base.add
-    register = monitor.register
+    from weakref import ref
+
+    register = registrar(monitor)
 
     def add(self, task):
-        base_add(self, task)
+        # WeakSet.add (the same in 3.12 and 3.13), inlined: this runs for every task.
+        if self._pending_removals:
+            self._commit_removals()
+        self.data.add(ref(task, self._remove))
         if not getattr(task, "_ember", 0) and monitor.active:
             try:
                 register(task)
@@ -56,6 +60,33 @@ def hook_registry(monitor, patch_undo):
     return True
 
 
+def registrar(monitor):
+    """register(task): records a task no factory of ours made, as asyncio registers it; with
+    its parent and coroutine from `Monitor.creating` when a factory or call site said so."""
+    current_task = monitor.current_task
+    watched = monitor.watched
+    loops = monitor.loops
+
+    def register(task):
+        coro = task.get_coro()
+        if monitor.writer is None:
+            monitor.ensure_ring()
+        create = monitor.writer.create
+        creating = monitor.creating
+        if creating is not None and creating[0] is coro:
+            monitor.creating = None
+            create(task, creating[1], creating[2], creating[3])
+            return
+        code = getattr(coro, "cr_code", None)
+        entry = (watched.get(id(code)) or monitor.watch(code)) if code is not None else None
+        loop = task.get_loop()
+        known = loops.get(id(loop))
+        loop_id = known[0] if known is not None and known[1]() is loop else monitor.loop_id(loop, running=True)
+        create(task, getattr(current_task(loop), "_ember", 0), loop_id, entry[1] if entry else None)
+
+    return register
+
+
 def eager_site_hook(monitor, original=None):
     """An `is_running` that watches the code calling it (the code that builds an eager task, when
     the caller is a C Task's init); `original` is the loop class's own, None for BaseEventLoop's
@@ -64,26 +95,30 @@ def eager_site_hook(monitor, original=None):
     sites = monitor.call_sites
     watch_calls = monitor.watch_calls
 
-    def caller():
-        try:
-            return getframe(2).f_code
-        except ValueError:  # called from C with no Python frame below
-            return None
-
+    # A task our factory is building is already known (Monitor.creating): its caller (e.g.
+    # asyncio's eager_task_factory) need not be watched.
     if original is None:
 
         def is_running(self):
-            code = caller()
-            if code is not None and id(code) not in sites and monitor.active:
-                watch_calls(code)
+            if monitor.creating is None and monitor.active:
+                try:
+                    code = getframe(1).f_code
+                except ValueError:  # called from C with no Python frame below
+                    code = None
+                if code is not None and id(code) not in sites:
+                    watch_calls(code)
             return self._thread_id is not None
 
     else:
 
         def is_running(self):
-            code = caller()
-            if code is not None and id(code) not in sites and monitor.active:
-                watch_calls(code)
+            if monitor.creating is None and monitor.active:
+                try:
+                    code = getframe(1).f_code
+                except ValueError:
+                    code = None
+                if code is not None and id(code) not in sites:
+                    watch_calls(code)
             return original(self)
 
     is_running._ember = True

@@ -142,21 +142,6 @@ class Monitor:
         events = sys.monitoring.get_local_events(self.tool, code)
         sys.monitoring.set_local_events(self.tool, code, events | CALL)
 
-    def register(self, task):
-        """Records a task no factory of ours made, as asyncio registers it (_discover)."""
-        coro = task.get_coro()
-        self.ensure_ring()
-        creating = self.creating
-        if creating is not None and creating[0] is coro:
-            self.creating = None
-            self.writer.create(task, creating[1], creating[2], creating[3])
-            return
-        code = getattr(coro, "cr_code", None)
-        entry = (self.watched.get(id(code)) or self.watch(code)) if code is not None else None
-        loop = task.get_loop()
-        parent = getattr(self.current_task(loop), "_ember", 0)
-        self.writer.create(task, parent, self.loop_id(loop, running=True), entry[1] if entry else None)
-
     def adopt(self, task):
         """START of a task without an id: an eager task's first step (it runs inside its
         factory), a task of a loop without our factory, or no task at all. Returns the START

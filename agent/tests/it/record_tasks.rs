@@ -8,19 +8,8 @@ use crate::common::*;
 #[test]
 fn a_trace_has_a_track_per_task_and_samples_attributed_to_tasks() {
     let _serial = serial();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("run.trace.json");
-    let out = run(ember()
-        .args(["record", "--rate", "499", "-o"])
-        .arg(&path)
-        .arg("--")
-        .arg(python312())
-        .arg(fixture("asyncio_cpu.py")));
-    let err = stderr(&out);
-    assert!(out.status.success(), "{err}");
+    let (err, events) = record_cpu(&python312(), &[]);
     assert!(err.contains("ember: asyncio: 23 tasks, "), "the summary counts the tasks: {err}");
-    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("trace written")).expect("JSON");
-    let events = trace["traceEvents"].as_array().expect("traceEvents");
 
     // Ten TaskGroups, each with a heavy and a light task of ten steps plus the final resume.
     let mut slices: HashMap<String, usize> = HashMap::new();
@@ -90,8 +79,8 @@ fn a_program_without_asyncio_pays_nothing() {
     assert_eq!(fields.next(), Some("False"), "no ring is mapped without asyncio: {stdout}");
 }
 
-/// `record -o X.trace.json` of asyncio_direct.py with `args`: its stderr and trace events.
-fn record_direct(python: &std::path::Path, args: &[&str]) -> (String, Vec<serde_json::Value>) {
+/// `record -o X.trace.json` of asyncio_cpu.py with `args`: its stderr and trace events.
+fn record_cpu(python: &std::path::Path, args: &[&str]) -> (String, Vec<serde_json::Value>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("run.trace.json");
     let out = run(ember()
@@ -99,7 +88,7 @@ fn record_direct(python: &std::path::Path, args: &[&str]) -> (String, Vec<serde_
         .arg(&path)
         .arg("--")
         .arg(python)
-        .arg(fixture("asyncio_direct.py"))
+        .arg(fixture("asyncio_cpu.py"))
         .args(args));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -170,7 +159,7 @@ fn check_direct(err: &str, events: &[serde_json::Value], first_steps_seen: bool)
 fn tasks_built_with_task_directly_get_their_samples() {
     let _serial = serial();
     for python in [python312(), python_version("3.13")] {
-        let (err, events) = record_direct(&python, &[]);
+        let (err, events) = record_cpu(&python, &["direct"]);
         check_direct(&err, &events, true);
     }
 }
@@ -179,7 +168,7 @@ fn tasks_built_with_task_directly_get_their_samples() {
 fn eager_tasks_built_with_task_directly_get_their_samples() {
     let _serial = serial();
     for python in [python312(), python_version("3.13")] {
-        let (err, events) = record_direct(&python, &["eager"]);
+        let (err, events) = record_cpu(&python, &["direct", "eager"]);
         check_direct(&err, &events, false);
     }
 }
@@ -188,7 +177,7 @@ fn eager_tasks_built_with_task_directly_get_their_samples() {
 fn tasks_on_uvloop_are_recorded_and_the_loop_is_named() {
     let _serial = serial();
     let python = realworld_python();
-    let (err, events) = record_direct(&python, &["uvloop"]);
+    let (err, events) = record_cpu(&python, &["direct", "uvloop"]);
     check_direct(&err, &events, true);
     assert!(
         err.contains("loop uvloop.Loop: tasks recorded; event-loop lag not recorded"),
