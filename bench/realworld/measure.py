@@ -1,0 +1,100 @@
+"""Reading folded stacks of ember (default view) and py-spy (`--nolineno -f raw`), and the
+corpus's measures: complete stacks, markers, garbage frames, innermost-function shares."""
+
+import collections
+import re
+
+# A Python frame that starts a thread of Python execution: the main module (also run by
+# `-m`/`-c` through runpy), and threads started by threading.
+PYTHON_ROOTS = ("<module> (", "Thread._bootstrap (", "_bootstrap (")
+GARBAGE = re.compile(r"^0x[0-9a-f]+ \[(unknown|anon)\]$")
+# Native-only stacks that never ran Python code are interpreter start-up and shutdown (or a
+# thread of a C library); with these in them, a native-only stack lost its Python frames.
+RAN_PYTHON = ("PyEval_EvalCode", "[anon]", "[jit]", "_PyEval_EvalFrame")
+
+
+def read_folded(path):
+    """{stack tuple (root first): count}"""
+    stacks = collections.Counter()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if stack and count.isdigit():
+                stacks[tuple(stack.split(";"))] += int(count)
+    return stacks
+
+
+def is_python(frame):
+    """ember's Python frames are `qualname (file)`; native ones `name [module]`."""
+    return frame.endswith(")") and " (" in frame and not frame.startswith("[")
+
+
+def innermost_python(stack):
+    for frame in reversed(stack):
+        if is_python(frame):
+            return frame
+    return None
+
+
+def normalize(frame):
+    """`Class.meth (/a/b/file.py)` → `meth (file.py)`: py-spy names co_name, ember qualname."""
+    name, _, file = frame.rpartition(" (")
+    return f"{name.rsplit('.', 1)[-1]} ({file.rstrip(')').rsplit('/', 1)[-1]})"
+
+
+def ember_measures(stacks):
+    total = sum(stacks.values())
+    counted = complete = truncated = garbage = plt_init = startup = 0
+    incomplete = collections.Counter()
+    for stack, n in stacks.items():
+        truncated += n * ("[truncated]" in stack)
+        garbage += n * any(GARBAGE.match(f) for f in stack)
+        # `_init` called by the loader's call_init is the real one (.init); elsewhere it is a
+        # PLT stub misnamed after the symbol before it.
+        plt_init += n * any(
+            f.startswith("_init [") and not stack[i - 1].startswith("call_init [") for i, f in enumerate(stack) if i > 0
+        )
+        has_python = any(is_python(f) for f in stack)
+        text = ";".join(stack)
+        if not has_python and not any(marker in text for marker in RAN_PYTHON):
+            startup += n
+            continue
+        counted += n
+        ok = (
+            has_python
+            and stack[0].startswith(PYTHON_ROOTS)
+            and "[truncated]" not in stack
+            and not any(GARBAGE.match(f) for f in stack)
+        )
+        if ok:
+            complete += n
+        else:
+            incomplete[text[:160]] += n
+    return {
+        "samples": total,
+        "counted": counted,
+        "startup": startup,
+        "complete": complete / counted if counted else 0.0,
+        "truncated": truncated / total if total else 0.0,
+        "garbage": garbage / total if total else 0.0,
+        "plt_init": plt_init,
+        "incomplete_examples": incomplete.most_common(3),
+    }
+
+
+def innermost_shares(stacks, python_only_frames):
+    """Share of each innermost Python function among samples that have one."""
+    shares = collections.Counter()
+    for stack, n in stacks.items():
+        frames = stack if python_only_frames else [f for f in stack if is_python(f)]
+        if frames and (python_only_frames or innermost_python(frames)):
+            shares[normalize(frames[-1])] += n
+    total = sum(shares.values())
+    return {k: v / total for k, v in shares.items()} if total else {}
+
+
+def top_differences(ember, pyspy, n=10):
+    """The largest gap, in points, over py-spy's top-n innermost functions."""
+    top = sorted(pyspy, key=pyspy.get, reverse=True)[:n]
+    gaps = [(abs(100 * (ember.get(f, 0.0) - pyspy[f])), f) for f in top]
+    return max(gaps, default=(0.0, "")), len(top)
