@@ -6,6 +6,7 @@
 pub(crate) mod batch;
 pub(crate) mod buffer;
 pub(crate) mod client;
+mod clock;
 pub(crate) mod describe;
 pub(crate) mod discovery;
 pub mod metrics;

@@ -10,6 +10,7 @@ use ember_proto::v1;
 use tokio::sync::mpsc;
 
 use super::batch::{BatchBuilder, FrameCache, TaskDeltas};
+use super::clock::UnixOffset;
 use super::describe::{describe, CommonLabels};
 use super::discovery::Discovery;
 use super::metrics::AgentMetrics;
@@ -39,12 +40,6 @@ pub struct SamplerConfig {
 
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
 
-fn monotonic_to_unix_nanos() -> i64 {
-    use nix::time::{clock_gettime, ClockId};
-    let now = |clock| clock_gettime(clock).map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
-    now(ClockId::CLOCK_REALTIME) - now(ClockId::CLOCK_MONOTONIC)
-}
-
 struct Flusher {
     cache: FrameCache,
     /// One for the whole run: it keeps what it parsed of each image between flushes.
@@ -52,6 +47,7 @@ struct Flusher {
     descriptors: BTreeMap<Pid, v1::Process>,
     labels: CommonLabels,
     rate_hz: u32,
+    unix_offset: UnixOffset,
 }
 
 impl Flusher {
@@ -89,7 +85,7 @@ impl Flusher {
             processes,
             &pipeline.profile.thread_names,
             &tasks,
-            monotonic_to_unix_nanos(),
+            self.unix_offset.current(),
             self.rate_hz,
         ))
     }
@@ -147,6 +143,7 @@ pub fn run(
         descriptors: BTreeMap::new(),
         labels: config.labels,
         rate_hz: config.sampling.rate_hz as u32,
+        unix_offset: UnixOffset::new(),
     };
     let mut last_flush = Instant::now();
     let (mut lost_reported, mut samples_reported) = (0, 0);

@@ -49,13 +49,21 @@ fn check_tasks(collector: &Collector, service: &str, sent: u64) {
     let by_name = |name: &str| tasks.iter().filter(|t| t["name"] == name).collect::<Vec<_>>();
     let (heavy, light) = (by_name("heavy"), by_name("light"));
     assert_eq!((heavy.len(), light.len()), (ROUNDS, ROUNDS), "TaskGroups of heavy + light: {body:.400}");
-    let main = tasks.iter().find(|t| t["coro"] == "main").expect("asyncio.run's main task");
+    // Every task that is not a stepper, for the messages below: which task is whose parent.
+    let others: Vec<String> = tasks
+        .iter()
+        .filter(|t| t["coro"] != "stepper")
+        .map(|t| format!("{} {} {} parent {}", t["id"], t["name"], t["coro"], t["parent"]))
+        .collect();
+    let mains: Vec<_> = tasks.iter().filter(|t| t["coro"] == "main").collect();
+    assert_eq!(mains.len(), 1, "asyncio.run's main task, once: {others:?}");
+    let main = mains[0];
     for t in heavy.iter().chain(&light) {
         // Ten steps and the resume that finishes the task.
         assert_eq!(t["slices"].as_array().map(Vec::len), Some(11), "{t}");
         assert_eq!(t["state"], "finished");
         assert_eq!(t["coro"], "stepper");
-        assert_eq!(t["parent"], main["id"], "created by main");
+        assert_eq!(t["parent"], main["id"], "created by main: {t} among {others:?}");
         let created = t["created"].as_i64().expect("created");
         let done = t["done"].as_i64().expect("done");
         for s in t["slices"].as_array().expect("slices") {
