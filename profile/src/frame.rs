@@ -31,7 +31,9 @@ pub struct Frame {
     pub function: String,
     /// The Python filename or the native module path.
     pub file: String,
-    /// CPython's own call machinery, which the default view hides below Python frames.
+    /// CPython's own call machinery, which the default view hides below Python frames; on a
+    /// Python frame, ember's own code running in the target (its asyncio task monitor), which
+    /// the default view drops, or shows as one frame where a sample is in it.
     pub interpreter_plumbing: bool,
 }
 

@@ -42,7 +42,10 @@ impl View {
 
 /// Keeps the frames of the default view: every Python frame, and below the innermost one the
 /// native frames of the C code it called (without CPython's call plumbing). A stack without
-/// any Python frame is shown whole, so non-Python targets still get native stacks.
+/// any Python frame is shown whole, so non-Python targets still get native stacks. Python
+/// frames marked as plumbing (ember's task monitor in the target) are dropped where they only
+/// pass a call on (a wrapper between two of the program's frames); where the sample is in
+/// them, the outermost one stays as the leaf, without what it called (kernel frames aside).
 pub fn default_view(frames: Vec<&Frame>) -> Vec<&Frame> {
     default_view_by(&frames, |f| *f).copied().collect()
 }
@@ -52,15 +55,25 @@ pub fn default_view_by<'a, 'f: 'a, T>(
     items: &'a [T],
     frame_of: impl Fn(&T) -> &'f Frame + 'a,
 ) -> impl Iterator<Item = &'a T> + 'a {
-    let innermost = items.iter().rposition(|t| frame_of(t).kind == FrameKind::Python);
+    let program = |f: &Frame| f.kind == FrameKind::Python && !f.interpreter_plumbing;
+    let innermost = items.iter().rposition(|t| program(frame_of(t)));
+    // The sample is in ember's own code when a plumbing Python frame lies below the program's
+    // (or, in a stack without the program's Python, anywhere).
+    let from = innermost.map_or(0, |inner| inner + 1);
+    let ember_leaf = items[from..].iter().position(|t| frame_of(t).kind == FrameKind::Python).map(|p| from + p);
     items
         .iter()
         .enumerate()
         .filter(move |(i, t)| {
-            let Some(innermost) = innermost else { return true };
             let f = frame_of(t);
+            if ember_leaf.is_some_and(|leaf| *i >= leaf) {
+                // What ember's code called is ember's cost, shown as that one frame.
+                return Some(*i) == ember_leaf || matches!(f.kind, FrameKind::Marker | FrameKind::Kernel);
+            }
+            let Some(innermost) = innermost else { return true };
             match f.kind {
-                FrameKind::Python | FrameKind::Marker | FrameKind::Kernel => true,
+                FrameKind::Python => !f.interpreter_plumbing,
+                FrameKind::Marker | FrameKind::Kernel => true,
                 FrameKind::Native => *i > innermost && !f.interpreter_plumbing,
             }
         })

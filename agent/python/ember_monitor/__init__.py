@@ -28,7 +28,7 @@ The package's modules:
 import os
 import sys
 
-from . import _ring
+from . import _discover, _ring
 from ._monitor import Monitor
 from ._ring import DEFAULT_CAPACITY
 
@@ -130,6 +130,7 @@ def _hook_asyncio():
         monitor.undo.append(lambda: setattr(owner, name, old))
         return old
 
+    _patch_discovery(monitor, patch, BaseEventLoop)
     _patch_task_factories(monitor, patch, BaseEventLoop)
     _patch_loops(monitor, patch, BaseEventLoop, events)
     _patch_task_names(monitor, patch, BaseEventLoop)
@@ -140,6 +141,16 @@ def _hook_asyncio():
     except RuntimeError:
         return
     monitor.install(loop)
+
+
+def _patch_discovery(monitor, patch, BaseEventLoop):
+    """Tasks built without a factory (asyncio.Task(...), uvloop's create_task): _discover."""
+    monitor.base_loop = BaseEventLoop
+    # 3.14 keeps C tasks in a per-thread list, not in the registry: there, a factory of ours on
+    # every loop is what sees tasks (and Task() built directly is not seen).
+    if sys.version_info < (3, 14):
+        monitor.registry = _discover.hook_registry(monitor, monitor.undo.append)
+    patch(BaseEventLoop, "is_running", _discover.eager_site_hook(monitor))
 
 
 def _patch_task_factories(monitor, patch, BaseEventLoop):

@@ -4,6 +4,7 @@ watched code objects, interned strings, loop ids, and what asyncio's hooks call.
 import _thread
 import sys
 
+from ._discover import CALL, describe_loop, on_call_factory
 from ._hot_path import load_accel, native_hot_path, python_hot_path
 from ._ring import (
     FLAGS,
@@ -31,6 +32,7 @@ class Monitor:
         import asyncio.exceptions
         import asyncio.tasks
         import time
+        import weakref
 
         self.ring_args = ring_args
         self.lag = lag
@@ -40,6 +42,7 @@ class Monitor:
         self.tool = tool_id
         self.active = True
         self.watched = {}  # id(code) -> [code, qualname string id]: root coroutines' code
+        self.call_sites = {}  # id(code) -> code: code whose calls are watched (_discover)
         self.strings = {}
         self.next_string = iter(range(1, 1 << 32)).__next__
         self.creating = None  # (coro, parent's START word, loop id, coro string id) in a factory
@@ -50,9 +53,12 @@ class Monitor:
         self.current_task = asyncio.tasks.current_task
         self.cancelled_error = asyncio.exceptions.CancelledError
         self.task_type = asyncio.tasks.Task
+        self.base_loop = None  # BaseEventLoop: loops of other classes get a LOOP_INFO record
+        self.registry = False  # asyncio's task registry reports tasks to us (_discover)
         self.now = time.monotonic_ns
         self.set_task_factory = set_task_factory  # BaseEventLoop's own, unpatched
         self.writer = None
+        self.installed = weakref.WeakSet()  # loops install() has seen
         self.undo = []  # functions that undo the patches, for stop()
 
     def ensure_ring(self):
@@ -121,8 +127,20 @@ class Monitor:
             # THROW and UNWIND can only be global: turn them on with the first task.
             sys.monitoring.set_events(self.tool, GLOBAL_EVENTS)
         entry = self.watched[id(code)] = [code, self.string(code.co_qualname)]
-        sys.monitoring.set_local_events(self.tool, code, LOCAL_EVENTS)
+        events = sys.monitoring.get_local_events(self.tool, code)
+        sys.monitoring.set_local_events(self.tool, code, events | LOCAL_EVENTS)
         return entry
+
+    def watch_calls(self, code):
+        """Turns on local CALL events for code that builds eager tasks (_discover)."""
+        if id(code) in self.call_sites:
+            return
+        self.ensure_ring()
+        if not self.call_sites:
+            sys.monitoring.register_callback(self.tool, CALL, on_call_factory(self))
+        self.call_sites[id(code)] = code
+        events = sys.monitoring.get_local_events(self.tool, code)
+        sys.monitoring.set_local_events(self.tool, code, events | CALL)
 
     def adopt(self, task):
         """START of a task without an id: an eager task's first step (it runs inside its
@@ -169,6 +187,9 @@ class Monitor:
         self.loops[id(loop)] = (loop_id, weakref.ref(loop))
         if running:
             self.loop_runs(loop)
+        if self.base_loop is not None and not isinstance(loop, self.base_loop):
+            self.ensure_ring()
+            describe_loop(self, loop, loop_id)
         return loop_id
 
     def loop_runs(self, loop):
@@ -184,20 +205,24 @@ class Monitor:
         self.writer.put2(tag | LOOP, self.now(), tag | THREAD, _thread.get_native_id())
 
     def wrap(self, previous, loop):
-        """Our task factory for `loop`, chaining `previous`."""
-        if getattr(previous, "_ember", False):
+        """Our task factory for `loop`, chaining `previous`; None for none (asyncio's registry
+        tells us about the tasks a loop makes itself, _discover)."""
+        if (previous is None and self.registry) or getattr(previous, "_ember", False):
             return previous
         self.ensure_ring()
         return self.writer.make_factory(previous, self.loop_id(loop))
 
     def install(self, loop):
         """Puts our factory on a loop and records the tasks it already has."""
-        factory = loop._task_factory
-        if getattr(factory, "_ember", False):
+        if loop in self.installed:
             return
+        self.installed.add(loop)
         import asyncio
 
-        self.set_task_factory(loop, self.wrap(factory, loop))
+        self.ensure_ring()
+        factory = loop._task_factory
+        if (factory is not None or not self.registry) and not getattr(factory, "_ember", False):
+            self.set_task_factory(loop, self.wrap(factory, loop))
         self.hook_select(loop)
         loop_id = self.loop_id(loop)
         running = loop.is_running()
@@ -244,6 +269,9 @@ class Monitor:
         sys.monitoring.set_events(self.tool, 0)
         for code, _ in self.watched.values():
             sys.monitoring.set_local_events(self.tool, code, 0)
+        for code in self.call_sites.values():
+            sys.monitoring.set_local_events(self.tool, code, 0)
+        sys.monitoring.register_callback(self.tool, CALL, None)
         for event in ALL_EVENTS:
             sys.monitoring.register_callback(self.tool, event, None)
         sys.monitoring.free_tool_id(self.tool)

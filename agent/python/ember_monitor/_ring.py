@@ -48,6 +48,8 @@ LOOP = 10  # id = loop id; value = time: the loop runs on the OS thread of the T
 THREAD = 11  # id = loop id; value = OS thread id (threading.get_native_id)
 MODE = 12  # value 1: from here on every STOP names its task (more than one asyncio thread)
 READY = 13  # the task became ready to run (its step or wakeup was scheduled); value = time
+LOOP_INFO = 14  # id = loop id; value = string id of the loop's class: a loop that is not one of
+#                 asyncio's (uvloop). Flags: NO_LAG, NO_EAGER, what the monitor cannot follow there
 MAX_STRING = 4096  # bytes of UTF-8 a string keeps
 
 # Flags, already shifted into bits 8-15.
@@ -57,6 +59,8 @@ HOW_RETURN = 1 << FLAGS_SHIFT  # STOP
 HOW_RAISE = 2 << FLAGS_SHIFT  # STOP
 OUT_EXCEPTION = 1 << FLAGS_SHIFT  # DONE
 OUT_CANCELLED = 2 << FLAGS_SHIFT  # DONE
+NO_LAG = 1 << FLAGS_SHIFT  # LOOP_INFO: no READY records for its tasks
+NO_EAGER = 2 << FLAGS_SHIFT  # LOOP_INFO: eager first steps of tasks built with Task() are not seen
 ID_MASK = 0xFFFFFFFF << ID_SHIFT
 MAX_LOOP_ID = (1 << 14) - 1  # bits 48-61
 

@@ -173,62 +173,37 @@ def writer(monitor, hot_path):
         return start_word
 
     def make_factory(previous, loop_id):
-        """A task factory that gives each task its id and watches its root coroutine's code,
-        creating the task with `previous` (the factory installed before, e.g.
-        asyncio.eager_task_factory), or as asyncio.Task when there is none."""
-        task_type = monitor.task_type
+        """A task factory chaining `previous` (the factory installed before, e.g.
+        asyncio.eager_task_factory), that watches the root coroutine's code before the task
+        can run, so an eager first step is seen and charged to the new task. Without
+        `previous`, it builds an asyncio.Task: only where asyncio's registry cannot tell us about
+        the tasks a loop makes itself (_discover)."""
         watch = monitor.watch
-        loop_bits = loop_id << EXTRA_SHIFT
-
+        build = previous
         if previous is None:
+            task_type = monitor.task_type
 
-            def factory(loop, coro, **kwargs):
-                # No `previous`: the task cannot run before we return, so register it after,
-                # with create()'s work inline (this runs once per task).
-                task = task_type(coro, loop=loop, **kwargs) if kwargs else task_type(coro, loop=loop)
-                if not monitor.active:
-                    return task
-                try:
-                    entry = watched[id(coro.cr_code)]
-                except KeyError:
-                    entry = watch(coro.cr_code)
-                except AttributeError:
-                    create(task, getattr(current_task(loop), "_ember", 0), loop_id)  # not a coroutine
-                    return task
-                start_word = next_start_word()
-                task._ember = start_word
-                create_word = start_word + (CREATE - START) | loop_bits
-                name = task.get_name()
-                number = task_number(name)
-                if number < 0:
-                    name = string(name)
-                else:
-                    create_word |= DEFAULT_NAME
-                    name = number
-                parent = getattr(current_task(loop), "_ember", 0) & ID_MASK | (TAG | TASK)
-                put2(create_word, now(), parent, name | entry[1] << 32)
-                return task
+            def build(loop, coro, **kwargs):
+                return task_type(coro, loop=loop, **kwargs)
 
-        else:
-
-            def factory(loop, coro, **kwargs):
-                if not monitor.active:
-                    return previous(loop, coro, **kwargs)
-                code = getattr(coro, "cr_code", None)
-                coro_string_id = None
-                if code is not None:
-                    entry = watched.get(id(code)) or watch(code)
-                    coro_string_id = entry[1]
-                # An eager task's first step runs inside `previous`: adopt() registers it there,
-                # with the parent, loop and coroutine from `creating`, and clears `creating`.
-                monitor.creating = creating = (coro, getattr(current_task(loop), "_ember", 0), loop_id, coro_string_id)
-                task = previous(loop, coro, **kwargs)
-                if monitor.creating is creating:
-                    monitor.creating = None
-                    create(task, creating[1], loop_id, coro_string_id)
-                elif not hasattr(task, "_ember"):  # another thread replaced `creating`
-                    create(task, creating[1], loop_id, coro_string_id)
-                return task
+        def factory(loop, coro, **kwargs):
+            if not monitor.active:
+                return build(loop, coro, **kwargs)
+            code = getattr(coro, "cr_code", None)
+            coro_string_id = None
+            if code is not None:
+                entry = watched.get(id(code)) or watch(code)
+                coro_string_id = entry[1]
+            # An eager task's first step runs inside `previous`: adopt() registers it there,
+            # with the parent, loop and coroutine from `creating`, and clears `creating`; a
+            # task that is not started eagerly is registered by asyncio's registry, likewise.
+            monitor.creating = creating = (coro, getattr(current_task(loop), "_ember", 0), loop_id, coro_string_id)
+            task = build(loop, coro, **kwargs)
+            if monitor.creating is creating:
+                monitor.creating = None
+            if not getattr(task, "_ember", 0):  # finished eagerly unseen, or another thread
+                create(task, creating[1], loop_id, coro_string_id)
+            return task
 
         factory._ember = True
         factory._ember_previous = previous

@@ -82,6 +82,33 @@ mod tests {
         assert_eq!(kept, ["<module>", "work", "builtin_sum", "PyNumber_Add"]);
     }
 
+    fn monitor(name: &str) -> Frame {
+        Frame { interpreter_plumbing: true, ..py(name) }
+    }
+
+    #[test]
+    fn the_task_monitor_is_dropped_between_frames_and_one_leaf_when_the_sample_is_in_it() {
+        let through = [
+            py("<module>"),
+            monitor("run_forever"),
+            py("BaseEventLoop.run_forever"),
+            py("work"),
+            native("builtin_sum", false),
+        ];
+        let kept: Vec<&str> = default_view(through.iter().collect()).iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(kept, ["<module>", "BaseEventLoop.run_forever", "work", "builtin_sum"]);
+        let inside = [
+            py("<module>"),
+            py("main"),
+            native("_PyEval_EvalFrameDefault", true),
+            monitor("on_call"),
+            monitor("watch"),
+            native("PyDict_SetItem", false),
+        ];
+        let kept: Vec<&str> = default_view(inside.iter().collect()).iter().map(|f| f.function.as_str()).collect();
+        assert_eq!(kept, ["<module>", "main", "on_call"], "the outermost monitor frame, alone, as the leaf");
+    }
+
     #[test]
     fn stacks_without_python_stay_whole() {
         let frames = [native("main", false), native("spin", false)];

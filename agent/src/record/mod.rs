@@ -116,6 +116,14 @@ pub fn run(config: RecordConfig) -> Result<RecordOutcome, RecordError> {
     };
     let stats = pipeline.stats;
     eprint!("{}", stats.summary(meta.duration_secs, meta.rate_hz));
+    if let Some(tasks) = &pipeline.tasks {
+        // Loops the task monitor cannot follow fully (uvloop) are named, not silently thinner.
+        for (pid, timeline) in tasks.timelines() {
+            for info in timeline.foreign_loops.values() {
+                eprintln!("ember: asyncio: PID {pid}: loop {info}");
+            }
+        }
+    }
     let written = if config.format == Format::Trace {
         output.write(|out| trace::write(pipeline, &symbols, config.view, &meta, out), &view)
     } else {

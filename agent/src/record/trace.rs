@@ -1,6 +1,8 @@
 //! `--format trace`: Chrome trace event JSON (opens in Perfetto and chrome://tracing). Every
 //! asyncio task gets a track of its run slices; every CPU sample is an instant event on its
 //! thread's track, carrying its stack and the task that was running on that thread then.
+//! Slices and samples name their task alike: `args.task` is its name, `args.task_id` its id
+//! (names repeat, ids do not).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,12 +25,12 @@ fn us(ns: i64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// The task running on `thread` at `time`, if any.
-fn task_at(timeline: &Timeline, index: &SlicesByThread, thread: u64, time: i64) -> Option<String> {
+/// The task running on `thread` at `time`, if any: its name and id.
+fn task_at(timeline: &Timeline, index: &SlicesByThread, thread: u64, time: i64) -> Option<(String, u32)> {
     let slices = index.get(&thread)?;
     let i = slices.partition_point(|s| s.0 <= time);
     let (start, end, task) = *slices.get(i.checked_sub(1)?)?;
-    (time >= start && time <= end).then(|| timeline.tasks.get(&task).map(|t| t.name.clone())).flatten()
+    (time >= start && time <= end).then(|| timeline.tasks.get(&task).map(|t| (t.name.clone(), task))).flatten()
 }
 
 pub fn write(
@@ -51,7 +53,8 @@ pub fn write(
                 for slice in &task.slices {
                     events.push(json!({"ph": "X", "cat": "task", "name": task.name, "pid": pid.0, "tid": track,
                         "ts": us(slice.start), "dur": us(slice.end - slice.start),
-                        "args": {"task": task.id, "coro": task.coro, "thread": slice.thread, "parent": task.parent}}));
+                        "args": {"task": task.name, "task_id": task.id, "coro": task.coro, "thread": slice.thread,
+                            "parent": task.parent}}));
                 }
             }
         }
@@ -92,8 +95,9 @@ pub fn write(
         let task = timelines
             .get(&sample.owner.pid.0)
             .and_then(|t| task_at(t, slice_index.get(&sample.owner.pid.0)?, u64::from(sample.owner.tid.0), time));
+        let (task, task_id) = task.unzip();
         events.push(json!({"ph": "i", "s": "t", "cat": "sample", "name": leaf, "pid": sample.owner.pid.0,
-            "tid": sample.owner.tid.0, "ts": us(time), "args": {"stack": folded, "task": task}}));
+            "tid": sample.owner.tid.0, "ts": us(time), "args": {"stack": folded, "task": task, "task_id": task_id}}));
     }
     let file = json!({
         "traceEvents": events,

@@ -74,6 +74,14 @@ impl SymbolTable {
                 FrameKey::MapSymbol(name) => {
                     let raw = strings.get(name);
                     let frame = match perf_map::split_python_name(raw) {
+                        // ember's task monitor: plumbing, which the default view leaves out.
+                        Some((qualname, filename)) if crate::tasks::is_monitor_file(filename) => Frame {
+                            text: crate::tasks::MONITOR_FRAME.to_string(),
+                            kind: FrameKind::Python,
+                            function: qualname.to_string(),
+                            file: filename.to_string(),
+                            interpreter_plumbing: true,
+                        },
                         Some((qualname, filename)) => Frame {
                             text: perf_map::display_name(raw),
                             kind: FrameKind::Python,
@@ -173,6 +181,10 @@ mod tests {
         assert!(is_interpreter_plumbing("cfunction_vectorcall_FASTCALL_KEYWORDS"));
         assert!(!is_interpreter_plumbing("builtin_sum"));
         assert!(!is_interpreter_plumbing("PyNumber_Add"));
+        assert!(crate::tasks::is_monitor_file("/tmp/ember-agent-1-ab/ember_monitor/_writer.py"));
+        assert!(crate::tasks::is_monitor_file("ember_monitor/__init__.py"));
+        assert!(!crate::tasks::is_monitor_file("/app/ember_monitor/views.py"), "not one of its files");
+        assert!(!crate::tasks::is_monitor_file("/app/monitor/_writer.py"), "not its package");
     }
 
     #[test]

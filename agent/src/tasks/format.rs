@@ -59,6 +59,8 @@ pub const LOOP: u64 = 10;
 pub const THREAD: u64 = 11;
 pub const MODE: u64 = 12;
 pub const READY: u64 = 13;
+/// A loop that is not one of asyncio's (uvloop): its class, and what is not followed there.
+pub const LOOP_INFO: u64 = 14;
 
 // Per-kind flags, as the flags field holds them.
 /// START: the step was resumed by `throw()` (cancellation).
@@ -71,6 +73,10 @@ pub const HOW_RAISE: u64 = 2;
 /// DONE: how the task ended (0: a result).
 pub const OUT_EXCEPTION: u64 = 1;
 pub const OUT_CANCELLED: u64 = 2;
+/// LOOP_INFO: no READY records (event-loop lag) for the loop's tasks.
+pub const NO_LAG: u64 = 1;
+/// LOOP_INFO: the eager first step of a task built with `asyncio.Task()` is not seen.
+pub const NO_EAGER: u64 = 2;
 
 /// Strings are at most this long (the writer truncates).
 pub const MAX_STRING: u64 = 4096;

@@ -26,7 +26,19 @@ pub const MONITOR_FILES: &[(&str, &str)] = &[
     ("ember_monitor/_hot_path.py", include_str!("../../python/ember_monitor/_hot_path.py")),
     ("ember_monitor/_writer.py", include_str!("../../python/ember_monitor/_writer.py")),
     ("ember_monitor/_monitor.py", include_str!("../../python/ember_monitor/_monitor.py")),
+    ("ember_monitor/_discover.py", include_str!("../../python/ember_monitor/_discover.py")),
 ];
+
+/// The text of the frame that stands for the monitor's code in the default view.
+pub const MONITOR_FRAME: &str = "[ember task monitor]";
+
+/// Whether a Python frame's file is one of the monitor's (wherever the package was put: the
+/// agent's private directory, or `export-monitor DIR`): ember's own code, not the program's.
+pub fn is_monitor_file(file: &str) -> bool {
+    let mut parts = file.rsplit('/');
+    let (Some(name), Some(dir)) = (parts.next(), parts.next()) else { return false };
+    MONITOR_FILES.iter().any(|(path, _)| path.strip_prefix("ember_monitor/") == Some(name)) && dir == "ember_monitor"
+}
 
 /// `_ember_accel`, the monitor's per-step work in native code (agent/accel/ember_accel.rs,
 /// built by build.rs for the CPython 3.12+ stable ABI). The monitor uses it when it imports,
@@ -119,6 +131,11 @@ impl TaskTracker {
             self.lost_records += lost;
             if lost > 0 {
                 reader.timeline.lost();
+            }
+            for event in &events {
+                if let ring::TaskEvent::LoopInfo { info, .. } = event {
+                    tracing::warn!(%pid, "asyncio loop {info}");
+                }
             }
             if reader.namespaced {
                 // The monitor sees thread ids of its own PID namespace; samples carry the host's.

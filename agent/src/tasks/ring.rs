@@ -11,8 +11,9 @@ use std::path::PathBuf;
 
 use super::format::{
     CREATE, CREATED, DEFAULT_NAME, DONE, EXTRA_BITS, EXTRA_SHIFT, FLAGS, FLAGS_BITS, FLAGS_SHIFT, FLAG_NATIVE, ID_BITS,
-    ID_SHIFT, KIND_BITS, LAP, LAYOUT, LOOP, MAGIC_WORD, MAX_SLOTS, MAX_STRING, MIN_SLOTS, MODE, NAME, OUT_CANCELLED,
-    OUT_EXCEPTION, PUBLISHED, READY, SLOTS, START, STOP, STRING, STRING_DATA, TAG, TASK, THREAD, WRITER_PID,
+    ID_SHIFT, KIND_BITS, LAP, LAYOUT, LOOP, LOOP_INFO, MAGIC_WORD, MAX_SLOTS, MAX_STRING, MIN_SLOTS, MODE, NAME,
+    NO_EAGER, NO_LAG, OUT_CANCELLED, OUT_EXCEPTION, PUBLISHED, READY, SLOTS, START, STOP, STRING, STRING_DATA, TAG,
+    TASK, THREAD, WRITER_PID,
 };
 pub use super::format::{HEADER_SIZE, MAGIC, RECORD_SIZE, VERSION};
 /// A reader racing the writer retries the header this often before calling it "nothing new".
@@ -82,6 +83,35 @@ pub enum TaskEvent {
         task: u32,
         time: i64,
     },
+    /// Loop `loop_id` is not one of asyncio's: what the monitor cannot follow there.
+    LoopInfo {
+        loop_id: u32,
+        info: LoopInfo,
+    },
+}
+
+/// A loop of a class other than asyncio's (uvloop), as the monitor describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopInfo {
+    /// `module.qualname` of the loop's class.
+    pub class: String,
+    /// Its tasks carry no ready times (no event-loop lag).
+    pub no_lag: bool,
+    /// The eager first step of a task built with `asyncio.Task()` is not seen there.
+    pub no_eager: bool,
+}
+
+impl std::fmt::Display for LoopInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: tasks recorded", self.class)?;
+        if self.no_lag {
+            write!(f, "; event-loop lag not recorded")?;
+        }
+        if self.no_eager {
+            write!(f, "; eager first steps of tasks built with asyncio.Task() charged to their parent")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +237,14 @@ impl Decoder {
                 }
                 MODE if value == 1 => out.push(TaskEvent::MultiThread),
                 READY => out.push(TaskEvent::Ready { task: id, time }),
+                LOOP_INFO => out.push(TaskEvent::LoopInfo {
+                    loop_id: id,
+                    info: LoopInfo {
+                        class: self.string(value),
+                        no_lag: flags & NO_LAG != 0,
+                        no_eager: flags & NO_EAGER != 0,
+                    },
+                }),
                 _ => self.unknown_records += 1,
             }
         }

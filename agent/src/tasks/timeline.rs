@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::ring::{Outcome, TaskEvent};
+use super::ring::{LoopInfo, Outcome, TaskEvent};
 
 /// When a task ran: CLOCK_MONOTONIC nanoseconds and the OS thread id perf samples carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,8 @@ struct Running {
 #[derive(Debug, Default)]
 pub struct Timeline {
     pub tasks: BTreeMap<u32, Task>,
+    /// Loops that are not asyncio's (uvloop), by loop id: what the monitor cannot follow there.
+    pub foreign_loops: BTreeMap<u32, LoopInfo>,
     loop_thread: HashMap<u32, u64>,
     /// The thread of the first loop: where unnamed stops happen.
     single_thread: Option<u64>,
@@ -102,6 +104,9 @@ impl Timeline {
                     self.single_thread.get_or_insert(thread);
                 }
                 TaskEvent::MultiThread => self.multi = true,
+                TaskEvent::LoopInfo { loop_id, info } => {
+                    self.foreign_loops.insert(loop_id, info);
+                }
                 TaskEvent::Created { task, time, name, coro, parent, loop_id } => {
                     self.tasks.insert(
                         task,

@@ -31,3 +31,32 @@ pub fn record_until_exit(target: &Target, args: &[&str]) -> (std::process::Outpu
     let out = agent.finish();
     (out, target.final_cpu() - cpu_at_attach)
 }
+
+/// The python3.12 of `target/venv-realworld-3.12`, a venv with the third-party packages pinned
+/// in `bench/realworld/requirements.txt` (aiohttp, uvloop) installed from PyPI. Made once, and
+/// again when the pins change; tests that need real third-party code run under it.
+pub fn realworld_python() -> std::path::PathBuf {
+    use std::path::Path;
+    use std::sync::Mutex;
+    static MADE: Mutex<()> = Mutex::new(());
+    let _once = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let requirements = root.join("bench/realworld/requirements.txt");
+    let venv = root.join("target/venv-realworld-3.12");
+    let python = venv.join("bin/python");
+    let pins = std::fs::read_to_string(&requirements).expect("bench/realworld/requirements.txt");
+    let stamp = venv.join("requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pins.as_str()) && python.exists() {
+        return python;
+    }
+    let made = Command::new(python312()).args(["-m", "venv", "--clear"]).arg(&venv).status().expect("venv runs");
+    assert!(made.success(), "python3.12 -m venv {}", venv.display());
+    let installed = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements)
+        .status()
+        .expect("pip runs");
+    assert!(installed.success(), "pip install -r {} (PyPI must be reachable)", requirements.display());
+    std::fs::write(&stamp, pins).expect("stamp written");
+    python
+}
