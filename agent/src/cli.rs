@@ -53,8 +53,8 @@ pub struct SamplingArgs {
     /// Samples per second per thread.
     #[arg(short, long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub rate: u64,
-    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8; more than 65440 is
-    /// clamped to 65440, the most a sample can carry).
+    /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8; more than 65432 is
+    /// clamped to 65432, the most a sample can carry).
     #[arg(long, default_value_t = 32768, value_parser = parse_stack_bytes)]
     pub stack_bytes: u32,
     /// Add kernel frames.
@@ -360,12 +360,12 @@ mod tests {
 
     #[test]
     fn stack_bytes_past_what_a_sample_carries_are_clamped() {
-        assert_eq!(MAX_STACK_COPY, 65440, "65535 - 72 bytes before the stack - 16 for its sizes, rounded down to 8");
+        assert_eq!(MAX_STACK_COPY, 65432, "65535 - 80 bytes before the stack - 16 for its sizes, rounded down to 8");
         let stack = |n: &str| {
             record(&["ember-agent", "record", "--pid", "1", "--stack-bytes", n]).map(|c| c.sampling.stack_bytes)
         };
-        assert_eq!(stack("65440"), Ok(65440));
-        assert_eq!(stack("65528"), Ok(65440));
+        assert_eq!(stack("65432"), Ok(65432));
+        assert_eq!(stack("65528"), Ok(65432));
         assert_eq!(stack("32768"), Ok(32768));
     }
 

@@ -9,11 +9,14 @@ use perf_event_open_sys::bindings::{perf_event_header, PERF_RECORD_MISC_COMM_EXE
 use crate::process::ids::{Pid, Tid};
 
 /// Bit positions of the x86_64 user registers we ask the kernel for (`PERF_REG_X86_*`).
+pub const REG_BX: u32 = 1;
 pub const REG_BP: u32 = 6;
 pub const REG_SP: u32 = 7;
 pub const REG_IP: u32 = 8;
-/// `sample_regs_user` mask: exactly what DWARF CFI on x86_64 needs to find return addresses.
-pub const USER_REGS_MASK: u64 = (1 << REG_BP) | (1 << REG_SP) | (1 << REG_IP);
+/// `sample_regs_user` mask: what DWARF CFI on x86_64 needs to find return addresses (ip, sp,
+/// bp), and rbx, which assembly without CFI uses to keep its frame while it realigns rsp
+/// (see `unwind::prologue`).
+pub const USER_REGS_MASK: u64 = (1 << REG_BX) | (1 << REG_BP) | (1 << REG_SP) | (1 << REG_IP);
 
 /// The most user stack one of ember's samples can carry. A record's size is a u16, so the
 /// kernel fits the copy into what the other fields leave (`perf_sample_ustack_size`): 65535
@@ -30,6 +33,7 @@ pub struct UserRegs {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    pub bx: u64,
 }
 
 /// One CPU sample of one thread.
@@ -169,11 +173,11 @@ impl<'a> Visitor<'a> for EventVisitor<'_> {
 
     fn visit_sample(self, record: Sample<'a>, _metadata: RecordMetadata) -> Self::Output {
         let regs = record.regs_user().and_then(|r| {
-            // Registers arrive in ascending bit order of the mask: bp, sp, ip.
-            if r.mask != USER_REGS_MASK || r.regs.len() != 3 {
-                return None;
+            // Registers arrive in ascending bit order of the mask: bx, bp, sp, ip.
+            match (r.mask == USER_REGS_MASK, &r.regs[..]) {
+                (true, &[bx, bp, sp, ip]) => Some(UserRegs { ip, sp, bp, bx }),
+                _ => None,
             }
-            Some(UserRegs { bp: r.regs[0], sp: r.regs[1], ip: r.regs[2] })
         });
         let stack_filled = record.stack_user().is_some_and(|s| stack_copy_full(self.body, s, self.stack_request));
         let stack = record.stack_user().map(<[u8]>::to_vec).unwrap_or_default();

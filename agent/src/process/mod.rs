@@ -3,6 +3,7 @@
 
 pub(crate) mod access;
 pub(crate) mod ancestors;
+mod code;
 pub(crate) mod ids;
 pub(crate) mod launch;
 pub(crate) mod memory;

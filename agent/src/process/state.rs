@@ -1,12 +1,14 @@
 //! Everything ember tracks about one target process: its threads, its executable
 //! mappings (with their unwind modules) and its perf map.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use framehop::Unwinder;
 
 use super::access::{LiveTarget, TargetAccess};
+use super::code::{CodeFacts, ProcessCode};
 use super::ids::{NsPid, Pid, Tid};
 use super::procfs;
 use super::python::{self, Runtime};
@@ -16,7 +18,7 @@ use crate::perf::SampleEvent;
 use crate::symbolize::perf_map::{MapLocation, PerfMapReader, PerfMapTable};
 use crate::unwind::stack::{RawFrame, UnwoundStack};
 use crate::unwind::{
-    unwind_stack, ElfCache, FileIdentity, ImageId, NativeUnwinder, StackCompleter, StackEnd, TrampolineKind,
+    unwind_stack, ElfCache, ElfImage, FileIdentity, ImageId, NativeUnwinder, StackCompleter, StackEnd, TrampolineKind,
     UnwindCache,
 };
 
@@ -37,7 +39,7 @@ pub struct Mapping {
     pub path: String,
     /// Device and inode of a mapped file, which identify its image.
     pub dev_inode: Option<(u32, u32, u64)>,
-    pub image: Option<ImageId>,
+    pub image: Option<Arc<ElfImage>>,
 }
 
 /// What a sampled address is, before symbolization.
@@ -76,6 +78,10 @@ pub struct ProcessState {
     entry_code: BTreeMap<u64, u64>,
     /// Where mappings, memory and mapped files are read from.
     access: Arc<dyn TargetAccess>,
+    /// The code addresses the last walk asked about (see [`ProcessCode`]).
+    consulted: Vec<u64>,
+    /// Answers about code kept across samples, forgotten when mappings or perf map change.
+    code_facts: CodeFacts,
     pub exited: bool,
 }
 
@@ -90,6 +96,8 @@ pub struct SampleUnwind {
     pub completed_from: Option<Arc<[RawFrame]>>,
     /// Bytes at the start of the stack copy the walk read.
     pub stack_read: usize,
+    /// Frames of code without unwind info whose caller was found.
+    pub without_cfi: usize,
 }
 
 impl SampleUnwind {
@@ -154,6 +162,8 @@ impl ProcessState {
             arena_bytes: HashMap::new(),
             entry_code: BTreeMap::new(),
             access,
+            consulted: Vec::new(),
+            code_facts: CodeFacts::default(),
             exited: false,
         }
     }
@@ -177,7 +187,7 @@ impl ProcessState {
         child.entry_code = parent.entry_code.clone();
         for (&start, m) in &parent.mappings {
             child.insert_mapping(start, m.clone());
-            if let Some(image) = m.image.and_then(|id| elf.get(id)) {
+            if let Some(image) = &m.image {
                 child.unwinder.add_module(crate::unwind::stack::native_module(image, start, m.end, m.pgoff));
             }
         }
@@ -210,6 +220,7 @@ impl ProcessState {
             self.unwinder.remove_module(s);
         }
         self.mappings.insert(start, mapping);
+        self.code_facts.clear();
     }
 
     /// Records a new executable mapping and loads its unwind tables.
@@ -244,7 +255,7 @@ impl ProcessState {
         } else {
             None
         };
-        let mapping = Mapping { end, pgoff, path: path.to_string(), dev_inode, image: image.as_ref().map(|i| i.id) };
+        let mapping = Mapping { end, pgoff, path: path.to_string(), dev_inode, image: image.clone() };
         self.insert_mapping(start, mapping);
         if let Some(entry) = image.as_ref().and_then(|i| Some(i.entry?.wrapping_add(i.load_bias(start, pgoff)))) {
             if (start..end).contains(&entry) {
@@ -351,6 +362,8 @@ impl ProcessState {
     /// Decides, for every new perf-map entry, whether it is a trampoline and which variant,
     /// by reading the code at its address from the target.
     fn verify_trampolines(&mut self, elf: &mut ElfCache) {
+        // New lines can name code whose return addresses were judged without them.
+        self.code_facts.clear();
         let pending: Vec<(u64, u64)> = self.perf_map.unverified().map(|(s, e)| (s, e.end - s)).collect();
         if pending.iter().any(|&(start, _)| self.mapping_at(start).is_none()) {
             let _ = self.refresh_maps(elf);
@@ -410,14 +423,18 @@ impl ProcessState {
         keys: &mut Vec<FrameKey>,
     ) -> SampleUnwind {
         let tid = sample.tid;
-        let mut unwound = unwind_stack(
-            &self.unwinder,
-            &mut self.cache,
-            &self.perf_map,
-            sample.regs,
-            &sample.stack,
-            sample.stack_filled,
-        );
+        let mut consulted = std::mem::take(&mut self.consulted);
+        consulted.clear();
+        let code = ProcessCode {
+            mappings: &self.mappings,
+            perf_map: &self.perf_map,
+            consulted: RefCell::new(consulted),
+            facts: RefCell::new(std::mem::take(&mut self.code_facts)),
+        };
+        let mut unwound =
+            unwind_stack(&self.unwinder, &mut self.cache, &code, sample.regs, &sample.stack, sample.stack_filled);
+        self.consulted = code.consulted.into_inner();
+        self.code_facts = code.facts.into_inner();
         if self.ends_in_entry_code(&unwound, sample.stack_filled) {
             unwound.end = StackEnd::Complete;
         }
@@ -432,7 +449,13 @@ impl ProcessState {
                 }
             }
         }
-        let outcome = SampleUnwind { frames, end: unwound.end, completed_from, stack_read: unwound.stack_read };
+        let outcome = SampleUnwind {
+            frames,
+            end: unwound.end,
+            completed_from,
+            stack_read: unwound.stack_read,
+            without_cfi: unwound.without_cfi,
+        };
         keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
         for (i, frame) in outcome.frames.iter().enumerate() {
             keys.push(self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings));
@@ -443,14 +466,21 @@ impl ProcessState {
         outcome
     }
 
+    /// The code addresses the last [`unwind_sample`](Self::unwind_sample) asked about: return
+    /// addresses checked (scan candidates too) and, one past, the addresses whose unwind info
+    /// it looked up.
+    pub(crate) fn consulted(&self) -> &[u64] {
+        &self.consulted
+    }
+
     /// Classifies an address of this process.
     pub fn frame_key(&self, addr: u64, lookup_addr: u64, strings: &mut Interner) -> FrameKey {
         if let Some((_, entry)) = self.perf_map.lookup(addr) {
             return FrameKey::MapSymbol(entry.name);
         }
         match self.mapping_at(lookup_addr) {
-            Some((start, m)) => match m.image {
-                Some(image) => FrameKey::Native { image, file_offset: lookup_addr - start + m.pgoff },
+            Some((start, m)) => match &m.image {
+                Some(image) => FrameKey::Native { image: image.id, file_offset: lookup_addr - start + m.pgoff },
                 None => {
                     let region = if m.path.is_empty() || m.path.starts_with("//anon") { "[anon]" } else { &m.path };
                     FrameKey::Unknown { region: strings.intern(region), addr }

@@ -131,15 +131,21 @@ impl Capture {
                         dev_inode: m.dev_inode,
                         image: None,
                     };
-                    mappings.push((record, m.image));
+                    mappings.push((record, m.image.as_ref().map(|i| i.id)));
                 }
             }
         };
-        let lookups = unwound.frames.iter().enumerate().map(|(i, f)| f.lookup_addr(i == 0)).collect();
-        for (i, frame) in unwound.frames.iter().enumerate() {
-            add_mapping(state, frame.addr);
-            add_mapping(state, frame.lookup_addr(i == 0));
-            let Some((start, entry)) = state.perf_map.lookup(frame.addr).map(|(s, e)| (s, *e)) else { continue };
+        // The frames, and every other return address the walk checked (scan candidates) or
+        // whose unwind info it looked up: a replay must get the same answers for them.
+        let consulted = state.consulted().iter().map(|&a| (a, a.wrapping_sub(1)));
+        let addrs: Vec<(u64, u64)> =
+            unwound.frames.iter().enumerate().map(|(i, f)| (f.addr, f.lookup_addr(i == 0))).chain(consulted).collect();
+        let lookups = addrs.iter().map(|&(_, lookup)| lookup).collect();
+        for &(addr, lookup) in &addrs {
+            add_mapping(state, addr);
+            add_mapping(state, lookup);
+            let entry = state.perf_map.lookup(addr).or_else(|| state.perf_map.lookup(lookup));
+            let Some((start, entry)) = entry.map(|(s, e)| (s, *e)) else { continue };
             let line = format!("{start:x} {:x} {}", entry.end - start, strings.get(entry.name));
             if perf_map.contains(&line) {
                 continue;
@@ -157,6 +163,7 @@ impl Capture {
             ip: regs.ip,
             sp: regs.sp,
             bp: regs.bp,
+            bx: regs.bx,
             stack: sample.stack[..stack_read].to_vec(),
             stack_len: sample.stack.len() as u64,
             stack_filled: sample.stack_filled,
@@ -212,12 +219,13 @@ impl Capture {
                     *images.entry(id).or_insert_with(|| {
                         let image = elf.get(id)?;
                         match image_extents(image, svmas.get(&id).map_or(&[][..], Vec::as_slice)) {
-                            Ok((file_len, extents)) => {
+                            Ok((file_len, extents, functions)) => {
                                 case.images.push(ImageRecord {
                                     path: image.path.clone(),
                                     build_id: image.build_id.as_deref().map(hex),
                                     file_len,
                                     extents,
+                                    functions,
                                 });
                                 Some(case.images.len() - 1)
                             }
@@ -302,6 +310,7 @@ mod tests {
                 ip: i,
                 sp: 0,
                 bp: 0,
+                bx: 0,
                 stack: Vec::new(),
                 stack_len: 0,
                 stack_filled: false,

@@ -2,7 +2,9 @@
 //! notes for the build-id) is done once more through a reader that logs every range it
 //! reads; those ranges plus the CFI sections are what a case keeps. A replay puts them back
 //! at their offsets in a sparse file, so the image goes through the very loader the live
-//! agent uses, and code, symbols and debug info stay out of the corpus.
+//! agent uses, and symbols, debug info and nearly all code stay out of the corpus. The code
+//! kept is what the walk checks: the bytes before each return address (a call?), and the
+//! prologue of a function without CFI, whose symbol the case lists.
 //!
 //! With an `.eh_frame_hdr` (its sorted table is all framehop searches), only the FDEs for the
 //! sampled addresses and their CIEs are kept of `.eh_frame`, a few KiB instead of the
@@ -15,8 +17,10 @@ use std::ops::Range;
 use memmap2::Mmap;
 use object::{Object, ObjectSection, ReadRef};
 
-use super::format::Extent;
+use super::format::{Extent, FunctionRecord};
+use crate::unwind::coverage::cfi_covers;
 use crate::unwind::elf::CFI_SECTIONS;
+use crate::unwind::prologue::PROLOGUE_BYTES;
 use crate::unwind::ElfImage;
 
 /// Reads closer than this are kept as one extent: fewer, slightly larger pieces.
@@ -57,8 +61,8 @@ impl<'a> ReadRef<'a> for &'a Logged<'a> {
 }
 
 /// The file length and the extents of `image` a replay needs to unwind at `svmas` (addresses
-/// in the file's own address space).
-pub fn image_extents(image: &ElfImage, svmas: &[u64]) -> Result<(u64, Vec<Extent>), ExtentError> {
+/// in the file's own address space), and the function symbols it looked up.
+pub fn image_extents(image: &ElfImage, svmas: &[u64]) -> Result<(u64, Vec<Extent>, Vec<FunctionRecord>), ExtentError> {
     let path = image.path.clone();
     // SAFETY: the image's file is, by construction of the cache, writable by root alone or a
     // sealed memfd, so the mapping cannot shrink under us (see `unwind::elf::stable`).
@@ -87,10 +91,45 @@ pub fn image_extents(image: &ElfImage, svmas: &[u64]) -> Result<(u64, Vec<Extent
             _ => keep.push(*offset..offset + size),
         }
     }
+    // The code before each return address, which the walk checks for a call.
+    let call_bytes = crate::unwind::call_site::LONGEST_CALL as u64;
+    keep.extend(
+        svmas.iter().filter_map(|&svma| image.offset_of_svma(svma)).map(|o| o.saturating_sub(call_bytes - 1)..o + 1),
+    );
+    // Code without CFI: its function's symbol and prologue (see `unwind::no_cfi`).
+    let mut functions: Vec<FunctionRecord> = Vec::new();
+    for &svma in svmas.iter().filter(|&&svma| !cfi_covers(image, svma)) {
+        let Some(f) = image.function_at(svma) else { continue };
+        if let (Some(from), Some(to)) = (image.offset_of_svma(f.start), image.offset_of_svma(svma)) {
+            keep.push(from..to.min(from + PROLOGUE_BYTES) + 1);
+        }
+        if !functions.iter().any(|r| r.start == f.start) {
+            functions.push(FunctionRecord { start: f.start, size: f.size, name: f.name.to_string() });
+        }
+    }
+    // A direct call's target in a PLT stub: the stubs' names, as the image loader read them.
+    let in_plt = |svma: u64| {
+        [".plt", ".plt.sec", ".plt.got"]
+            .iter()
+            .filter_map(|n| obj.section_by_name(n))
+            .any(|s| svma >= s.address() && svma - s.address() < s.size())
+    };
+    let plt_used = svmas.iter().any(|&svma| in_plt(svma));
+    if plt_used {
+        let _ = crate::symbolize::plt::PltStubs::parse(&obj);
+    }
+    // Parsing takes the symbol tables' whole slices, but unwinding reads no symbol, except the
+    // dynamic ones that name PLT stubs: those tables stay out (a megabyte in some libraries).
+    let unread_tables: Vec<Range<u64>> = [".symtab", ".dynsym"]
+        .iter()
+        .filter(|&&name| !(plt_used && name == ".dynsym"))
+        .filter_map(|name| obj.section_by_name(name)?.file_range())
+        .map(|(offset, size)| offset..offset + size)
+        .collect();
     let _ = obj.segments().count();
     let _ = obj.build_id();
     drop(obj);
-    keep.extend(logged.reads.into_inner());
+    keep.extend(logged.reads.into_inner().into_iter().filter(|r| !unread_tables.contains(r)));
     let len = map.len() as u64;
     let extents = merge(keep, len)
         .into_iter()
@@ -99,7 +138,7 @@ pub fn image_extents(image: &ElfImage, svmas: &[u64]) -> Result<(u64, Vec<Extent
             Some(Extent { offset: r.start, bytes: bytes.to_vec() })
         })
         .collect();
-    Ok((len, extents))
+    Ok((len, extents, functions))
 }
 
 /// File ranges of the FDEs (and their CIEs) that cover `svmas`, found through the binary
@@ -151,7 +190,11 @@ fn fde_ranges(map: &[u8], hdr: (u64, u64, u64), eh: (u64, u64, u64), svmas: &[u6
                 hi = mid;
             }
         }
-        let Some(i) = lo.checked_sub(1) else { continue };
+        // Below the first entry, a lookup still parses the first FDE to find it does not cover.
+        let i = lo.saturating_sub(1);
+        if count == 0 {
+            continue;
+        }
         let fde = entry(i)?.1.checked_sub(eh_svma)?.checked_add(eh_offset)?;
         if fde >= eh_end {
             return None;
@@ -199,7 +242,7 @@ mod tests {
         // One address inside the text: its FDE and CIE are kept of .eh_frame, nothing else.
         let text = image.text.as_ref().expect("text").svma.clone();
         let svmas = [text.start + (text.end - text.start) / 2];
-        let (len, extents) = image_extents(&image, &svmas).expect("extents");
+        let (len, extents, _) = image_extents(&image, &svmas).expect("extents");
         let kept: u64 = extents.iter().map(|e| e.bytes.len() as u64).sum();
         assert!(kept < len / 2, "keeps {kept} of {len} bytes: not the code");
         let sparse = crate::unwind::elf::sealed_sparse(len, extents.iter().map(|e| (e.offset, &e.bytes[..])))

@@ -40,6 +40,17 @@ pub struct ImageRecord {
     pub build_id: Option<String>,
     pub file_len: u64,
     pub extents: Vec<Extent>,
+    /// The function symbols that unwinding code without CFI looked up (their code is among
+    /// the extents; the symbol tables are not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<FunctionRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    pub start: u64,
+    pub size: u64,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +88,9 @@ pub struct SampleRecord {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
+    /// rbx (cases recorded before it was sampled have none: 0).
+    #[serde(default)]
+    pub bx: u64,
     /// The start of the stack copy: the bytes the unwind read.
     #[serde(with = "hex")]
     pub stack: Vec<u8>,

@@ -36,6 +36,8 @@ pub fn end_text(end: StackEnd) -> String {
                 UnwindFailure::Loop => "loop",
                 UnwindFailure::TooDeep => "too-deep",
                 UnwindFailure::Trampoline => "trampoline",
+                UnwindFailure::BadReturnAddress => "bad-return-address",
+                UnwindFailure::NoCfi => "no-cfi",
             }
         ),
     }

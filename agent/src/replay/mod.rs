@@ -19,6 +19,7 @@ pub use format::{Case, Expected, FormatError, SampleRecord, CASE_FILE, FORMAT_VE
 use crate::intern::Interner;
 use crate::perf::{SampleEvent, UserRegs};
 use crate::process::{Pid, ProcessState, Tid};
+use crate::unwind::elf::Function;
 use crate::unwind::stack::RawFrame;
 use crate::unwind::ElfCache;
 use keys::{end_text, frame_text};
@@ -37,6 +38,7 @@ pub fn replay(case: &Arc<Case>) -> Vec<Expected> {
         if let Err(e) = state.refresh_maps(&mut elf) {
             tracing::warn!("replay: no mappings: {e}");
         }
+        give_functions(case, &elf);
         let mut lines = Vec::new();
         for line in sample.perf_map.iter().filter_map(|&l| case.perf_map.get(l)) {
             lines.extend_from_slice(line.as_bytes());
@@ -52,7 +54,7 @@ pub fn replay(case: &Arc<Case>) -> Vec<Expected> {
             tid: Tid(sample.tid),
             time: 0,
             cpu: 0,
-            regs: Some(UserRegs { ip: sample.ip, sp: sample.sp, bp: sample.bp }),
+            regs: Some(UserRegs { ip: sample.ip, sp: sample.sp, bp: sample.bp, bx: sample.bx }),
             stack: sample.stack.clone(),
             stack_filled: sample.stack_filled,
             kernel_chain: Vec::new(),
@@ -66,6 +68,24 @@ pub fn replay(case: &Arc<Case>) -> Vec<Expected> {
         });
     }
     out
+}
+
+/// Gives the loaded images the function symbols their records list: a case keeps those, not
+/// the symbol tables (images are matched by path and build-id, as they were recorded).
+fn give_functions(case: &Case, elf: &ElfCache) {
+    for image in elf.images() {
+        let build_id = image.build_id.as_deref().map(keys::hex);
+        let record = case.images.iter().find(|r| r.path == image.path && r.build_id == build_id);
+        if let Some(record) = record.filter(|r| !r.functions.is_empty()) {
+            image.set_functions(
+                record
+                    .functions
+                    .iter()
+                    .map(|f| Function { start: f.start, size: f.size, name: f.name.as_str().into() })
+                    .collect(),
+            );
+        }
+    }
 }
 
 /// Where `replayed` differs from what `case` expects, one line per difference (empty when

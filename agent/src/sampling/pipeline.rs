@@ -194,6 +194,7 @@ impl Pipeline {
             }
             StackEnd::Failed(_) => stats.unwind_failures += 1,
         }
+        stats.without_cfi += u64::from(unwound.without_cfi > 0);
         if let Some(capture) = capture {
             capture.offer(state, &sample, &unwound, keys, &profile.strings, elf);
         }

@@ -9,6 +9,8 @@ pub struct Stats {
     pub truncated: u64,
     pub completed: u64,
     pub unwind_failures: u64,
+    /// Samples whose stack passed through code without unwind info (see `unwind::no_cfi`).
+    pub without_cfi: u64,
     /// Samples of processes ember does not follow (children without `--subprocesses`).
     pub untracked_samples: u64,
     pub decode_errors: u64,
@@ -52,6 +54,14 @@ impl Stats {
             self.unwind_failures,
             percent(self.unwind_failures, self.samples),
         );
+        if self.without_cfi > 0 {
+            let _ = writeln!(
+                s,
+                "ember: stacks: {} ({:.1}%) passed code without unwind info, their callers found from its prologue or a checked scan",
+                self.without_cfi,
+                percent(self.without_cfi, self.samples),
+            );
+        }
         let _ = write!(s, "ember: lost records: {}", self.lost_records);
         if self.untracked_samples > 0 {
             let _ = write!(
@@ -100,6 +110,9 @@ mod tests {
         assert!(text.contains("2 unwind failures (1.0%)"), "{text}");
         assert!(text.contains("lost records: 1"), "{text}");
         assert!(!text.contains("asyncio"), "no task line without tasks: {text}");
+        assert!(!text.contains("without unwind info"), "no such line without such code: {text}");
+        let text = Stats { without_cfi: 4, ..stats }.summary(2.0, 99);
+        assert!(text.contains("4 (2.0%) passed code without unwind info"), "{text}");
         let text = Stats { tasks: 3, task_slices: 12, lost_task_records: 2, ..stats }.summary(2.0, 99);
         assert!(text.contains("asyncio: 3 tasks, 12 run slices; 2 task records lost"), "{text}");
     }

@@ -126,10 +126,9 @@ impl PerfMapTable {
             entry.verified = true;
         }
     }
-}
 
-impl crate::unwind::stack::TrampolineLookup for PerfMapTable {
-    fn trampoline_at(&self, addr: u64) -> Option<(u64, TrampolineKind)> {
+    /// The start and variant of the verified trampoline containing `addr`.
+    pub fn trampoline_at(&self, addr: u64) -> Option<(u64, TrampolineKind)> {
         let (start, entry) = self.lookup(addr)?;
         entry.trampoline.map(|kind| (start, kind))
     }

@@ -23,7 +23,7 @@ const ELF64_RELA_SIZE: usize = 24;
 
 impl PltStubs {
     /// The stubs of an image; none if it has no PLT or is not x86-64.
-    pub fn parse(obj: &object::File<'_>) -> Self {
+    pub fn parse<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> Self {
         if obj.architecture() != object::Architecture::X86_64 {
             return Self::default();
         }
@@ -90,10 +90,10 @@ fn decode(stub: &[u8], address: u64) -> Option<Jump> {
 }
 
 /// `sh_entsize` of a section, 0 when the file does not say.
-fn section_entry_size(obj: &object::File<'_>, name: &str) -> u64 {
+fn section_entry_size<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> u64 {
     use object::read::elf::{ElfFile64, SectionHeader};
     let object::File::Elf64(elf) = obj else { return 0 };
-    let elf: &ElfFile64<'_> = elf;
+    let elf: &ElfFile64<'_, object::Endianness, R> = elf;
     let endian = elf.endian();
     elf.elf_section_table()
         .iter()
@@ -104,7 +104,7 @@ fn section_entry_size(obj: &object::File<'_>, name: &str) -> u64 {
 /// Dynamic symbol names by the GOT slot their relocation fills, and `.rela.plt` in order. An
 /// IFUNC called inside its own library (libc's `memcpy`) has an IRELATIVE slot whose addend is
 /// the resolver, which a symbol of that value names.
-fn jump_targets(obj: &object::File<'_>) -> (HashMap<u64, String>, Vec<String>) {
+fn jump_targets<'d, R: object::ReadRef<'d>>(obj: &object::File<'d, R>) -> (HashMap<u64, String>, Vec<String>) {
     let Some(symbols) = obj.dynamic_symbol_table() else { return Default::default() };
     let name_of = |index: u64| -> Option<String> {
         let symbol = symbols.symbol_by_index(object::SymbolIndex(usize::try_from(index).ok()?)).ok()?;

@@ -1,6 +1,6 @@
 //! Completing stacks that were cut off by the kernel's user-stack copy limit.
 //!
-//! perf copies at most 65440 bytes of stack (`perf::MAX_STACK_COPY`) and a Python frame costs
+//! perf copies at most 65432 bytes of stack (`perf::MAX_STACK_COPY`) and a Python frame costs
 //! about 528 bytes of C stack, so deep Python stacks lose their outermost frames. The outer frames of a thread
 //! change slowly, though: if a truncated sample's outermost unwound frame has the same return
 //! address and stack pointer as a frame of an earlier complete sample of the same thread,

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::ops::{Deref, Range};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
-use object::{Object, ObjectSection, ObjectSegment};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 /// A slice of a memory-mapped file that framehop can hold on to.
 #[derive(Debug, Clone)]
@@ -68,7 +68,24 @@ pub struct ElfImage {
     pub plt: crate::symbolize::plt::PltStubs,
     /// The ELF entry point (`e_entry`, an svma), where a program's first instruction is.
     pub entry: Option<u64>,
+    /// The whole file, for the code bytes before return addresses.
+    map: Arc<Mmap>,
+    /// Function symbols, read the first time code without CFI is unwound (see [`functions`]).
+    ///
+    /// [`functions`]: ElfImage::function_at
+    functions: OnceLock<Vec<Function>>,
 }
+
+/// A function symbol: start svma, size (0 if unknown) and name.
+#[derive(Debug)]
+pub struct Function {
+    pub start: u64,
+    pub size: u64,
+    pub name: Box<str>,
+}
+
+/// Most function symbols kept per image, bounding what a hostile file can make ember hold.
+const MAX_FUNCTIONS: usize = 1 << 20;
 
 impl ElfImage {
     /// The base name, as frame text shows it.
@@ -79,6 +96,35 @@ impl ElfImage {
 
     pub fn has_cfi(&self) -> bool {
         self.eh_frame.is_some() || self.debug_frame.is_some()
+    }
+
+    /// The file's bytes at `offsets`, cut to what the file holds.
+    pub fn file_bytes(&self, offsets: Range<u64>) -> &[u8] {
+        let len = self.map.len() as u64;
+        let (start, end) = (offsets.start.min(len), offsets.end.min(len));
+        self.map.get(start as usize..end.max(start) as usize).unwrap_or(&[])
+    }
+
+    /// The function symbol (`.symtab`, else `.dynsym`) containing `svma`: the nearest one at or
+    /// below it, if its size reaches `svma` (or it has none).
+    pub fn function_at(&self, svma: u64) -> Option<&Function> {
+        let functions = self.functions.get_or_init(|| read_functions(&self.map));
+        let i = functions.partition_point(|f| f.start <= svma).checked_sub(1)?;
+        let f = &functions[i];
+        (f.size == 0 || svma - f.start < f.size).then_some(f)
+    }
+
+    /// Sets the function symbols instead of reading them from the file (a replay case's file
+    /// holds no symbol table); ignored once they are known.
+    pub(crate) fn set_functions(&self, mut functions: Vec<Function>) {
+        functions.sort_unstable_by_key(|f| f.start);
+        let _ = self.functions.set(functions);
+    }
+
+    /// The file offset of `svma`, through the PT_LOAD segment that holds it.
+    pub fn offset_of_svma(&self, svma: u64) -> Option<u64> {
+        let s = self.segments.iter().find(|s| svma >= s.svma && svma - s.svma < s.file_size)?;
+        Some(s.file_offset + (svma - s.svma))
     }
 
     /// A path through which this process can read the file, whatever happens to the target.
@@ -316,7 +362,23 @@ fn open_image(id: ImageId, display_path: &str, file: File, copied_bytes: &mut u6
         plt: crate::symbolize::plt::PltStubs::parse(&obj),
         entry: Some(obj.entry()).filter(|&e| e != 0),
         file,
+        map,
+        functions: OnceLock::new(),
     })
+}
+
+/// The function symbols of an ELF file, sorted by address; on a parse error, none.
+pub(crate) fn read_functions(bytes: &[u8]) -> Vec<Function> {
+    let Ok(obj) = object::File::parse(bytes) else { return Vec::new() };
+    let symbols = if obj.symbol_table().is_some() { obj.symbols() } else { obj.dynamic_symbols() };
+    let mut functions: Vec<Function> = symbols
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_definition())
+        .take(MAX_FUNCTIONS)
+        .filter_map(|s| Some(Function { start: s.address(), size: s.size(), name: s.name().ok()?.into() }))
+        .collect();
+    functions.sort_unstable_by_key(|f| (f.start, std::cmp::Reverse(f.size)));
+    functions.dedup_by_key(|f| f.start);
+    functions
 }
 
 #[cfg(test)]

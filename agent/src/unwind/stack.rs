@@ -1,10 +1,13 @@
-//! The unwind loop: framehop (DWARF CFI, frame-pointer fallback where no CFI exists) for
-//! native frames, and the fixed trampoline rule for CPython's perf trampolines.
+//! The unwind loop: framehop (DWARF CFI) for native frames an FDE covers, the prologue rule or a
+//! checked scan for those none covers (`no_cfi`), and the fixed trampoline rule for CPython's
+//! perf trampolines. Every return address must follow a call instruction (`call_site`).
 
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
 use framehop::{Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
 
+use super::call_site::CallBefore;
 use super::elf::{ElfImage, SectionBytes};
+use super::no_cfi::{self, FrameRegs, Outcome};
 use super::trampoline::{self, TrampolineKind};
 use crate::perf::UserRegs;
 
@@ -52,6 +55,11 @@ pub enum UnwindFailure {
     Loop,
     TooDeep,
     Trampoline,
+    /// A return address that is not right after a call in executable code: the unwind rule
+    /// read data (or the stack is corrupt), so the walk stops there instead of inventing a frame.
+    BadReturnAddress,
+    /// Code without unwind info, whose caller a scan of its frame could not find for certain.
+    NoCfi,
 }
 
 #[derive(Debug, Clone)]
@@ -61,12 +69,26 @@ pub struct UnwoundStack {
     pub end: StackEnd,
     /// Bytes at the start of the copy the walk read: a replay recording keeps only these.
     pub stack_read: usize,
+    /// Frames of code without unwind info whose caller was found (see [`no_cfi`]).
+    pub without_cfi: usize,
 }
 
-/// Where the perf trampolines are; implemented by the perf-map table.
-pub trait TrampolineLookup {
-    /// The start address and variant of the trampoline containing `addr`.
+/// What the walk must know about the target's code besides its unwind tables.
+pub trait CodeLookup {
+    /// The start address and variant of the perf trampoline containing `addr`.
     fn trampoline_at(&self, addr: u64) -> Option<(u64, TrampolineKind)>;
+    /// The call that `addr`, as a return address, returns from: `None` if `addr` is not in
+    /// executable code or no call ends there. Code whose bytes cannot be read counts as an
+    /// indirect call.
+    fn call_before(&self, addr: u64) -> Option<CallBefore>;
+    /// Whether unwind info (an FDE) covers `lookup_addr`. Where ember cannot tell, `true`:
+    /// framehop then decides, as it would without this check.
+    fn has_cfi(&self, lookup_addr: u64) -> bool;
+    /// Whether a direct call to `target` entered the function running at `pc`: `target` is
+    /// its start, or a PLT stub of its name.
+    fn may_enter(&self, target: u64, pc: u64) -> bool;
+    /// The code of the function containing `pc` (by its symbol), from its start up to `pc`.
+    fn function_code(&self, pc: u64) -> Option<&[u8]>;
 }
 
 /// Builds the framehop module for one executable mapping of `image`.
@@ -101,13 +123,18 @@ pub fn native_module(image: &ElfImage, start: u64, end: u64, pgoff: u64) -> Modu
 pub fn unwind_stack(
     unwinder: &NativeUnwinder,
     cache: &mut UnwindCache,
-    trampolines: &impl TrampolineLookup,
+    code: &impl CodeLookup,
     regs: Option<UserRegs>,
     stack: &[u8],
     stack_filled: bool,
 ) -> UnwoundStack {
     let Some(regs) = regs else {
-        return UnwoundStack { frames: Vec::new(), end: StackEnd::Failed(UnwindFailure::NoRegisters), stack_read: 0 };
+        return UnwoundStack {
+            frames: Vec::new(),
+            end: StackEnd::Failed(UnwindFailure::NoRegisters),
+            stack_read: 0,
+            without_cfi: 0,
+        };
     };
     let stack_start = regs.sp;
     let stack_end = regs.sp.saturating_add(stack.len() as u64);
@@ -124,12 +151,13 @@ pub fn unwind_stack(
     let mut frames = vec![RawFrame { addr: regs.ip, sp: regs.sp }];
     let mut uregs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
     let mut address = FrameAddress::from_instruction_pointer(regs.ip);
+    let mut without_cfi = 0;
     let end = loop {
         if frames.len() >= MAX_FRAMES {
             break StackEnd::Failed(UnwindFailure::TooDeep);
         }
         let pc = address.address();
-        let next = match trampolines.trampoline_at(pc) {
+        let next = match code.trampoline_at(pc) {
             Some((start, kind)) => {
                 match trampoline::unwind(kind, pc - start, uregs.sp(), uregs.bp(), &mut read_stack) {
                     Ok(caller) => {
@@ -143,13 +171,34 @@ pub fn unwind_stack(
                     }
                 }
             }
-            None => unwinder.unwind_frame(address, &mut uregs, cache, &mut read_stack),
+            None if code.has_cfi(address.address_for_lookup()) => {
+                unwinder.unwind_frame(address, &mut uregs, cache, &mut read_stack)
+            }
+            // framehop would guess here (the word at rsp, or a frame-pointer chain through a
+            // register such code uses for data): find the caller by a checked scan instead.
+            None => {
+                let sampled_bx = (frames.len() == 1).then_some(regs.bx);
+                let frame = FrameRegs { pc, regs: &uregs, sampled_bx };
+                match no_cfi::find_caller(unwinder, cache, code, &frame, &mut read_stack) {
+                    Outcome::Found { return_address, sp, bp } => {
+                        uregs.set_sp(sp);
+                        uregs.set_bp(bp);
+                        without_cfi += 1;
+                        Ok(Some(return_address))
+                    }
+                    Outcome::OutOfCopy(addr) => Err(FramehopError::CouldNotReadStack(addr)),
+                    Outcome::NotFound => break StackEnd::Failed(UnwindFailure::NoCfi),
+                }
+            }
         };
         match next {
             Ok(Some(return_address)) => {
                 let Some(next_address) = FrameAddress::from_return_address(return_address) else {
                     break StackEnd::Complete;
                 };
+                if code.call_before(return_address).is_none() {
+                    break StackEnd::Failed(UnwindFailure::BadReturnAddress);
+                }
                 let sp = uregs.sp();
                 // The stack grows down: a caller's frame must sit above its callee's.
                 if frames.last().is_some_and(|f| sp < f.sp) {
@@ -170,18 +219,50 @@ pub fn unwind_stack(
             Err(_) => break StackEnd::Failed(UnwindFailure::Loop),
         }
     };
-    UnwoundStack { frames, end, stack_read }
+    UnwoundStack { frames, end, stack_read, without_cfi }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    struct OneTrampoline(u64, TrampolineKind);
+    /// Trampolines at the given starts; code without unwind info at `NO_CFI`, whose function
+    /// starts there with `prologue` (none: no symbol); every other address is covered by unwind
+    /// info, and is after a call if it is a trampoline's return point or listed in `direct`
+    /// (return address, call target).
+    #[derive(Default)]
+    struct TestCode {
+        trampolines: Vec<u64>,
+        direct: Vec<(u64, u64)>,
+        prologue: Option<Vec<u8>>,
+    }
 
-    impl TrampolineLookup for OneTrampoline {
+    fn one_trampoline(start: u64) -> TestCode {
+        TestCode { trampolines: vec![start], ..TestCode::default() }
+    }
+
+    const NO_CFI: std::ops::Range<u64> = 0x40_0000..0x40_1000;
+
+    impl CodeLookup for TestCode {
         fn trampoline_at(&self, addr: u64) -> Option<(u64, TrampolineKind)> {
-            (addr >= self.0 && addr < self.0 + self.1.len()).then_some((self.0, self.1))
+            let kind = sub_form();
+            self.trampolines.iter().find(|&&t| addr >= t && addr < t + kind.len()).map(|&t| (t, kind))
+        }
+        fn call_before(&self, addr: u64) -> Option<CallBefore> {
+            if let Some(&(_, target)) = self.direct.iter().find(|(ra, _)| *ra == addr) {
+                return Some(CallBefore::Direct { target });
+            }
+            let (start, kind) = self.trampoline_at(addr.checked_sub(1)?)?;
+            kind.returns_at(addr - start).then_some(CallBefore::Indirect)
+        }
+        fn has_cfi(&self, lookup_addr: u64) -> bool {
+            !NO_CFI.contains(&lookup_addr)
+        }
+        fn may_enter(&self, target: u64, pc: u64) -> bool {
+            NO_CFI.contains(&pc) && target == NO_CFI.start
+        }
+        fn function_code(&self, pc: u64) -> Option<&[u8]> {
+            self.prologue.as_deref()?.get(..usize::try_from(pc.checked_sub(NO_CFI.start)?).ok()?)
         }
     }
 
@@ -198,12 +279,12 @@ mod tests {
         // The sampled IP sits inside a trampoline right after its call returned (offset 6),
         // its return address points into a second trampoline, whose caller is beyond the copy.
         let t = 0x7f00_0000_0000;
-        let lookup = OneTrampoline(t, sub_form());
+        let lookup = one_trampoline(t);
         let sp = 0x7ffc_0000_0000;
         let stack = stack_bytes(&[0, t + 6, 0]);
         let unwinder = NativeUnwinder::new();
         let mut cache = UnwindCache::new();
-        let regs = UserRegs { ip: t + 6, sp, bp: 0 };
+        let regs = UserRegs { ip: t + 6, sp, bp: 0, bx: 0 };
         let unwound = unwind_stack(&unwinder, &mut cache, &lookup, Some(regs), &stack, true);
         assert_eq!(unwound.frames[0], RawFrame { addr: t + 6, sp });
         assert_eq!(unwound.frames[1], RawFrame { addr: t + 6, sp: sp + 16 });
@@ -213,10 +294,10 @@ mod tests {
     #[test]
     fn walking_off_a_short_copy_reaches_the_stack_top() {
         let t = 0x7f00_0000_0000;
-        let lookup = OneTrampoline(t, sub_form());
+        let lookup = one_trampoline(t);
         let unwinder = NativeUnwinder::new();
         let mut cache = UnwindCache::new();
-        let regs = UserRegs { ip: t + 6, sp: 0x1000, bp: 0 };
+        let regs = UserRegs { ip: t + 6, sp: 0x1000, bp: 0, bx: 0 };
         let unwound = unwind_stack(&unwinder, &mut cache, &lookup, Some(regs), &[0; 8], false);
         assert_eq!(unwound.end, StackEnd::Complete);
         assert_eq!(unwound.frames.len(), 1);
@@ -225,11 +306,11 @@ mod tests {
     #[test]
     fn reads_below_the_copy_are_failures() {
         let t = 0x7f00_0000_0000;
-        let lookup = OneTrampoline(t, sub_form());
+        let lookup = one_trampoline(t);
         let unwinder = NativeUnwinder::new();
         let mut cache = UnwindCache::new();
         // CFA-8 lies below sp only if sp wrapped: use an sp whose CFA overflows the copy start.
-        let regs = UserRegs { ip: t + 6, sp: u64::MAX - 4, bp: 0 };
+        let regs = UserRegs { ip: t + 6, sp: u64::MAX - 4, bp: 0, bx: 0 };
         let unwound = unwind_stack(&unwinder, &mut cache, &lookup, Some(regs), &[0; 64], true);
         assert!(matches!(unwound.end, StackEnd::Failed(_)), "{:?}", unwound.end);
     }
@@ -238,8 +319,83 @@ mod tests {
     fn no_registers_gives_no_frames() {
         let unwinder = NativeUnwinder::new();
         let mut cache = UnwindCache::new();
-        let unwound = unwind_stack(&unwinder, &mut cache, &OneTrampoline(0, sub_form()), None, &[], false);
+        let unwound = unwind_stack(&unwinder, &mut cache, &one_trampoline(0), None, &[], false);
         assert!(unwound.frames.is_empty());
         assert_eq!(unwound.end, StackEnd::Failed(UnwindFailure::NoRegisters));
+    }
+
+    #[test]
+    fn data_read_as_a_return_address_stops_the_walk() {
+        // A trampoline frame whose return address slot holds a double, not code.
+        let t = 0x7f00_0000_0000;
+        let sp = 0x7ffc_0000_0000;
+        let stack = stack_bytes(&[0, 0x3f49_d7fb_1e89_07b2, 0]);
+        let regs = UserRegs { ip: t + 6, sp, bp: 0, bx: 0 };
+        let unwound =
+            unwind_stack(&NativeUnwinder::new(), &mut UnwindCache::new(), &one_trampoline(t), Some(regs), &stack, true);
+        assert_eq!(unwound.frames.len(), 1, "the double is not a frame");
+        assert_eq!(unwound.end, StackEnd::Failed(UnwindFailure::BadReturnAddress));
+    }
+
+    const DOUBLE: u64 = 0x3f49_d7fb_1e89_07b2;
+
+    #[test]
+    fn code_without_unwind_info_gets_its_caller_from_its_prologue() {
+        let (t1, t2) = (0x7f00_0000_0000, 0x7f00_0000_1000);
+        // sub $0x18,%rsp; xor %eax,%eax: the return address is at rsp + 0x18.
+        let code = TestCode {
+            trampolines: vec![t1, t2],
+            prologue: Some(vec![0x48, 0x83, 0xec, 0x18, 0x31, 0xc0]),
+            ..TestCode::default()
+        };
+        let sp = 0x7ffc_0000_0000;
+        // A spilled double, then a stale return address a scan would have to judge: the
+        // prologue says where the real one is.
+        let stack = stack_bytes(&[DOUBLE, t2 + 6, 0x1234, t1 + 6]);
+        let regs = UserRegs { ip: NO_CFI.start + 6, sp, bp: DOUBLE, bx: 0 };
+        let unwound = unwind_stack(&NativeUnwinder::new(), &mut UnwindCache::new(), &code, Some(regs), &stack, true);
+        let addrs: Vec<(u64, u64)> = unwound.frames.iter().map(|f| (f.addr, f.sp)).collect();
+        assert_eq!(addrs, vec![(NO_CFI.start + 6, sp), (t1 + 6, sp + 0x20)]);
+        assert_eq!(unwound.without_cfi, 1);
+        assert_eq!(unwound.end, StackEnd::Truncated, "t1's caller lies past the copy");
+    }
+
+    #[test]
+    fn a_scan_takes_only_a_call_that_entered_the_function() {
+        let t = 0x7f00_0000_0000;
+        let (stale, real) = (0x50_0010, 0x50_0020);
+        let code =
+            TestCode { trampolines: vec![t], direct: vec![(stale, 0x60_0000), (real, NO_CFI.start)], prologue: None };
+        let sp = 0x7ffc_0000_0000;
+        let stack = stack_bytes(&[
+            DOUBLE, // not code
+            t + 6,  // after an indirect call, but the function has pushed something: unprovable
+            stale,  // a direct call to another function
+            real,   // a direct call to this one
+            0,
+        ]);
+        let regs = UserRegs { ip: NO_CFI.start + 0x40, sp, bp: 0, bx: 0 };
+        let unwound = unwind_stack(&NativeUnwinder::new(), &mut UnwindCache::new(), &code, Some(regs), &stack, true);
+        let addrs: Vec<(u64, u64)> = unwound.frames.iter().map(|f| (f.addr, f.sp)).collect();
+        assert_eq!(addrs, vec![(NO_CFI.start + 0x40, sp), (real, sp + 32)]);
+        assert_eq!(unwound.end, StackEnd::Complete, "bp 0 ends the walk at the caller");
+
+        // At the function's entry the word at rsp is the return address, whatever the call.
+        let stack = stack_bytes(&[t + 6, 0]);
+        let regs = UserRegs { ip: NO_CFI.start + 0x40, sp, bp: 0, bx: 0 };
+        let unwound = unwind_stack(&NativeUnwinder::new(), &mut UnwindCache::new(), &code, Some(regs), &stack, true);
+        assert_eq!(unwound.frames.get(1).map(|f| f.addr), Some(t + 6));
+    }
+
+    #[test]
+    fn a_scan_that_finds_no_caller_leaves_it_unknown() {
+        let sp = 0x7ffc_0000_0000;
+        let stack = stack_bytes(&vec![0x1234_5678; 8192]);
+        let regs = UserRegs { ip: NO_CFI.start, sp, bp: 0, bx: 0 };
+        let unwound =
+            unwind_stack(&NativeUnwinder::new(), &mut UnwindCache::new(), &one_trampoline(0), Some(regs), &stack, true);
+        assert_eq!(unwound.frames.len(), 1);
+        assert_eq!(unwound.end, StackEnd::Failed(UnwindFailure::NoCfi));
+        assert!(unwound.stack_read <= 40 << 10, "the scan is bounded: read {}", unwound.stack_read);
     }
 }

@@ -67,6 +67,8 @@ struct Step {
 #[derive(Debug, Clone)]
 struct Layout {
     len: u8,
+    /// Offset just past the call: where the trampoline's callee returns to.
+    call_end: u8,
     steps: Vec<Step>,
 }
 
@@ -82,6 +84,7 @@ fn layout_of(bytes: &[u8]) -> Option<Layout> {
     let mut depth: u64 = 0; // bytes the trampoline has pushed below its return address
     let mut rbp_saved = false;
     let mut calls = 0;
+    let mut call_end = 0;
     loop {
         let (insn, len) = decode_one(bytes.get(offset..)?)?;
         let rule = Rule { cfa_from_sp: 8 + depth, rbp_saved };
@@ -98,10 +101,13 @@ fn layout_of(bytes: &[u8]) -> Option<Layout> {
                 depth = depth.checked_sub(8)?;
                 rbp_saved = false;
             }
-            Insn::CallRcx => calls += 1,
+            Insn::CallRcx => {
+                calls += 1;
+                call_end = u8::try_from(offset + len).ok()?;
+            }
             Insn::Ret => {
                 let total = offset + len;
-                return (calls == 1 && depth == 0).then_some(Layout { len: total as u8, steps });
+                return (calls == 1 && depth == 0).then_some(Layout { len: total as u8, call_end, steps });
             }
         }
         offset += len;
@@ -142,6 +148,12 @@ impl TrampolineKind {
             2 => "push-rbp (8 bytes)",
             _ => "endbr64 + push-rbp (12 bytes)",
         }
+    }
+
+    /// Whether `offset` is where the trampoline's call returns to: the only return address a
+    /// trampoline can have on the stack.
+    pub fn returns_at(self, offset: u64) -> bool {
+        self.layout().is_some_and(|l| u64::from(l.call_end) == offset)
     }
 
     fn layout(self) -> Option<&'static Layout> {
@@ -222,6 +234,8 @@ mod tests {
         assert_eq!(cfa(11), None);
         // A return address into it points after the call, at offset 6.
         assert_eq!(k.rule_at(6), Some(Rule { cfa_from_sp: 16, rbp_saved: false }));
+        assert!(k.returns_at(6) && !k.returns_at(4) && !k.returns_at(0));
+        assert!(kind(KNOWN[1]).returns_at(10) && kind(KNOWN[3]).returns_at(10) && kind(KNOWN[2]).returns_at(6));
     }
 
     #[test]

@@ -28,7 +28,7 @@ fn read_all(chunks: &[&[u8]]) -> (Vec<(u64, String)>, u64) {
 }
 
 /// A sample record body laid out as the kernel writes it for ember's sample_type:
-/// IP, TID (pid, tid), TIME, CPU (cpu, reserved), REGS_USER (abi, bp, sp, ip), STACK_USER.
+/// IP, TID (pid, tid), TIME, CPU (cpu, reserved), REGS_USER (abi, bx, bp, sp, ip), STACK_USER.
 fn sample_body(ip: u64, pid: u32, tid: u32, time: u64, stack: &[u8], requested: usize) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend(ip.to_ne_bytes());
@@ -38,6 +38,7 @@ fn sample_body(ip: u64, pid: u32, tid: u32, time: u64, stack: &[u8], requested: 
     b.extend(1u32.to_ne_bytes());
     b.extend(0u32.to_ne_bytes());
     b.extend(2u64.to_ne_bytes()); // PERF_SAMPLE_REGS_ABI_64
+    b.extend(0x1234u64.to_ne_bytes()); // bx
     b.extend(0x7ffd_0000_0100u64.to_ne_bytes()); // bp
     b.extend(0x7ffd_0000_0000u64.to_ne_bytes()); // sp
     b.extend(ip.to_ne_bytes()); // ip
@@ -105,7 +106,7 @@ proptest! {
         let event = decoder.decode(9, 2, &body).expect("valid record").expect("a sample");
         let PerfEvent::Sample(s) = event else { panic!("not a sample") };
         prop_assert_eq!((s.pid.0, s.tid.0, s.time), (pid, tid, time));
-        prop_assert_eq!(s.regs, Some(UserRegs { ip, sp: 0x7ffd_0000_0000, bp: 0x7ffd_0000_0100 }));
+        prop_assert_eq!(s.regs, Some(UserRegs { ip, sp: 0x7ffd_0000_0000, bp: 0x7ffd_0000_0100, bx: 0x1234 }));
         prop_assert_eq!(&s.stack, &stack);
         prop_assert_eq!(s.stack_filled, stack.len() == 64);
     }

@@ -158,13 +158,13 @@ fn assert_deep_recursion_whole(args: &[&str]) -> String {
 #[test]
 fn the_largest_stack_copy_is_clamped_and_a_short_copy_counts_as_truncated() {
     let _serial = serial();
-    // The kernel takes 65528 but copies at most 65440 bytes; taken as complete, the stacks of
+    // The kernel takes 65528 but copies at most 65432 bytes; taken as complete, the stacks of
     // the deepest samples were cut silently.
     let err = assert_deep_recursion_whole(&["--stack-bytes", "65528"]);
-    assert!(err.contains("--stack-bytes 65528 is more than a perf sample can carry") && err.contains("65440"), "{err}");
-    // With kernel frames the callchain takes room too, so the kernel copies less than 65440:
+    assert!(err.contains("--stack-bytes 65528 is more than a perf sample can carry") && err.contains("65432"), "{err}");
+    // With kernel frames the callchain takes room too, so the kernel copies less than 65432:
     // the decoder must see that the copy filled the room it had.
-    let err = assert_deep_recursion_whole(&["--kernel", "--stack-bytes", "65440"]);
+    let err = assert_deep_recursion_whole(&["--kernel", "--stack-bytes", "65432"]);
     assert!(!err.contains("more than a perf sample can carry"), "{err}");
 }
 
@@ -191,4 +191,49 @@ fn samples_in_the_dynamic_loader_at_start_are_rooted_at_its_entry() {
     }
     assert!(rooted + cut >= 20, "only {} samples in the loader's start-up", rooted + cut);
     assert_eq!(cut, 0, "{cut} loader samples marked [truncated] ({rooted} rooted at _start)");
+}
+
+/// Assembly without CFI (`no_cfi.c`, called from Python through ctypes) keeps a double in rbp
+/// and, in `kernel_realign`, moves rsp to an aligned buffer: its caller must come from its
+/// prologue, never from rbp. Before, every such sample was cut at the kernel or carried the
+/// double as a frame (`0x3f49d7fb1e8907b2 [unknown]`).
+#[test]
+fn code_without_unwind_info_is_unwound_from_its_prologue() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = dir.path().join("libnocfi.so");
+    let cc = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixture("no_cfi.c"))
+        .status()
+        .expect("a C compiler (cc) is installed");
+    assert!(cc.success());
+    let out_path = dir.path().join("no_cfi.folded");
+    let out = run(ember()
+        .args(["record", "--rate", "499", "-o"])
+        .arg(&out_path)
+        .arg("--")
+        .arg(python312())
+        .args(["-X", "perf"])
+        .arg(fixture("no_cfi.py"))
+        .arg(&lib));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let folded = Folded::parse(&std::fs::read_to_string(&out_path).expect("the profile"));
+    let in_kernel = |s: &[String]| s.last().is_some_and(|leaf| leaf.starts_with("kernel_"));
+    // 2 s of the thread's CPU time at 499 Hz, nearly all of it in the kernels.
+    let kernel = folded.count(in_kernel);
+    assert!(kernel >= 500, "only {kernel} samples in the kernels\n{err}\n{:?}", folded.stacks);
+    let whole = folded.count(|s| {
+        let python: Vec<&str> = s.iter().filter(|f| f.ends_with(".py)")).map(|f| function(f)).collect();
+        in_kernel(s)
+            && python == ["<module>", "work"]
+            && function(&s[0]) == "<module>"
+            && s.len() >= 2
+            && s[s.len() - 2] == "driver [libnocfi.so]"
+            && !s.iter().any(|f| f.contains("[unknown]") || f == "[truncated]")
+    });
+    assert!(whole * 100 >= kernel * 99, "{whole} of {kernel} kernel samples whole\n{err}\n{:?}", folded.stacks);
+    assert!(err.contains("passed code without unwind info"), "{err}");
 }

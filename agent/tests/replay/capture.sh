@@ -21,11 +21,12 @@ capture() {
     shift
     wanted $selected || return 0
     rm -rf "${corpus:?}/$case"
-    "$ember" record --rate 499 --capture-samples 16 --capture-replay "$corpus/$case" \
+    "$ember" record --rate 499 --capture-samples "$samples" --capture-replay "$corpus/$case" \
         -o "$scratch/$case.folded" "$@"
 }
 
 selected=$*
+samples=16
 # Fixture paths stay relative, so the perf-map names in the cases do not depend on the checkout.
 export EMBER_FIXTURE_SECONDS=1
 capture py312-nested -- "$(py 3.12)" -X perf agent/tests/fixtures/nested.py
@@ -33,9 +34,25 @@ capture py313-nested -- "$(py 3.13)" -X perf agent/tests/fixtures/nested.py
 # 150 Python frames take ~80 KB of C stack: a 16 KiB copy cuts every deep sample short, and
 # the outer frames come from the thread's earlier, shallower stacks.
 capture py312-deep --stack-bytes 16384 -- "$(py 3.12)" -X perf agent/tests/fixtures/deep.py
+# Assembly without CFI that keeps a double in rbp and realigns rsp (see no_cfi.c): callers
+# from the prologue.
+cc -O2 -shared -fPIC -o "$scratch/libnocfi.so" agent/tests/fixtures/no_cfi.c
+samples=8
+capture no-cfi-kernels -- "$(py 3.12)" -X perf agent/tests/fixtures/no_cfi.py "$scratch/libnocfi.so"
+# OpenBLAS's Haswell DGEMM kernel (no CFI, a 28-32 KiB aligned buffer), from numpy's wheel in
+# the real-world corpus's venv (bench/realworld).
+venv=target/venv-realworld-3.12
+if [ -x "$venv/bin/python" ]; then
+    samples=6
+    OPENBLAS_CORETYPE=Haswell OPENBLAS_NUM_THREADS=1 EMBER_ROUNDS=30 capture numpy-openblas-haswell \
+        -- "$venv/bin/python" -X perf bench/realworld/numpy_work.py
+else
+    echo "no $venv (bench/realworld/run.py makes it): skipping numpy-openblas-haswell" >&2
+fi
 # Debian's python3.14: non-PIE, stripped, libpython linked in. Needs a sid chroot:
-#   debootstrap --variant=minbase --include=python3.14 sid /tmp/sid http://deb.debian.org/debian
-sid=${EMBER_SID:-/tmp/sid}
+#   debootstrap --variant=minbase --include=python3.14 sid target/debian-sid http://deb.debian.org/debian
+sid=${EMBER_SID:-target/debian-sid}
+samples=16
 if [ -x "$sid/usr/bin/python3.14" ]; then
     cp agent/tests/fixtures/nested.py "$sid/tmp/ember_nested.py"
     capture debian-py314-nested -- chroot "$sid" python3.14 -X perf /tmp/ember_nested.py
