@@ -6,7 +6,7 @@ pub(crate) mod call_site;
 pub(crate) mod completion;
 pub(crate) mod coverage;
 pub(crate) mod elf;
-pub(crate) mod no_cfi;
+mod no_cfi;
 pub(crate) mod prologue;
 pub(crate) mod stack;
 pub(crate) mod trampoline;

@@ -14,12 +14,11 @@
 //! info must give return addresses that do too. What passes neither stays unknown.
 
 use framehop::x86_64::UnwindRegsX86_64;
-use framehop::{Error as FramehopError, FrameAddress, Unwinder};
+use framehop::{Error as FramehopError, FrameAddress};
 
 use super::call_site::CallBefore;
 use super::prologue::{rule_at, CfaRule};
-use super::stack::{CodeLookup, NativeUnwinder, UnwindCache};
-use super::trampoline;
+use super::stack::{CodeLookup, Rules, StepError};
 
 /// Most stack bytes scanned above a frame's stack pointer. Assembly kernels can keep large
 /// buffers on the stack: OpenBLAS's Haswell DGEMM kernel sits on 28.3–32.3 KiB of its own
@@ -31,7 +30,7 @@ const MAX_CANDIDATES: usize = 8;
 /// Frames unwound past a candidate to check it.
 const CHECK_FRAMES: usize = 3;
 
-pub enum Outcome {
+pub(super) enum Outcome {
     /// The caller: its return address, and the stack and frame pointers it resumes with.
     Found {
         return_address: u64,
@@ -44,7 +43,7 @@ pub enum Outcome {
 }
 
 /// The registers of the frame whose caller is wanted.
-pub struct FrameRegs<'a> {
+pub(super) struct FrameRegs<'a> {
     pub pc: u64,
     pub regs: &'a UnwindRegsX86_64,
     /// rbx as sampled, for the sampled (innermost) frame only: no unwind rule restores it.
@@ -52,28 +51,24 @@ pub struct FrameRegs<'a> {
 }
 
 /// Finds the caller of the frame running code without unwind info at `frame.pc`.
-pub fn find_caller(
-    unwinder: &NativeUnwinder,
-    cache: &mut UnwindCache,
-    code: &impl CodeLookup,
+pub(super) fn find_caller(
+    rules: &mut Rules<'_, impl CodeLookup>,
     frame: &FrameRegs<'_>,
     read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
 ) -> Outcome {
-    match from_prologue(unwinder, cache, code, frame, read_stack) {
-        Some(Outcome::NotFound) | None => scan(unwinder, cache, code, frame, read_stack),
+    match from_prologue(rules, frame, read_stack) {
+        Some(Outcome::NotFound) | None => scan(rules, frame, read_stack),
         Some(found) => found,
     }
 }
 
 /// The caller where the function's prologue put the return address; `None` without a rule.
 fn from_prologue(
-    unwinder: &NativeUnwinder,
-    cache: &mut UnwindCache,
-    code: &impl CodeLookup,
+    rules: &mut Rules<'_, impl CodeLookup>,
     frame: &FrameRegs<'_>,
     read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
 ) -> Option<Outcome> {
-    let rule = rule_at(code.function_code(frame.pc)?)?;
+    let rule = rule_at(rules.code.function_code(frame.pc)?)?;
     let cfa = match rule.cfa {
         CfaRule::Sp(offset) => frame.regs.sp().checked_add(offset)?,
         CfaRule::Bp(offset) => frame.regs.bp().checked_add(offset)?,
@@ -92,7 +87,7 @@ fn from_prologue(
         },
         None => frame.regs.bp(),
     };
-    Some(if takes(code, word, frame.pc) && continues(unwinder, cache, code, word, cfa, bp, read_stack) {
+    Some(if takes(rules.code, word, frame.pc) && continues(rules, word, cfa, bp, read_stack) {
         Outcome::Found { return_address: word, sp: cfa, bp }
     } else {
         Outcome::NotFound
@@ -111,12 +106,11 @@ fn takes(code: &impl CodeLookup, word: u64, pc: u64) -> bool {
 
 /// Scans the frame's stack upwards for a return address that provably belongs to it.
 fn scan(
-    unwinder: &NativeUnwinder,
-    cache: &mut UnwindCache,
-    code: &impl CodeLookup,
+    rules: &mut Rules<'_, impl CodeLookup>,
     frame: &FrameRegs<'_>,
     read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
 ) -> Outcome {
+    let code = rules.code;
     let sp = frame.regs.sp();
     let mut checked = 0;
     for slot in (sp..sp.saturating_add(SCAN_BYTES)).step_by(8) {
@@ -142,7 +136,7 @@ fn scan(
             .and_then(|at| read_stack(at).ok())
             .filter(|&bp| bp > slot && bp - slot < SCAN_BYTES << 4);
         for bp in saved_bp.into_iter().chain([frame.regs.bp()]) {
-            if continues(unwinder, cache, code, word, caller_sp, bp, read_stack) {
+            if continues(rules, word, caller_sp, bp, read_stack) {
                 return Outcome::Found { return_address: word, sp: caller_sp, bp };
             }
         }
@@ -158,9 +152,7 @@ fn scan(
 /// stack, for [`CHECK_FRAMES`] frames, or reaches the root or the end of the copy first.
 /// Code without unwind info on the way ends the check: it can neither confirm nor refute.
 fn continues(
-    unwinder: &NativeUnwinder,
-    cache: &mut UnwindCache,
-    code: &impl CodeLookup,
+    rules: &mut Rules<'_, impl CodeLookup>,
     return_address: u64,
     sp: u64,
     bp: u64,
@@ -169,36 +161,20 @@ fn continues(
     let mut regs = UnwindRegsX86_64::new(return_address, sp, bp);
     let Some(mut address) = FrameAddress::from_return_address(return_address) else { return false };
     for _ in 0..CHECK_FRAMES {
-        let pc = address.address();
-        let from_sp = regs.sp();
-        let next = match code.trampoline_at(pc) {
-            Some((start, kind)) => match trampoline::unwind(kind, pc - start, regs.sp(), regs.bp(), &mut *read_stack) {
-                Ok(caller) => {
-                    regs.set_sp(caller.sp);
-                    regs.set_bp(caller.bp);
-                    Ok(Some(caller.return_address))
-                }
-                Err(trampoline::TrampolineError::CouldNotReadStack(_)) => return true,
-                Err(trampoline::TrampolineError::BadOffset(_)) => return false,
-            },
-            None if code.has_cfi(address.address_for_lookup()) => {
-                unwinder.unwind_frame(address, &mut regs, cache, &mut *read_stack)
-            }
-            None => return true,
-        };
-        match next {
+        let callee_sp = regs.sp();
+        match rules.step(address, &mut regs, read_stack) {
             Ok(Some(ra)) => {
-                if regs.sp() < from_sp || code.call_before(ra).is_none() {
+                let Some(next) = FrameAddress::from_return_address(ra) else { return true };
+                if rules.check_caller(ra, regs.sp(), callee_sp).is_err() {
                     return false;
                 }
-                match FrameAddress::from_return_address(ra) {
-                    Some(next_address) => address = next_address,
-                    None => return true,
-                }
+                address = next;
             }
-            Ok(None) | Err(FramehopError::ReturnAddressIsNull) => return true,
-            // Past the copy: nothing more can be checked.
-            Err(FramehopError::CouldNotReadStack(_)) => return true,
+            Ok(None)
+            | Err(StepError::NoCfi)
+            | Err(StepError::Framehop(FramehopError::ReturnAddressIsNull | FramehopError::CouldNotReadStack(_))) => {
+                return true
+            }
             Err(_) => return false,
         }
     }

@@ -8,7 +8,7 @@ use framehop::{Error as FramehopError, ExplicitModuleSectionInfo, FrameAddress, 
 use super::call_site::CallBefore;
 use super::elf::{ElfImage, SectionBytes};
 use super::no_cfi::{self, FrameRegs, Outcome};
-use super::trampoline::{self, TrampolineKind};
+use super::trampoline::{self, TrampolineError, TrampolineKind};
 use crate::perf::UserRegs;
 
 pub type NativeUnwinder = UnwinderX86_64<SectionBytes>;
@@ -118,6 +118,70 @@ pub fn native_module(image: &ElfImage, start: u64, end: u64, pgoff: u64) -> Modu
     )
 }
 
+/// Why a frame's caller was not found by an unwind rule.
+pub(super) enum StepError {
+    /// No unwind info covers the frame: only a search ([`no_cfi`]) can find its caller.
+    NoCfi,
+    /// The frame is at an offset of a trampoline that no rule covers.
+    Trampoline,
+    Framehop(FramehopError),
+}
+
+/// What every step of a walk consults: the unwind tables, framehop's cache and the target's code.
+pub(super) struct Rules<'a, C> {
+    pub unwinder: &'a NativeUnwinder,
+    pub cache: &'a mut UnwindCache,
+    pub code: &'a C,
+}
+
+impl<C: CodeLookup> Rules<'_, C> {
+    /// The caller of the frame at `address` by its rule: the trampoline's fixed one or its FDE's.
+    /// On success `regs` hold the caller's stack and frame pointers; `None` means the root.
+    pub(super) fn step(
+        &mut self,
+        address: FrameAddress,
+        regs: &mut UnwindRegsX86_64,
+        read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
+    ) -> Result<Option<u64>, StepError> {
+        let pc = address.address();
+        match self.code.trampoline_at(pc) {
+            Some((start, kind)) => match trampoline::unwind(kind, pc - start, regs.sp(), regs.bp(), read_stack) {
+                Ok(caller) => {
+                    regs.set_sp(caller.sp);
+                    regs.set_bp(caller.bp);
+                    Ok(Some(caller.return_address))
+                }
+                Err(TrampolineError::CouldNotReadStack(a)) => {
+                    Err(StepError::Framehop(FramehopError::CouldNotReadStack(a)))
+                }
+                Err(TrampolineError::BadOffset(_)) => Err(StepError::Trampoline),
+            },
+            None if self.code.has_cfi(address.address_for_lookup()) => {
+                self.unwinder.unwind_frame(address, regs, self.cache, read_stack).map_err(StepError::Framehop)
+            }
+            None => Err(StepError::NoCfi),
+        }
+    }
+
+    /// Whether `return_address`, resuming with `caller_sp`, can be the caller of a frame whose
+    /// stack pointer was `callee_sp`: it must follow a call in executable code, and the caller's
+    /// frame must sit above its callee's (the stack grows down).
+    pub(super) fn check_caller(
+        &self,
+        return_address: u64,
+        caller_sp: u64,
+        callee_sp: u64,
+    ) -> Result<(), UnwindFailure> {
+        if self.code.call_before(return_address).is_none() {
+            return Err(UnwindFailure::BadReturnAddress);
+        }
+        if caller_sp < callee_sp {
+            return Err(UnwindFailure::Loop);
+        }
+        Ok(())
+    }
+}
+
 /// Walks one sampled stack. Never fails as a whole: whatever was unwound is returned, with
 /// the reason the walk stopped.
 pub fn unwind_stack(
@@ -148,6 +212,7 @@ pub fn unwind_stack(
     };
     let beyond_copy = |addr: u64| addr >= stack_end;
 
+    let mut rules = Rules { unwinder, cache, code };
     let mut frames = vec![RawFrame { addr: regs.ip, sp: regs.sp }];
     let mut uregs = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
     let mut address = FrameAddress::from_instruction_pointer(regs.ip);
@@ -156,30 +221,17 @@ pub fn unwind_stack(
         if frames.len() >= MAX_FRAMES {
             break StackEnd::Failed(UnwindFailure::TooDeep);
         }
-        let pc = address.address();
-        let next = match code.trampoline_at(pc) {
-            Some((start, kind)) => {
-                match trampoline::unwind(kind, pc - start, uregs.sp(), uregs.bp(), &mut read_stack) {
-                    Ok(caller) => {
-                        uregs.set_sp(caller.sp);
-                        uregs.set_bp(caller.bp);
-                        Ok(Some(caller.return_address))
-                    }
-                    Err(trampoline::TrampolineError::CouldNotReadStack(a)) => Err(FramehopError::CouldNotReadStack(a)),
-                    Err(trampoline::TrampolineError::BadOffset(_)) => {
-                        break StackEnd::Failed(UnwindFailure::Trampoline)
-                    }
-                }
-            }
-            None if code.has_cfi(address.address_for_lookup()) => {
-                unwinder.unwind_frame(address, &mut uregs, cache, &mut read_stack)
-            }
+        let callee_sp = uregs.sp();
+        let next = match rules.step(address, &mut uregs, &mut read_stack) {
+            Ok(caller) => Ok(caller),
+            Err(StepError::Framehop(e)) => Err(e),
+            Err(StepError::Trampoline) => break StackEnd::Failed(UnwindFailure::Trampoline),
             // framehop would guess here (the word at rsp, or a frame-pointer chain through a
-            // register such code uses for data): find the caller by a checked scan instead.
-            None => {
+            // register such code uses for data): find the caller by a checked search instead.
+            Err(StepError::NoCfi) => {
                 let sampled_bx = (frames.len() == 1).then_some(regs.bx);
-                let frame = FrameRegs { pc, regs: &uregs, sampled_bx };
-                match no_cfi::find_caller(unwinder, cache, code, &frame, &mut read_stack) {
+                let frame = FrameRegs { pc: address.address(), regs: &uregs, sampled_bx };
+                match no_cfi::find_caller(&mut rules, &frame, &mut read_stack) {
                     Outcome::Found { return_address, sp, bp } => {
                         uregs.set_sp(sp);
                         uregs.set_bp(bp);
@@ -196,15 +248,10 @@ pub fn unwind_stack(
                 let Some(next_address) = FrameAddress::from_return_address(return_address) else {
                     break StackEnd::Complete;
                 };
-                if code.call_before(return_address).is_none() {
-                    break StackEnd::Failed(UnwindFailure::BadReturnAddress);
+                if let Err(failure) = rules.check_caller(return_address, uregs.sp(), callee_sp) {
+                    break StackEnd::Failed(failure);
                 }
-                let sp = uregs.sp();
-                // The stack grows down: a caller's frame must sit above its callee's.
-                if frames.last().is_some_and(|f| sp < f.sp) {
-                    break StackEnd::Failed(UnwindFailure::Loop);
-                }
-                frames.push(RawFrame { addr: return_address, sp });
+                frames.push(RawFrame { addr: return_address, sp: uregs.sp() });
                 address = next_address;
             }
             Ok(None) => break StackEnd::Complete,
