@@ -11,7 +11,8 @@ pub enum CallBefore {
     Indirect,
 }
 
-/// Bytes a call instruction can take: REX or `notrack` prefix, `FF /2`, ModRM, SIB, disp32.
+/// Bytes a call instruction can take: a REX or `notrack` prefix, `FF /2`, ModRM, SIB, disp32.
+/// (With both prefixes that form takes 9 and is missed: a lost frame, never a false one.)
 pub const LONGEST_CALL: usize = 8;
 
 /// Finds the call that ends at `return_address`, given the code bytes just before it (the last
@@ -22,39 +23,43 @@ pub fn find_call(return_address: u64, before: &[u8]) -> Option<CallBefore> {
         let rel = i32::from_le_bytes([a, b, c, d]);
         return Some(CallBefore::Direct { target: return_address.wrapping_add(i64::from(rel) as u64) });
     }
-    let is_indirect_call = |insn: &[u8]| {
-        // An optional REX (0x40-0x4f) or `notrack` (0x3e, CET builds) prefix, then `FF /2`.
-        let unprefixed = match insn {
-            [0x40..=0x4f | 0x3e, rest @ ..] => rest,
-            _ => insn,
-        };
-        let plain = matches!(insn, [0xff, modrm, ..] if indirect_call_len(*modrm) == Some(insn.len()));
-        plain || matches!(unprefixed, [0xff, modrm, ..] if indirect_call_len(*modrm) == Some(unprefixed.len()))
-    };
     (2..=LONGEST_CALL)
         .filter_map(|len| n.checked_sub(len))
         .any(|start| is_indirect_call(&before[start..]))
         .then_some(CallBefore::Indirect)
 }
 
-/// Length of `FF /2` (opcode through displacement) for its ModRM byte, or `None` if the ModRM
-/// is not that of an indirect near call.
-fn indirect_call_len(modrm: u8) -> Option<usize> {
+/// Whether `insn` is exactly one `FF /2`: an optional `notrack` (0x3e, CET builds) and an
+/// optional REX (0x40-0x4f) prefix, the opcode, then its operand.
+fn is_indirect_call(insn: &[u8]) -> bool {
+    let insn = insn.strip_prefix(&[0x3e]).unwrap_or(insn);
+    let insn = match insn {
+        [0x40..=0x4f, rest @ ..] => rest,
+        _ => insn,
+    };
+    matches!(insn, [0xff, operand @ ..] if call_operand_len(operand) == Some(operand.len()))
+}
+
+/// Length of an `FF /2` operand (ModRM, SIB, displacement), or `None` if its ModRM is not that
+/// of an indirect near call.
+fn call_operand_len(operand: &[u8]) -> Option<usize> {
+    let &modrm = operand.first()?;
     let (md, reg, rm) = (modrm >> 6, (modrm >> 3) & 7, modrm & 7);
     if reg != 2 {
         return None;
     }
-    let sib = usize::from(md != 3 && rm == 4);
-    let disp = match (md, rm) {
-        (3, _) => 0,
-        (0, 5) => 4, // RIP-relative
-        // With a SIB whose base is rbp/r13 and mod 0 there is a disp32 too; that rare form is
-        // not recognised here (a missed call, never a false one).
-        (0, _) => 0,
-        (1, _) => 1,
+    let has_sib = md != 3 && rm == 4;
+    let base = if has_sib { operand.get(1)? & 7 } else { rm };
+    let disp = match md {
+        3 => 0,
+        // mod 0 with base 5: RIP-relative without a SIB; with one, no base but a disp32, as in
+        // a non-PIE interpreter's `call *table(,%rax,8)`.
+        0 if base == 5 => 4,
+        0 => 0,
+        1 => 1,
         _ => 4,
     };
-    Some(2 + sib + disp)
+    Some(1 + usize::from(has_sib) + disp)
 }
 
 #[cfg(test)]
@@ -74,15 +79,17 @@ mod tests {
 
     #[test]
     fn indirect_calls_of_every_addressing_form() {
-        let forms: [&[u8]; 8] = [
-            &[0xff, 0xd1],                         // call *%rcx
-            &[0x41, 0xff, 0xd3],                   // call *%r11
-            &[0xff, 0x15, 1, 2, 3, 4],             // call *disp32(%rip)
-            &[0xff, 0x50, 0x18],                   // call *0x18(%rax)
-            &[0xff, 0x54, 0x24, 0x08],             // call *0x8(%rsp), with SIB
-            &[0xff, 0x90, 1, 2, 3, 4],             // call *disp32(%rax)
-            &[0x41, 0xff, 0x94, 0x24, 1, 2, 3, 4], // call *disp32(%r12), REX + SIB
-            &[0x3e, 0xff, 0xd0],                   // notrack call *%rax
+        let forms: [&[u8]; 10] = [
+            &[0xff, 0xd1],                            // call *%rcx
+            &[0x41, 0xff, 0xd3],                      // call *%r11
+            &[0xff, 0x15, 1, 2, 3, 4],                // call *disp32(%rip)
+            &[0xff, 0x50, 0x18],                      // call *0x18(%rax)
+            &[0xff, 0x54, 0x24, 0x08],                // call *0x8(%rsp), with SIB
+            &[0xff, 0x90, 1, 2, 3, 4],                // call *disp32(%rax)
+            &[0x41, 0xff, 0x94, 0x24, 1, 2, 3, 4],    // call *disp32(%r12), REX + SIB
+            &[0x3e, 0xff, 0xd0],                      // notrack call *%rax
+            &[0xff, 0x14, 0xc5, 0xe0, 0x6b, 0x92, 0], // call *0x926be0(,%rax,8), no base
+            &[0x3e, 0x41, 0xff, 0xd3],                // notrack call *%r11
         ];
         for code in forms {
             let padded: Vec<u8> = [0x90; 4].iter().chain(code).copied().collect();

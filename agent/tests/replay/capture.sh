@@ -49,8 +49,8 @@ if [ -x "$venv/bin/python" ]; then
 else
     echo "no $venv (bench/realworld/run.py makes it): skipping numpy-openblas-haswell" >&2
 fi
-# Debian's python3.14: non-PIE, stripped, libpython linked in. Needs a sid chroot:
-#   debootstrap --variant=minbase --include=python3.14 sid target/debian-sid http://deb.debian.org/debian
+# Debian's python3.13 and 3.14: non-PIE, stripped, libpython linked in. Needs a sid chroot:
+#   debootstrap --variant=minbase --include=python3.13,python3.14 sid target/debian-sid http://deb.debian.org/debian
 sid=${EMBER_SID:-target/debian-sid}
 samples=16
 if [ -x "$sid/usr/bin/python3.14" ]; then
@@ -58,4 +58,12 @@ if [ -x "$sid/usr/bin/python3.14" ]; then
     capture debian-py314-nested -- chroot "$sid" python3.14 -X perf /tmp/ember_nested.py
 else
     echo "no $sid/usr/bin/python3.14: skipping debian-py314-nested" >&2
+fi
+# 3.13 calls unspecialised binary operators through `call *table(,%rax,8)`: a SIB call form
+# without a base register, whose return addresses were once refused.
+if [ -x "$sid/usr/bin/python3.13" ]; then
+    cp agent/tests/fixtures/float_ops.py "$sid/tmp/ember_float_ops.py"
+    capture debian-py313-float-ops -- chroot "$sid" python3.13 -X perf /tmp/ember_float_ops.py
+else
+    echo "no $sid/usr/bin/python3.13: skipping debian-py313-float-ops" >&2
 fi
