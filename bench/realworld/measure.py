@@ -1,16 +1,24 @@
-"""Reading folded stacks of ember (default view) and py-spy (`--nolineno -f raw`), and the
+"""Reading folded stacks of ember (`--native`) and py-spy (`--nolineno -f raw`), and the
 corpus's measures: complete stacks, markers, garbage frames, innermost-function shares."""
 
 import collections
+import json
 import re
 
-# A Python frame that starts a thread of Python execution: the main module (also run by
-# `-m`/`-c` through runpy), and threads started by threading.
-PYTHON_ROOTS = ("<module> (", "Thread._bootstrap (", "_bootstrap (")
+# A walk that reached the root ends at the process's entry point or a thread's start: what
+# ember's native view shows as its outermost frame (a `[truncated]` marker shows otherwise).
+NATIVE_ROOTS = ("_start [", "clone3 [", "__clone3 [", "clone [", "__clone [")
 GARBAGE = re.compile(r"^0x[0-9a-f]+ \[(unknown|anon)\]$")
 # Native-only stacks that never ran Python code are interpreter start-up and shutdown (or a
 # thread of a C library); with these in them, a native-only stack lost its Python frames.
-RAN_PYTHON = ("PyEval_EvalCode", "[anon]", "[jit]", "_PyEval_EvalFrame")
+# A walk cut short may have lost them all: `[truncated]` counts too.
+RAN_PYTHON = ("PyEval_EvalCode", "[anon]", "[jit]", "_PyEval_EvalFrame", "[truncated]")
+# Interpreter start-up and shutdown, which the corpus leaves out: the C initialisation (which
+# runs frozen importlib before the trampolines are on, and imports `site`) and finalisation.
+STARTUP = ("Py_InitializeFromConfig [", "Py_FinalizeEx [")
+# `--subprocesses` roots each stack at its process: ember's `process PID (comm)`, py-spy's
+# `process PID:"cmdline"` for each process from the one attached to down.
+PROCESS_ROOT = re.compile(r'^process \d+( \(|:")')
 
 
 def read_folded(path):
@@ -22,6 +30,13 @@ def read_folded(path):
             if stack and count.isdigit():
                 stacks[tuple(stack.split(";"))] += int(count)
     return stacks
+
+
+def without_process(stack):
+    skip = 0
+    while skip < len(stack) and PROCESS_ROOT.match(stack[skip]):
+        skip += 1
+    return stack[skip:]
 
 
 def is_python(frame):
@@ -47,6 +62,7 @@ def ember_measures(stacks):
     counted = complete = truncated = garbage = plt_init = startup = 0
     incomplete = collections.Counter()
     for stack, n in stacks.items():
+        stack = without_process(stack)
         truncated += n * ("[truncated]" in stack)
         garbage += n * any(GARBAGE.match(f) for f in stack)
         # `_init` called by the loader's call_init is the real one (.init); elsewhere it is a
@@ -56,20 +72,22 @@ def ember_measures(stacks):
         )
         has_python = any(is_python(f) for f in stack)
         text = ";".join(stack)
-        if not has_python and not any(marker in text for marker in RAN_PYTHON):
+        if any(marker in text for marker in STARTUP) or (
+            not has_python and not any(marker in text for marker in RAN_PYTHON)
+        ):
             startup += n
             continue
         counted += n
         ok = (
             has_python
-            and stack[0].startswith(PYTHON_ROOTS)
+            and stack[0].startswith(NATIVE_ROOTS)
             and "[truncated]" not in stack
             and not any(GARBAGE.match(f) for f in stack)
         )
         if ok:
             complete += n
         else:
-            incomplete[text[:160]] += n
+            incomplete[text[:240]] += n
     return {
         "samples": total,
         "counted": counted,
@@ -86,6 +104,7 @@ def innermost_shares(stacks, python_only_frames):
     """Share of each innermost Python function among samples that have one."""
     shares = collections.Counter()
     for stack, n in stacks.items():
+        stack = without_process(stack)
         frames = stack if python_only_frames else [f for f in stack if is_python(f)]
         if frames and (python_only_frames or innermost_python(frames)):
             shares[normalize(frames[-1])] += n
@@ -98,3 +117,17 @@ def top_differences(ember, pyspy, n=10):
     top = sorted(pyspy, key=pyspy.get, reverse=True)[:n]
     gaps = [(abs(100 * (ember.get(f, 0.0) - pyspy[f])), f) for f in top]
     return max(gaps, default=(0.0, "")), len(top)
+
+
+def read_trace(path):
+    """ember's Chrome trace: ({stack tuple: count} of its samples, {task id: coroutine})."""
+    with open(path, encoding="utf-8") as f:
+        events = json.load(f)["traceEvents"]
+    stacks = collections.Counter()
+    tasks = {}
+    for e in events:
+        if e.get("cat") == "sample" and e["args"]["stack"]:
+            stacks[tuple(e["args"]["stack"].split(";"))] += 1
+        elif e.get("cat") == "task":
+            tasks[e["args"]["task_id"]] = e["args"]["coro"]
+    return stacks, tasks

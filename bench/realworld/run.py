@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """The real-world corpus: third-party workloads profiled by ember and py-spy at once.
 
-    python3 bench/realworld/run.py [--only NAME,...] [--check] [--keep DIR]
+    python3 bench/realworld/run.py [--only PART,...] [--check] [--keep DIR]
 
 Each workload starts behind `gate.py` (so start-up is not profiled), both profilers attach to
 it by PID, then it does a fixed amount of work and exits. Prints a Markdown table; with
 `--check`, exits 1 unless every workload meets the bar of issue 12 (complete stacks ≥ 99%,
 `[truncated]` < 0.5%, no garbage frames, no `_init`, innermost-function shares within 3 points
-of py-spy's). Needs root, the agent built (`cargo build -p ember-agent`), and pyenv's 3.12."""
+of py-spy's). Needs root, the agent built (`cargo build -p ember-agent`), pyenv's 3.12 and 3.13, and
+debootstrap for the Debian rows."""
 
 import argparse
+import http.client
 import os
 import select
 import signal
@@ -25,6 +27,7 @@ import workloads
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 EMBER_RATE, PYSPY_RATE = 499, 250
+PORT = int(os.environ.get("EMBER_PORT", "8088"))
 
 
 def wait_for_line(proc, stream, wanted, timeout, what):
@@ -45,44 +48,90 @@ def wait_for_line(proc, stream, wanted, timeout, what):
     raise RuntimeError(f"{what} did not say {wanted!r}: {''.join(seen)[-2000:]}")
 
 
-def profile(w, ember, tmp):
-    """Runs workload `w` under both profilers; returns (ember stacks, py-spy stacks)."""
-    env = dict(os.environ, PYTHONPERFSUPPORT="1", OPENBLAS_NUM_THREADS="1", **w.env)
-    target = subprocess.Popen(
-        [*w.python, w.path(w.script), *w.args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=w.cwd,
-    )
-    profilers = []
+def children(pid):
+    """PIDs of `pid`'s children, from every one of its threads."""
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                found += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def poll(what, check, timeout=120):
+    """Polls `check` until it returns something true, and returns it; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def serves_http():
     try:
-        wait_for_line(target, target.stdout, "ready", 120, w.name)
-        pid = str(target.pid)
-        ember_out, pyspy_out = os.path.join(tmp, f"{w.name}.ember"), os.path.join(tmp, f"{w.name}.pyspy")
-        sub = ["--subprocesses"] if w.subprocesses else []
-        ember_cmd = [ember, "record", "-r", str(EMBER_RATE), "-f", "collapsed", "-o", ember_out, "--pid", pid, *sub]
-        pyspy_cmd = [workloads.venv_tool("py-spy"), "record", "-r", str(PYSPY_RATE), "--nolineno", "-f", "raw"]
-        pyspy_cmd += ["-o", pyspy_out, "--pid", pid, *sub, *w.pyspy_args]
-        # ember says it is recording on stderr, py-spy that it samples on stdout.
-        for cmd, says in ((ember_cmd, "recording"), (pyspy_cmd, "Sampling process")):
-            p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            profilers.append(p)
-            wait_for_line(p, p.stderr if cmd is ember_cmd else p.stdout, says, 60, cmd[0])
-            for stream in (p.stdout, p.stderr):
-                # Keep draining, so a chatty profiler never blocks on a full pipe.
-                threading.Thread(target=stream.read, daemon=True).start()
-        target.stdin.write("go\n")
-        target.stdin.flush()
+        conn = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
+        conn.request("GET", "/items/1")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+
+
+def drain(stream, keep):
+    """Reads `stream` to its end in a thread, so a chatty process never blocks on a full pipe."""
+    threading.Thread(target=lambda: keep.extend(stream), daemon=True).start()
+
+
+def start_profiler(cmd, says, procs):
+    """Starts a profiler and waits until it says it samples (ember on stderr, py-spy stdout)."""
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    procs.append(p)
+    wait_for_line(p, p.stderr if says == "recording" else p.stdout, says, 60, cmd[0])
+    for stream in (p.stdout, p.stderr):
+        drain(stream, [])
+
+
+def profile(w, ember, tmp):
+    """Runs workload `w` under both profilers; returns (ember's output, py-spy stacks)."""
+    env = dict(os.environ, PYTHONPERFSUPPORT="1", OPENBLAS_NUM_THREADS="1", **w.env)
+    ember_out = os.path.join(tmp, f"{w.name}.ember" + (".trace.json" if w.tasks else ".folded"))
+    pyspy_out = os.path.join(tmp, f"{w.name}.pyspy")
+    sub = ["--subprocesses"] if w.subprocesses else []
+    # Native frames too: whether a walk reached the process's or thread's root is seen there.
+    ember_cmd = [ember, "record", "--native", "-r", str(EMBER_RATE), "-o", ember_out, *sub]
+    pyspy_cmd = [workloads.venv_tool("py-spy"), "record", "-r", str(PYSPY_RATE), "--nolineno", "-f", "raw"]
+    pyspy_cmd += ["-o", pyspy_out, *sub, *w.pyspy_args]
+    command = [*ember_cmd, "--", *w.command()] if w.launch else w.command()
+    # The target (or ember launching it) is the process whose end ends the run.
+    main = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=w.cwd)
+    procs = [main]
+    try:
+        target = poll("the launched target", lambda: children(main.pid)[:1])[0] if w.launch else main.pid
+        if w.gate:
+            wait_for_line(main, main.stdout, "ready", 120, w.name)
+        else:
+            poll(f"{w.name} to serve HTTP", serves_http)
+        drain(main.stdout, [])
+        if w.attach == "worker":
+            target = poll("a pre-forked worker", lambda: children(target)[:1])[0]
+        if not w.launch:
+            start_profiler([*ember_cmd, "--pid", str(target)], "recording", procs)
+        start_profiler([*pyspy_cmd, "--pid", str(target)], "Sampling process", procs)
+        if w.gate:
+            main.stdin.write("go\n")
+            main.stdin.flush()
         if w.client:
-            subprocess.run([*workloads.venv_python(), w.path(w.client)], env=env, check=True, timeout=600)
-        target.wait(timeout=600)
-        for p in profilers:
+            client = [*workloads.venv_python(), w.path(w.client), *w.client_args]
+            subprocess.run(client, env=env, check=True, timeout=600)
+        main.wait(timeout=600)
+        for p in procs:
             p.wait(timeout=120)
-        return measure.read_folded(ember_out), measure.read_folded(pyspy_out)
+        return ember_out, measure.read_folded(pyspy_out)
     finally:
-        for p in [target, *profilers]:
+        for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
                 try:
@@ -91,7 +140,16 @@ def profile(w, ember, tmp):
                     p.kill()
 
 
-def row(w, ember_stacks, pyspy_stacks):
+def row(w, ember_out, pyspy_stacks):
+    tasks_ok, tasks_text = True, "n/a"
+    if w.tasks:
+        ember_stacks, tasks = measure.read_trace(ember_out)
+        # Every request to /items ran as a handler task that awaited; each must be there.
+        handlers = sum("_handle_request" in coro for coro in tasks.values())
+        requests = int(w.env.get("EMBER_REQUESTS", load_client_requests()))
+        tasks_ok, tasks_text = handlers >= requests, f"{handlers} of {requests}"
+    else:
+        ember_stacks = measure.read_folded(ember_out)
     m = measure.ember_measures(ember_stacks)
     ember_shares = measure.innermost_shares(ember_stacks, python_only_frames=False)
     pyspy_shares = measure.innermost_shares(pyspy_stacks, python_only_frames=True)
@@ -103,41 +161,54 @@ def row(w, ember_stacks, pyspy_stacks):
         and m["plt_init"] == 0
         and gap <= 3.0
         and compared > 0
+        and tasks_ok
     )
     text = (
         f"| {w.name} | {m['samples']} | {100 * m['complete']:.1f}% | {100 * m['truncated']:.2f}% | "
-        f"{100 * m['garbage']:.2f}% | {m['plt_init']} | {gap:.1f} ({worst}) | {'yes' if passed else '**no**'} |"
+        f"{100 * m['garbage']:.2f}% | {m['plt_init']} | {gap:.1f} ({worst}) | {tasks_text} | {'yes' if passed else '**no**'} |"
     )
     return passed, text, m
 
 
+def load_client_requests():
+    """The load client's default number of requests, so the check follows the client."""
+    with open(os.path.join(HERE, "load_client.py"), encoding="utf-8") as f:
+        text = f.read()
+    return int(text.split('EMBER_REQUESTS", "', 1)[1].split('"', 1)[0])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help="comma-separated workload names")
+    parser.add_argument("--only", help="comma-separated parts of workload names, e.g. gunicorn,Debian")
     parser.add_argument("--check", action="store_true", help="exit 1 unless every workload passes")
     parser.add_argument("--keep", help="keep the profiles in this directory")
     args = parser.parse_args()
     ember = os.environ.get("EMBER_AGENT", os.path.join(ROOT, "target/debug/ember-agent"))
+    workloads.ensure_venv()
     chosen = workloads.all_workloads()
     if args.only:
-        names = set(args.only.split(","))
-        chosen = [w for w in chosen if w.name in names]
+        terms = args.only.split(",")
+        unknown = [t for t in terms if not any(t in name for name, _ in chosen)]
+        if unknown:
+            parser.error(f"no workload names {unknown}; there are: {'; '.join(n for n, _ in chosen)}")
+        chosen = [(name, make) for name, make in chosen if any(t in name for t in terms)]
     tmp = args.keep or tempfile.mkdtemp(prefix="ember-realworld-")
     os.makedirs(tmp, exist_ok=True)
     print(f"ember at {EMBER_RATE} Hz and py-spy {workloads.pyspy_version()} at {PYSPY_RATE} Hz, attached together\n")
     columns = ["workload", "ember samples", "complete stacks", "`[truncated]`", "garbage frames", "`_init`"]
-    columns += ["largest top-10 gap vs py-spy, points", "passes"]
+    columns += ["largest top-10 gap vs py-spy, points", "request handler tasks", "passes"]
     print("| " + " | ".join(columns) + " |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
     failed = []
-    for w in chosen:
+    for name, make in chosen:
         try:
+            w = make()
             passed, text, m = row(w, *profile(w, ember, tmp))
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
-            passed, text, m = False, f"| {w.name} | error: {str(e)[:200]} | | | | | | **no** |", {}
+            passed, text, m = False, f"| {name} | error: {str(e)[:200]} | | | | | | | **no** |", {}
         print(text, flush=True)
         if not passed:
-            failed.append((w.name, m.get("incomplete_examples", [])))
+            failed.append((name, m.get("incomplete_examples", [])))
     for name, examples in failed:
         print(f"\n{name}: incomplete stacks, most common first:", file=sys.stderr)
         for stack, n in examples:

@@ -65,6 +65,7 @@ class Workload:
     env: dict = dataclasses.field(default_factory=dict)
     # Run once the target is ready, e.g. a load generator; the target exits when it is served.
     client: str = ""
+    client_args: list = dataclasses.field(default_factory=list)
     subprocesses: bool = False
     cwd: str = ROOT
     # A root directory the target runs in (a Debian chroot): its files are copied there.
@@ -72,6 +73,17 @@ class Workload:
     # py-spy samples wall-clock time: for a server that waits, `--gil` keeps the samples of
     # threads running Python, as ember's on-CPU samples do.
     pyspy_args: list = dataclasses.field(default_factory=list)
+    # ember starts the target (`record -- CMD`) instead of attaching to it; py-spy attaches.
+    # Only a launched interpreter gets the asyncio task monitor, so task workloads launch.
+    launch: bool = False
+    # Behind gate.py (start-up not profiled); otherwise `script` is a module run by `-m` that
+    # is ready once it serves HTTP on EMBER_PORT.
+    gate: bool = True
+    # Whom the profilers attach to: the target, or its first child (a pre-forked worker).
+    attach: str = "target"
+    # With tasks, ember writes a Chrome trace (stacks and task slices) and the row checks that
+    # every request handler ran as a task.
+    tasks: bool = False
 
     def path(self, script):
         """The gate runs the workload's script; relative names are files of this directory.
@@ -85,41 +97,59 @@ class Workload:
         shutil.copy(source, self.root + inside)
         return inside
 
-    def __post_init__(self):
-        # Everything starts behind the gate, which then runs the real script.
-        self.args = [self.path(self.script), *self.args]
-        self.script = "gate.py"
-        if self.client:
-            self.client = self.path(self.client)
+    def command(self):
+        if self.gate:
+            return [*self.python, self.path("gate.py"), self.path(self.script), *self.args]
+        return [*self.python, "-m", self.script, *self.args]
 
 
 # Loops per benchmark: about 2-3 s of CPU each on this machine (fixed work, not time).
 PYPERFORMANCE = {"raytrace": (1, 4), "richards": (8, 5), "deltablue": (100, 5), "nbody": (5, 5), "go": (3, 5)}
 
 
-def pyperformance(name, python=None, suffix=""):
+def pyperformance(name, suffix="", **kwargs):
     loops, values = PYPERFORMANCE[name]
     args = ["--worker", "-l", str(loops), "-n", str(values), "-w", "0", "-q"]
-    extra = {"python": python} if python else {}
-    return Workload(f"pyperformance {name}{suffix}", benchmark_script(name), args, **extra)
+    return Workload(f"pyperformance {name}{suffix}", benchmark_script(name), args, **kwargs)
+
+
+SERVER = {"client": "load_client.py", "pyspy_args": ["--gil"], "env": {"EMBER_REQUESTS": "10000"}}
+# Sync workers: one connection per request; /quit stops the master from a worker.
+GUNICORN = dict(
+    script="gunicorn",
+    args=["-w", "2", "-b", "127.0.0.1:8088", "--chdir", HERE, "gunicorn_app:app"],
+    gate=False,
+    client="load_client.py",
+    client_args=["/items/200"],
+    env={"EMBER_REQUESTS": "8000"},
+    pyspy_args=["--gil"],
+)
 
 
 def all_workloads():
-    ensure_venv()
-    out = [pyperformance(name) for name in PYPERFORMANCE]
-    out.append(Workload("numpy + OpenBLAS", "numpy_work.py"))
-    server = {"client": "load_client.py", "pyspy_args": ["--gil"]}
-    out.append(Workload("aiohttp (asyncio)", "aiohttp_server.py", **server))
-    out.append(Workload("aiohttp (uvloop)", "aiohttp_server.py", ["--uvloop"], **server))
-    out.append(
-        Workload(
-            "pyperformance raytrace, pyenv 3.13",
-            benchmark_script("raytrace"),
-            ["--worker", "-l", "1", "-n", "4", "-w", "0", "-q"],
-            python=[pyenv_python("3.13")],
-            env={"PYTHONPATH": site_packages()},
-        )
-    )
+    """(name, factory) of every workload: factories install what a workload needs (the venv,
+    the chroot) only when it is chosen."""
+    out = [(f"pyperformance {n}", lambda n=n: pyperformance(n)) for n in PYPERFORMANCE]
+    out.append(("numpy + OpenBLAS", lambda: Workload("numpy + OpenBLAS", "numpy_work.py")))
+    for loop, args in (("asyncio", []), ("uvloop", ["--uvloop"])):
+        name = f"aiohttp ({loop})"
+        out.append((name, lambda n=name, a=args: Workload(n, "aiohttp_server.py", a, launch=True, tasks=True, **SERVER)))
+    gunicorn = {
+        "gunicorn (launched)": dict(launch=True, subprocesses=True),
+        "gunicorn (--pid worker)": dict(attach="worker"),
+        "gunicorn (--pid master --subprocesses)": dict(subprocesses=True),
+    }
+    for name, how in gunicorn.items():
+        out.append((name, lambda n=name, h=how: Workload(n, **GUNICORN, **h)))
+    for start in ("fork", "spawn"):
+        name = f"multiprocessing ({start})"
+        out.append((name, lambda n=name, s=start: Workload(n, "mp_work.py", ["--start", s], subprocesses=True)))
+    out.append(("pytest (numpy.polynomial)", lambda: Workload("pytest (numpy.polynomial)", "pytest_run.py")))
+    for n in PYPERFORMANCE:
+        out.append((f"pyperformance {n} (pyenv 3.13)", lambda n=n: pyenv313_pyperformance(n)))
+    for version in DEBIAN_PYTHONS:
+        for n in PYPERFORMANCE:
+            out.append((f"pyperformance {n} (Debian python{version})", lambda n=n, v=version: debian_pyperformance(n, v)))
     return out
 
 
@@ -142,13 +172,16 @@ def ensure_debian_root():
     shutil.copytree(os.path.join(site_packages(), "pyperf"), os.path.join(inside, "pyperf"), dirs_exist_ok=True)
 
 
+def pyenv313_pyperformance(name):
+    python, env = [pyenv_python("3.13")], {"PYTHONPATH": site_packages()}
+    return pyperformance(name, " (pyenv 3.13)", python=python, env=env)
+
+
 def debian_pyperformance(name, version):
-    loops, values = PYPERFORMANCE[name]
-    args = ["--worker", "-l", str(loops), "-n", str(values), "-w", "0", "-q"]
-    return Workload(
-        f"pyperformance {name}, Debian python{version}",
-        benchmark_script(name),
-        args,
+    ensure_debian_root()
+    return pyperformance(
+        name,
+        f" (Debian python{version})",
         python=["chroot", DEBIAN_ROOT, f"python{version}"],
         env={"PYTHONPATH": CHROOT_DIR},
         root=DEBIAN_ROOT,

@@ -83,6 +83,10 @@ pub struct ProcessState {
     /// Answers about code kept across samples, forgotten when mappings or perf map change.
     code_facts: CodeFacts,
     pub exited: bool,
+    /// Created (forked, exec'd or first seen) after the last poll of every map, which comes
+    /// before each batch of events: the lines it wrote since are unread, so its map is polled
+    /// before each of its samples until the next batch.
+    pub(crate) new_in_batch: bool,
 }
 
 /// One sample unwound, completed and turned into frame keys.
@@ -165,6 +169,7 @@ impl ProcessState {
             consulted: Vec::new(),
             code_facts: CodeFacts::default(),
             exited: false,
+            new_in_batch: true,
         }
     }
 

@@ -108,6 +108,7 @@ impl Pipeline {
     pub fn poll_perf_maps(&mut self) {
         for state in self.processes.values_mut() {
             state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
+            state.new_in_batch = false;
         }
     }
 
@@ -137,8 +138,11 @@ impl Pipeline {
             }
             PerfEvent::Fork { pid, ppid, .. } => {
                 if pid != ppid && self.follow_children && !self.processes.contains_key(&pid) {
-                    if let Some(parent) = self.processes.get(&ppid) {
+                    if let Some(parent) = self.processes.get_mut(&ppid) {
                         tracing::debug!(%pid, %ppid, "following forked child");
+                        // The trampolines of the frames that called fork were often made just
+                        // before it: their lines must be in the table the child copies.
+                        parent.poll_perf_map(&mut self.profile.strings, &mut self.elf);
                         let child = ProcessState::forked_from(parent, pid, &mut self.elf);
                         self.profile.process_names.insert(pid, child.comm.clone());
                         self.stats.processes += 1;
@@ -184,6 +188,9 @@ impl Pipeline {
         }
         let Self { processes, profile, stats, keys, threads_seen, capture, elf, .. } = self;
         let Some(state) = processes.get_mut(&pid) else { return };
+        if state.new_in_batch {
+            state.poll_perf_map(&mut profile.strings, elf);
+        }
         keys.clear();
         let unwound = state.unwind_sample(&sample, &mut profile.strings, keys);
         match unwound.end {

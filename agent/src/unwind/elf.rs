@@ -48,6 +48,7 @@ pub struct LoadSegment {
     pub file_offset: u64,
     pub file_size: u64,
     pub svma: u64,
+    pub executable: bool,
 }
 
 #[derive(Debug)]
@@ -133,17 +134,29 @@ impl ElfImage {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
-    /// Where the file's address 0 lands for a mapping of `pgoff` at `start`.
+    /// Where the file's address 0 lands for an executable mapping of `pgoff` at `start`.
     pub fn load_bias(&self, start: u64, pgoff: u64) -> u64 {
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| pgoff >= s.file_offset && pgoff < s.file_offset + s.file_size.max(1))
-            .or_else(|| self.segments.first());
-        match segment {
-            Some(s) => start.wrapping_sub(s.svma.wrapping_add(pgoff.wrapping_sub(s.file_offset))),
-            None => start.wrapping_sub(pgoff),
-        }
+        load_bias(&self.segments, start, pgoff)
+    }
+}
+
+/// Mappings start at page boundaries; segments need not.
+const PAGE: u64 = 4096;
+
+/// See [`ElfImage::load_bias`]. One page can hold the end of one segment and the start of the
+/// next, at addresses a page apart (GNU ld's layout for Rust and C shared objects often does
+/// this), so the executable segment whose pages hold `pgoff` is taken first.
+fn load_bias(segments: &[LoadSegment], start: u64, pgoff: u64) -> u64 {
+    let holds = |s: &&LoadSegment| pgoff >= s.file_offset & !(PAGE - 1) && pgoff < s.file_offset + s.file_size.max(1);
+    let segment = segments
+        .iter()
+        .filter(holds)
+        .find(|s| s.executable)
+        .or_else(|| segments.iter().find(holds))
+        .or_else(|| segments.first());
+    match segment {
+        Some(s) => start.wrapping_sub(s.svma.wrapping_add(pgoff.wrapping_sub(s.file_offset))),
+        None => start.wrapping_sub(pgoff),
     }
 }
 
@@ -345,7 +358,9 @@ fn open_image(id: ImageId, display_path: &str, file: File, copied_bytes: &mut u6
         .segments()
         .filter_map(|s| {
             let (file_offset, file_size) = s.file_range();
-            Some(LoadSegment { file_offset, file_size, svma: s.address() }).filter(|_| file_size > 0)
+            let executable =
+                matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0);
+            Some(LoadSegment { file_offset, file_size, svma: s.address(), executable }).filter(|_| file_size > 0)
         })
         .collect();
     let got = obj.section_by_name(".got").map(|s| s.address()..s.address() + s.size());
@@ -384,6 +399,20 @@ pub(crate) fn read_functions(bytes: &[u8]) -> Vec<Function> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_executable_segment_sets_the_bias_of_a_page_it_shares() {
+        // ember's own task-monitor module, as GNU ld laid it out: the read-only segment ends
+        // and the executable one starts in file page 0x11000, mapped a page higher.
+        let segment =
+            |file_offset, file_size, svma, executable| LoadSegment { file_offset, file_size, svma, executable };
+        let segments = [segment(0, 0x112dc, 0, false), segment(0x112dc, 0x38fb4, 0x122dc, true)];
+        let start = 0x7f00_0001_2000;
+        assert_eq!(load_bias(&segments, start, 0x11000), 0x7f00_0000_0000);
+        // Where offsets and addresses agree, the page's own segment gives the bias.
+        let flat = [segment(0, 0x1000, 0, false), segment(0x1000, 0x5000, 0x1000, true)];
+        assert_eq!(load_bias(&flat, 0x7f00_0000_1000, 0x1000), 0x7f00_0000_0000);
+    }
 
     #[test]
     fn loads_our_own_executable_once() {

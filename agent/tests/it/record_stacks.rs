@@ -123,6 +123,10 @@ fn a_forked_child_keeps_the_frames_from_before_the_fork() {
     let child_roots: std::collections::HashSet<&str> =
         folded.stacks.iter().filter(|(s, _)| child_stack(s)).map(|(s, _)| s[0].as_str()).collect();
     assert_eq!(child_roots.len(), 1);
+    // The child's own trampolines (it makes new ones after the fork) are named from its first
+    // sample on, even those in the batch of events that announced it.
+    let unnamed = folded.count(|s| s.iter().any(|f| f.ends_with("[anon]")));
+    assert_eq!(unnamed, 0, "samples with an unnamed trampoline\n{}", String::from_utf8_lossy(&out.stdout));
 }
 
 #[test]
