@@ -84,6 +84,9 @@ class Workload:
     # With tasks, ember writes a Chrome trace (stacks and task slices) and the row checks that
     # every request handler ran as a task.
     tasks: bool = False
+    # Why this workload's innermost-function shares cannot yet match py-spy's: the row still
+    # reports the gap, and every stack measure still must pass.
+    known_gap: str = ""
 
     def path(self, script):
         """The gate runs the workload's script; relative names are files of this directory.
@@ -103,8 +106,14 @@ class Workload:
         return [*self.python, "-m", self.script, *self.args]
 
 
-# Loops per benchmark: about 2-3 s of CPU each on this machine (fixed work, not time).
+# Loops per benchmark: about 2-3 s of CPU each on this machine (fixed work, not time): ~2,500
+# ember and ~1,200 py-spy samples, whose noise in a 30% share is under 2 points.
 PYPERFORMANCE = {"raytrace": (1, 4), "richards": (8, 5), "deltablue": (100, 5), "nbody": (5, 5), "go": (3, 5)}
+# CPython 3.13 enters `__init__` through CALL_ALLOC_AND_ENTER_INIT, which skips the perf
+# trampoline (3.12 does not specialise it; 3.14 checks for the trampoline): such frames are
+# on no native stack, so their time goes to the caller. Reading the frame chain from memory
+# (issue 13) is what shows them.
+INIT_WITHOUT_TRAMPOLINE = "3.13 runs `__init__` without a trampoline (issue 13)"
 
 
 def pyperformance(name, suffix="", **kwargs):
@@ -130,10 +139,11 @@ def all_workloads():
     """(name, factory) of every workload: factories install what a workload needs (the venv,
     the chroot) only when it is chosen."""
     out = [(f"pyperformance {n}", lambda n=n: pyperformance(n)) for n in PYPERFORMANCE]
-    out.append(("numpy + OpenBLAS", lambda: Workload("numpy + OpenBLAS", "numpy_work.py")))
+    out.append(("numpy + OpenBLAS", lambda: Workload("numpy + OpenBLAS", "numpy_work.py", env={"EMBER_ROUNDS": "500"})))
     for loop, args in (("asyncio", []), ("uvloop", ["--uvloop"])):
         name = f"aiohttp ({loop})"
-        out.append((name, lambda n=name, a=args: Workload(n, "aiohttp_server.py", a, launch=True, tasks=True, **SERVER)))
+        server = dict(SERVER, launch=True, tasks=True)
+        out.append((name, lambda n=name, a=args, k=server: Workload(n, "aiohttp_server.py", a, **k)))
     gunicorn = {
         "gunicorn (launched)": dict(launch=True, subprocesses=True),
         "gunicorn (--pid worker)": dict(attach="worker"),
@@ -143,13 +153,15 @@ def all_workloads():
         out.append((name, lambda n=name, h=how: Workload(n, **GUNICORN, **h)))
     for start in ("fork", "spawn"):
         name = f"multiprocessing ({start})"
-        out.append((name, lambda n=name, s=start: Workload(n, "mp_work.py", ["--start", s], subprocesses=True)))
+        pool = {"subprocesses": True, "pyspy_args": ["--gil"]}
+        out.append((name, lambda n=name, s=start, k=pool: Workload(n, "mp_work.py", ["--start", s], **k)))
     out.append(("pytest (numpy.polynomial)", lambda: Workload("pytest (numpy.polynomial)", "pytest_run.py")))
     for n in PYPERFORMANCE:
         out.append((f"pyperformance {n} (pyenv 3.13)", lambda n=n: pyenv313_pyperformance(n)))
     for version in DEBIAN_PYTHONS:
         for n in PYPERFORMANCE:
-            out.append((f"pyperformance {n} (Debian python{version})", lambda n=n, v=version: debian_pyperformance(n, v)))
+            name = f"pyperformance {n} (Debian python{version})"
+            out.append((name, lambda n=n, v=version: debian_pyperformance(n, v)))
     return out
 
 
@@ -174,7 +186,7 @@ def ensure_debian_root():
 
 def pyenv313_pyperformance(name):
     python, env = [pyenv_python("3.13")], {"PYTHONPATH": site_packages()}
-    return pyperformance(name, " (pyenv 3.13)", python=python, env=env)
+    return pyperformance(name, " (pyenv 3.13)", python=python, env=env, known_gap=INIT_WITHOUT_TRAMPOLINE)
 
 
 def debian_pyperformance(name, version):
@@ -185,6 +197,7 @@ def debian_pyperformance(name, version):
         python=["chroot", DEBIAN_ROOT, f"python{version}"],
         env={"PYTHONPATH": CHROOT_DIR},
         root=DEBIAN_ROOT,
+        known_gap=INIT_WITHOUT_TRAMPOLINE if version == "3.13" else "",
     )
 
 
