@@ -44,13 +44,6 @@ def is_python(frame):
     return frame.endswith(")") and " (" in frame and not frame.startswith("[")
 
 
-def innermost_python(stack):
-    for frame in reversed(stack):
-        if is_python(frame):
-            return frame
-    return None
-
-
 def normalize(frame):
     """`Class.meth (/a/b/file.py)` → `meth (file.py)`: py-spy names co_name, ember qualname."""
     name, _, file = frame.rpartition(" (")
@@ -106,7 +99,7 @@ def innermost_shares(stacks, python_only_frames):
     for stack, n in stacks.items():
         stack = without_process(stack)
         frames = stack if python_only_frames else [f for f in stack if is_python(f)]
-        if frames and (python_only_frames or innermost_python(frames)):
+        if frames:
             shares[normalize(frames[-1])] += n
     total = sum(shares.values())
     return {k: v / total for k, v in shares.items()} if total else {}

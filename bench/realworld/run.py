@@ -159,7 +159,7 @@ def row(w, ember_out, pyspy_stacks):
         ember_stacks, tasks = measure.read_trace(ember_out)
         # Every request to /items ran as a handler task that awaited; each must be there.
         handlers = sum("_handle_request" in coro for coro in tasks.values())
-        requests = int(w.env.get("EMBER_REQUESTS", load_client_requests()))
+        requests = int(w.env["EMBER_REQUESTS"])
         tasks_ok, tasks_text = handlers >= requests, f"{handlers} of {requests}"
     else:
         ember_stacks = measure.read_folded(ember_out)
@@ -183,13 +183,6 @@ def row(w, ember_out, pyspy_stacks):
         f"{100 * m['garbage']:.2f}% | {m['plt_init']} | {gap:.1f} ({worst}) | {tasks_text} | {verdict} |"
     )
     return passed, text, m
-
-
-def load_client_requests():
-    """The load client's default number of requests, so the check follows the client."""
-    with open(os.path.join(HERE, "load_client.py"), encoding="utf-8") as f:
-        text = f.read()
-    return int(text.split('EMBER_REQUESTS", "', 1)[1].split('"', 1)[0])
 
 
 def main():
