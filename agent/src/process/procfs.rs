@@ -66,6 +66,22 @@ pub fn parse_start_time(stat: &str) -> Option<u64> {
     stat_after_comm(stat)?.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// When the process started, on the wall clock: its start in ticks since boot, plus when the
+/// system booted by the wall clock now (CLOCK_REALTIME − CLOCK_BOOTTIME). Good to a tick, less
+/// any step of the wall clock since the process started.
+pub fn started_at(pid: Pid) -> Option<std::time::SystemTime> {
+    use nix::time::{clock_gettime, ClockId};
+    use std::time::{Duration, UNIX_EPOCH};
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    let ticks_per_second = u64::try_from(ticks_per_second).ok().filter(|&t| t > 0)?;
+    let ticks = start_time(pid)?;
+    let since_boot = Duration::from_secs(ticks / ticks_per_second)
+        + Duration::from_nanos((ticks % ticks_per_second) * 1_000_000_000 / ticks_per_second);
+    let duration = |clock| clock_gettime(clock).ok().map(Duration::from);
+    let booted = duration(ClockId::CLOCK_REALTIME)?.checked_sub(duration(ClockId::CLOCK_BOOTTIME)?)?;
+    UNIX_EPOCH.checked_add(booted + since_boot)
+}
+
 /// The parent's PID (`PPid:` of the status).
 pub fn ppid(pid: Pid) -> Option<Pid> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -207,6 +223,21 @@ fn parse_maps_line(line: &str) -> Option<MapsLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_started_between_two_readings_of_the_wall_clock() {
+        use std::time::{Duration, SystemTime};
+        let before = SystemTime::now();
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().expect("sleep");
+        let after = SystemTime::now();
+        let started = started_at(Pid(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
+        let started = started.expect("start time");
+        // A tick of /proc's resolution either side.
+        let tick = Duration::from_millis(20);
+        assert!(started + tick >= before && started <= after + tick, "{started:?} not in {before:?}..{after:?}");
+    }
 
     #[test]
     fn cpu_lists() {

@@ -128,7 +128,11 @@ impl ProcessState {
     pub fn from_proc(pid: Pid, elf: &mut ElfCache) -> Result<Self, procfs::ProcfsError> {
         let (ns_pid, uids) = procfs::identity(pid)?;
         let comm = procfs::comm(pid, Tid(pid.0)).unwrap_or_default();
-        let mut state = Self::empty(pid, ns_pid, comm, Self::live_map(pid, ns_pid, uids), Arc::new(LiveTarget(pid)));
+        let mut map = Self::live_map(pid, ns_pid, uids);
+        if let Some(start) = procfs::started_at(pid) {
+            map.set_process_start(start);
+        }
+        let mut state = Self::empty(pid, ns_pid, comm, map, Arc::new(LiveTarget(pid)));
         state.refresh_maps(elf)?;
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         state.runtime = python::detect(exe.as_deref(), state.mappings.values().map(|m| m.path.as_str()));

@@ -133,7 +133,7 @@ pub fn warn_about_runtime(state: &ProcessState) {
             "PID {pid} runs {runtime}, which has no perf trampoline; recording native stacks only. \
              Python frames need CPython 3.12 or newer"
         );
-    } else if !state.perf_map_reader.is_open() {
+    } else if !state.perf_map_reader.has_own_map() {
         tracing::warn!(
             "PID {pid} runs {runtime} but its perf trampoline is off (no {}), so Python frames cannot be named. \
              Start it with `python -X perf`, or with PYTHONPERFSUPPORT=1 in its environment, or call \

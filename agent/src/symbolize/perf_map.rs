@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime};
 
 use crate::intern::{Interner, StrId};
 use crate::process::target_file::{self, Owner, TargetFileError};
@@ -185,7 +186,15 @@ pub struct PerfMapReader {
     /// What an earlier process with this PID left in the map, skipped if the map opened is
     /// that same file.
     stale: Option<StaleMap>,
+    /// When the process started: a map last written before then was left by an earlier
+    /// process with this PID (CPython never deletes its map), and what it holds is stale.
+    process_start: Option<SystemTime>,
 }
+
+/// How much older than the process a map must be to be taken for an earlier process's: the
+/// start time is good to a tick and file times to the kernel's coarse clock, and the wall
+/// clock may have been slewed since. A PID is not reused within a second.
+const STALE_MARGIN: Duration = Duration::from_secs(1);
 
 /// A perf map as it was before a launched command started: its file and length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,7 +226,13 @@ impl PerfMapReader {
             corrupt_lines: 0,
             lines_read: 0,
             stale: None,
+            process_start: None,
         }
+    }
+
+    /// The process started at `start`: a map not written since then is an earlier process's.
+    pub fn set_process_start(&mut self, start: SystemTime) {
+        self.process_start = Some(start);
     }
 
     pub fn owner(&self) -> Option<&Owner> {
@@ -228,8 +243,13 @@ impl PerfMapReader {
         self.location.as_ref().map_or_else(String::new, MapLocation::display)
     }
 
-    pub fn is_open(&self) -> bool {
-        self.file.is_some()
+    /// Whether the process has written a map of its own: its trampoline is, or was, on.
+    pub fn has_own_map(&self) -> bool {
+        let Some(file) = &self.file else { return false };
+        match self.stale {
+            Some(stale) => file.metadata().is_ok_and(|m| m.len() > stale.len),
+            None => true,
+        }
     }
 
     /// Opens the file if it exists and may be read. Keeping the descriptor lets ember finish
@@ -241,11 +261,15 @@ impl PerfMapReader {
         let Some(location) = &self.location else { return false };
         match location.open() {
             Ok(file) => {
+                let meta = file.metadata().ok();
+                if self.stale.is_none() {
+                    self.stale = meta.as_ref().and_then(|m| self.left_before_start(m));
+                }
                 // The command may have changed its root (chroot, a container) since the stale
                 // length was taken: only that very file has a stale start.
-                let stale =
-                    self.stale.filter(|s| file.metadata().is_ok_and(|m| (m.dev(), m.ino()) == (s.device, s.inode)));
-                if let Some(stale) = stale {
+                self.stale =
+                    self.stale.filter(|s| meta.as_ref().is_some_and(|m| (m.dev(), m.ino()) == (s.device, s.inode)));
+                if let Some(stale) = self.stale {
                     self.offset = self.offset.max(stale.len);
                 }
                 self.file = Some(file);
@@ -260,6 +284,23 @@ impl PerfMapReader {
             }
         }
         self.file.is_some()
+    }
+
+    /// The whole map, if it was last written well before the process started.
+    fn left_before_start(&self, meta: &std::fs::Metadata) -> Option<StaleMap> {
+        let written = meta.modified().ok()?;
+        let start = self.process_start?;
+        if written + STALE_MARGIN >= start {
+            return None;
+        }
+        if let Some(location) = &self.location {
+            tracing::info!(
+                pid = %location.pid,
+                "skipping what {} holds: it was written before the process started, by an earlier process with its PID",
+                location.display()
+            );
+        }
+        Some(StaleMap { device: meta.dev(), inode: meta.ino(), len: meta.len() })
     }
 
     /// The map as it is now, if it exists and may be read: what a process that takes this PID
@@ -502,5 +543,29 @@ mod tests {
         let all = read_all(stale);
         let _ = std::fs::remove_file(&path);
         assert_eq!(all, 2, "another file: read from its start");
+    }
+
+    #[test]
+    fn a_map_written_before_the_process_started_is_an_earlier_process_s() {
+        let pid = Pid(std::process::id());
+        let name = format!("ember-reused-pid-test-{}.map", std::process::id());
+        let path = std::path::Path::new("/tmp").join(&name);
+        let uid = crate::process::procfs::identity(pid).expect("own identity").1;
+        let mut reader = PerfMapReader::new(MapLocation { pid, file_name: name, owner: Owner::OneOf(uid) });
+        let now = SystemTime::now();
+        reader.set_process_start(now);
+        std::fs::write(&path, "1000 b py::old:a.py\n").expect("write");
+        let file = std::fs::File::options().append(true).open(&path).expect("open");
+        file.set_modified(now - Duration::from_secs(3600)).expect("age the map");
+        let (mut table, mut strings) = (PerfMapTable::default(), Interner::default());
+        let stale_lines = reader.poll(&mut table, &mut strings);
+        let own_before = reader.has_own_map();
+        std::io::Write::write_all(&mut &file, b"2000 b py::new:a.py\n").expect("append");
+        let own_lines = reader.poll(&mut table, &mut strings);
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(stale_lines.expect("readable"), 0, "the earlier process's lines are skipped");
+        assert!(!own_before, "a stale map is not the trampoline being on");
+        assert_eq!(own_lines.expect("readable"), 1, "lines the process appends are read");
+        assert!(reader.has_own_map());
     }
 }

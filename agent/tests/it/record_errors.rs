@@ -59,7 +59,14 @@ fn python_older_than_3_12_is_profiled_natively_with_a_warning() {
 fn python_3_12_without_the_trampoline_says_how_to_turn_it_on() {
     let _serial = serial();
     let target = serve_target_cpu("1", false);
+    // CPython never deletes its map, so a PID often comes with an earlier process's: that is
+    // not this one's trampoline being on (CI reuses PIDs within a run).
+    let stale = std::path::PathBuf::from(format!("/tmp/perf-{}.map", target.pid()));
+    std::fs::write(&stale, "7f0000001000 b py::gone:/old.py\n").expect("write a stale map");
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().append(true).open(&stale).and_then(|f| f.set_modified(hour_ago)).expect("age it");
     let (out, cpu) = record_until_exit(&target, &[]);
+    let _ = std::fs::remove_file(&stale);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("perf trampoline is off"), "{err}");
