@@ -187,7 +187,10 @@ def row(w, ember_out, pyspy_stacks):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help="comma-separated parts of workload names, e.g. gunicorn,Debian")
+    parser.add_argument(
+        "--only",
+        help="comma-separated parts of workload names, e.g. gunicorn,Debian; a whole name picks that one alone",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 unless every workload passes")
     parser.add_argument("--keep", help="keep the profiles in this directory")
     args = parser.parse_args()
@@ -199,7 +202,11 @@ def main():
         unknown = [t for t in terms if not any(t in name for name, _ in chosen)]
         if unknown:
             parser.error(f"no workload names {unknown}; there are: {'; '.join(n for n, _ in chosen)}")
-        chosen = [(name, make) for name, make in chosen if any(t in name for t in terms)]
+        # A whole name picks that workload alone ("pyperformance go", not its other interpreters).
+        names = {name for name, _ in chosen}
+        chosen = [
+            (name, make) for name, make in chosen if any(t == name or (t in name and t not in names) for t in terms)
+        ]
     tmp = args.keep or tempfile.mkdtemp(prefix="ember-realworld-")
     os.makedirs(tmp, exist_ok=True)
     print(f"ember at {EMBER_RATE} Hz and py-spy {workloads.pyspy_version()} at {PYSPY_RATE} Hz, attached together\n")
