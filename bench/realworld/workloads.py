@@ -87,6 +87,10 @@ class Workload:
     # Why this workload's innermost-function shares cannot yet match py-spy's: the row still
     # reports the gap, and every stack measure still must pass.
     known_gap: str = ""
+    # perf, the referee for shares, runs too: on the pure-Python benchmarks, where it unwinds
+    # every sample. Through the servers' C extensions and ember's memfd'd monitor it loses a
+    # few percent of samples, all from the same functions, which skews its shares.
+    perf: bool = False
 
     def path(self, script):
         """The gate runs the workload's script; relative names are files of this directory.
@@ -114,12 +118,16 @@ PYPERFORMANCE = {"raytrace": (1, 4), "richards": (8, 5), "deltablue": (100, 5), 
 # on no native stack, so their time goes to the caller. Reading the frame chain from memory
 # (issue 13) is what shows them.
 INIT_WITHOUT_TRAMPOLINE = "3.13 runs `__init__` without a trampoline (issue 13)"
+# Measured, not yet explained: py-spy's `--gil` samples give aiohttp's `_writelines`, which
+# writes through uvloop's C transport, 4-11% where ember's give 5% (perf, which loses samples
+# in uvloop, 2%). The server spends 3% of its CPU in the kernel and waits 2% runnable.
+UVLOOP_WRITELINES = "py-spy gives `_writelines` up to twice ember's share (unexplained)"
 
 
 def pyperformance(name, suffix="", **kwargs):
     loops, values = PYPERFORMANCE[name]
     args = ["--worker", "-l", str(loops), "-n", str(values), "-w", "0", "-q"]
-    return Workload(f"pyperformance {name}{suffix}", benchmark_script(name), args, **kwargs)
+    return Workload(f"pyperformance {name}{suffix}", benchmark_script(name), args, perf=True, **kwargs)
 
 
 SERVER = {"client": "load_client.py", "pyspy_args": ["--gil"], "env": {"EMBER_REQUESTS": "10000"}}
@@ -142,7 +150,7 @@ def all_workloads():
     out.append(("numpy + OpenBLAS", lambda: Workload("numpy + OpenBLAS", "numpy_work.py", env={"EMBER_ROUNDS": "500"})))
     for loop, args in (("asyncio", []), ("uvloop", ["--uvloop"])):
         name = f"aiohttp ({loop})"
-        server = dict(SERVER, launch=True, tasks=True)
+        server = dict(SERVER, launch=True, tasks=True, known_gap=UVLOOP_WRITELINES if loop == "uvloop" else "")
         out.append((name, lambda n=name, a=args, k=server: Workload(n, "aiohttp_server.py", a, **k)))
     gunicorn = {
         "gunicorn (launched)": dict(launch=True, subprocesses=True),

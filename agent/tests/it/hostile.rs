@@ -12,9 +12,15 @@ const NOBODY: &str = "65534";
 
 /// `hostile_target.py` in its own mount namespace with a private /tmp, as uid 65534.
 fn hostile_target(mode: &str, seconds: &str) -> (Target, u32) {
+    hostile_target_with(mode, seconds, "")
+}
+
+/// The same, with `extra` arguments: "fork" makes the process to sample a child of the one
+/// whose map is hostile.
+fn hostile_target_with(mode: &str, seconds: &str, extra: &str) -> (Target, u32) {
     let script = format!(
         "code=$(cat {}) && mount -t tmpfs tmpfs /tmp && printf '%s\\n' \"$code\" > /tmp/hostile.py \
-         && exec {} /tmp/hostile.py {mode} {seconds}",
+         && exec {} /tmp/hostile.py {mode} {seconds} {extra}",
         fixture("hostile_target.py").display(),
         python312().display()
     );
@@ -90,6 +96,43 @@ fn a_fifo_perf_map_neither_hangs_the_agent_nor_starves_other_targets() {
         folded.count(|s| has_frame(s, "compute")) > 0,
         "the other target's Python frames were still recorded:\n{err}"
     );
+}
+
+/// A worker attached on its own reads its parent's map as an ancestor's (issue 12): that map
+/// is the parent's user's to make, and is refused as the target's own would be.
+#[test]
+fn an_ancestor_s_perf_map_is_held_to_the_same_rules() {
+    let _serial = serial();
+    for (mode, reason) in [("symlink", "symbolic link"), ("hardlink", "hard links"), ("fifo", "not a regular file")] {
+        let (_target, child) = hostile_target_with(mode, "30", "fork");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.folded");
+        let child_pid = child.to_string();
+        let mut agent = RunningAgent::start(&[
+            "record",
+            "--pid",
+            &child_pid,
+            "--duration",
+            "1",
+            "-o",
+            path.to_str().expect("utf-8"),
+        ]);
+        let pid = agent.pid();
+        // A FIFO opened for reading would block the agent for good.
+        wait_until(Duration::from_secs(30), "the agent to finish its one second", || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+        });
+        let out = agent.finish();
+        assert!(out.status.success(), "{mode}: {}", stderr(&out));
+        let folded = std::fs::read_to_string(&path).expect("profile written");
+        assert!(!folded.is_empty(), "{mode}: the child was still sampled");
+        assert_nothing_leaked(&out, &folded);
+        let err = stderr(&out);
+        assert!(
+            err.contains(reason) && err.contains("/tmp/perf-"),
+            "{mode}: says why the parent's map was refused: {err}"
+        );
+    }
 }
 
 #[test]
