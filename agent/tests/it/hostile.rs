@@ -108,7 +108,7 @@ fn an_ancestor_s_perf_map_is_held_to_the_same_rules() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("out.folded");
         let child_pid = child.to_string();
-        let mut agent = RunningAgent::start(&[
+        let agent = RunningAgent::start(&[
             "record",
             "--pid",
             &child_pid,
