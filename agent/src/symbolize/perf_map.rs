@@ -518,15 +518,21 @@ mod tests {
         assert!(table.lookup(0x9000 + 0xb).is_none(), "end is exclusive");
     }
 
+    /// A map named `<prefix>-<pid>.map` in /tmp, owned by this test process, and its path.
+    fn map_of_this_process(prefix: &str) -> (MapLocation, std::path::PathBuf) {
+        let pid = Pid(std::process::id());
+        let file_name = format!("{prefix}-{pid}.map");
+        let path = std::path::Path::new("/tmp").join(&file_name);
+        let uid = crate::process::procfs::identity(pid).expect("own identity").1;
+        (MapLocation { pid, file_name, owner: Owner::OneOf(uid) }, path)
+    }
+
     #[test]
     fn a_stale_start_is_skipped_only_in_the_same_file() {
         // The command may chroot, so the map it writes is another file than the one that
         // held an earlier process's lines under the same name (that bug hid every Python frame).
-        let pid = Pid(std::process::id());
-        let name = format!("ember-stale-test-{}.map", std::process::id());
-        let path = std::path::Path::new("/tmp").join(&name);
-        let uid = crate::process::procfs::identity(pid).expect("own identity").1;
-        let location = || MapLocation { pid, file_name: name.clone(), owner: Owner::OneOf(uid.clone()) };
+        let (location, path) = map_of_this_process("ember-stale-test");
+        let location = || location.clone();
         let read_all = |stale| {
             let mut reader = PerfMapReader::new(location());
             reader.skip_stale(stale);
@@ -547,11 +553,8 @@ mod tests {
 
     #[test]
     fn a_map_written_before_the_process_started_is_an_earlier_process_s() {
-        let pid = Pid(std::process::id());
-        let name = format!("ember-reused-pid-test-{}.map", std::process::id());
-        let path = std::path::Path::new("/tmp").join(&name);
-        let uid = crate::process::procfs::identity(pid).expect("own identity").1;
-        let mut reader = PerfMapReader::new(MapLocation { pid, file_name: name, owner: Owner::OneOf(uid) });
+        let (location, path) = map_of_this_process("ember-reused-pid-test");
+        let mut reader = PerfMapReader::new(location);
         let now = SystemTime::now();
         reader.set_process_start(now);
         std::fs::write(&path, "1000 b py::old:a.py\n").expect("write");
