@@ -35,10 +35,29 @@ pub enum Command {
     Record(RecordArgs),
     /// Sample continuously and send the samples to an ember-collector.
     Stream(StreamArgs),
+    /// Print what every thread of a running Python process is executing now: each Python
+    /// frame with its line, and which thread holds the GIL. The process is not stopped.
+    Dump(DumpArgs),
     /// Write the asyncio task monitor (the ember_monitor package and its native fast path) into a
     /// directory, for programs that start it themselves: put the directory on PYTHONPATH, then
     /// `import ember_monitor; ember_monitor.start()`.
     ExportMonitor(ExportMonitorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// The process to read.
+    #[arg(short, long, value_name = "PID")]
+    pub pid: u32,
+    /// Write JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DumpArgs {
+    pub fn into_config(self) -> crate::dump::DumpConfig {
+        crate::dump::DumpConfig { pid: Pid(self.pid), json: self.json }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -305,7 +324,7 @@ mod tests {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
         match cli.command {
             Command::Record(r) => r.into_config().map_err(|e| e.to_string()),
-            Command::Stream(_) | Command::ExportMonitor(_) => Err("not record".into()),
+            Command::Stream(_) | Command::Dump(_) | Command::ExportMonitor(_) => Err("not record".into()),
         }
     }
 

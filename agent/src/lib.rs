@@ -7,7 +7,9 @@
 
 pub(crate) mod aggregate;
 pub mod cli;
+pub mod dump;
 pub mod intern;
+pub(crate) mod interp;
 pub mod perf;
 pub mod process;
 pub mod record;

@@ -30,6 +30,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(outcome.exit_code())
         }
         Command::Stream(args) => Ok(ember_agent::stream::run(args.into_config()?)?),
+        Command::Dump(args) => {
+            ember_agent::dump::run(args.into_config())?;
+            Ok(0)
+        }
         Command::ExportMonitor(args) => {
             let written = ember_agent::tasks::bootstrap::export_monitor(&args.dir)?;
             for path in written {

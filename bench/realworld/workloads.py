@@ -180,12 +180,7 @@ CHROOT_DIR = "/opt/ember-realworld"
 
 def ensure_debian_root():
     """Debian sid's stock interpreters (non-PIE, stripped), in a chroot made once (~40 s)."""
-    if not all(os.path.exists(f"{DEBIAN_ROOT}/usr/bin/python{v}") for v in DEBIAN_PYTHONS):
-        shutil.rmtree(DEBIAN_ROOT, ignore_errors=True)
-        packages = ",".join(f"python{v}" for v in DEBIAN_PYTHONS)
-        mirror = "http://deb.debian.org/debian"
-        command = ["debootstrap", "--variant=minbase", f"--include={packages}", "sid", DEBIAN_ROOT, mirror]
-        subprocess.run(command, check=True)
+    subprocess.run([os.path.join(ROOT, "tools/debian-sid.sh"), DEBIAN_ROOT], check=True)
     # pyperf is pure Python: the benchmarks import it from here.
     inside = DEBIAN_ROOT + CHROOT_DIR
     os.makedirs(inside, exist_ok=True)

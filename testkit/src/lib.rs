@@ -363,3 +363,33 @@ pub fn check_dashboard(path: &str, exposition: &str) {
     let unused: Vec<_> = exported.difference(&used).collect();
     assert!(unused.is_empty(), "exported metrics missing from {path}: {unused:?}");
 }
+
+/// The Debian sid root (made once by `tools/debian-sid.sh`, ~40 s) whose stock python3.13-3.15
+/// the tests run: non-PIE, stripped, libpython linked in, as distributions ship them.
+pub fn debian_root() -> PathBuf {
+    static MADE: Mutex<bool> = Mutex::new(false);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = workspace.join("target/debian-sid");
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*made {
+        let status = Command::new(workspace.join("tools/debian-sid.sh")).arg(&root).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "tools/debian-sid.sh could not make the Debian root ({status:?}); it needs root and debootstrap"
+        );
+        *made = true;
+    }
+    root
+}
+
+/// A command running Debian's `python{minor}` in the Debian root on a copy of a fixture, which
+/// the interpreter sees as `/opt/ember-tests/NAME`.
+pub fn debian_python(minor: &str, fixture_name: &str) -> Command {
+    let root = debian_root();
+    let dir = root.join("opt/ember-tests");
+    std::fs::create_dir_all(&dir).expect("fixture directory in the Debian root");
+    std::fs::copy(fixture(fixture_name), dir.join(fixture_name)).expect("fixture copied into the Debian root");
+    let mut cmd = Command::new("chroot");
+    cmd.arg(&root).arg(format!("python{minor}")).arg(format!("/opt/ember-tests/{fixture_name}"));
+    cmd
+}

@@ -138,6 +138,12 @@ pub fn comm(pid: Pid, tid: Tid) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok().map(|s| s.trim_end().to_string())
 }
 
+/// A thread's id in its process's own PID namespace, which is what the interpreter records.
+pub fn task_ns_tid(pid: Pid, tid: Tid) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    parse_ns_pid(&status).map(|n| n.0)
+}
+
 pub fn exe(pid: Pid) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
 }
@@ -147,7 +153,6 @@ pub fn cmdline(pid: Pid) -> Option<Vec<String>> {
     Some(raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect())
 }
 
-/// The PID as the process sees itself: the last `NSpid:` field of `/proc/PID/status`.
 /// Who a process is, from one read of its status: its pid in its own namespace (`NSpid:`)
 /// and its real, effective, saved and file-system uids (`Uid:`).
 pub fn identity(pid: Pid) -> Result<(NsPid, Vec<u32>), ProcfsError> {
@@ -158,6 +163,7 @@ pub fn identity(pid: Pid) -> Result<(NsPid, Vec<u32>), ProcfsError> {
     Ok((ns_pid, uids))
 }
 
+/// The PID as the process sees itself: the last `NSpid:` field of a status file.
 pub fn parse_ns_pid(status: &str) -> Option<NsPid> {
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
     line.split_whitespace().last()?.parse().ok().map(NsPid)

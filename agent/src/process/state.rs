@@ -304,6 +304,20 @@ impl ProcessState {
         self.entry_code.range(..=addr).next_back().is_some_and(|(_, &end)| addr < end)
     }
 
+    /// Each executable mapping with its image, and the image's load bias there.
+    pub(crate) fn mapped_images(&self) -> impl Iterator<Item = (&Mapping, Arc<ElfImage>, u64)> {
+        self.mappings.iter().filter_map(|(&start, m)| {
+            let image = m.image.clone()?;
+            let bias = image.load_bias(start, m.pgoff);
+            Some((m, image, bias))
+        })
+    }
+
+    /// How this process is read.
+    pub(crate) fn access(&self) -> Arc<dyn TargetAccess> {
+        self.access.clone()
+    }
+
     pub fn mapping_at(&self, addr: u64) -> Option<(u64, &Mapping)> {
         let (&start, m) = self.mappings.range(..=addr).next_back()?;
         (addr < m.end).then_some((start, m))

@@ -122,6 +122,23 @@ impl ElfImage {
         let _ = self.functions.set(functions);
     }
 
+    /// The svma of each named symbol, from `.dynsym` (which stripped builds keep), then
+    /// `.symtab`; `None` for a name the file does not define.
+    pub fn symbol_addresses<const N: usize>(&self, names: [&str; N]) -> [Option<u64>; N] {
+        let mut found = [None; N];
+        let Ok(obj) = object::File::parse(&**self.map) else { return found };
+        for symbol in obj.dynamic_symbols().chain(obj.symbols()) {
+            if symbol.is_undefined() {
+                continue;
+            }
+            let Ok(name) = symbol.name() else { continue };
+            if let Some(i) = names.iter().position(|n| *n == name) {
+                found[i].get_or_insert(symbol.address());
+            }
+        }
+        found
+    }
+
     /// The file offset of `svma`, through the PT_LOAD segment that holds it.
     pub fn offset_of_svma(&self, svma: u64) -> Option<u64> {
         let s = self.segments.iter().find(|s| svma >= s.svma && svma - s.svma < s.file_size)?;

@@ -6,6 +6,7 @@
 mod common;
 
 mod dashboards;
+mod dump;
 mod hostile;
 mod properties;
 mod record_errors;

@@ -1,0 +1,43 @@
+//! Finding the interpreter in a process: the image that exports `_PyRuntime` (libpython, or the
+//! executable when libpython is linked in, as in Debian's builds), and the addresses of the
+//! objects the reader starts from or checks against.
+
+use std::collections::HashSet;
+
+use super::objects::Types;
+use crate::process::ProcessState;
+
+/// Where the reader's starting points are in the target's address space.
+#[derive(Debug, Clone, Copy)]
+pub struct Symbols {
+    /// `_PyRuntime`, the runtime state (3.13+: starting with `_Py_DebugOffsets`).
+    pub runtime: u64,
+    /// `Py_Version` (3.11+): `PY_VERSION_HEX` as a `const unsigned long`.
+    pub version: Option<u64>,
+    pub types: Types,
+}
+
+/// The symbols looked up, in the order [`find`] reads them back.
+const NAMES: [&str; 5] = ["_PyRuntime", "Py_Version", "PyCode_Type", "PyUnicode_Type", "PyBytes_Type"];
+
+/// Looks in the images whose name says Python first, then in every other one (an embedding
+/// program such as uwsgi may link libpython in). Returns the symbols and the image's path.
+pub fn find(process: &ProcessState) -> Option<(Symbols, String)> {
+    let mut images: Vec<_> = process.mapped_images().collect();
+    images.sort_by_key(|(_, image, _)| !image.basename().contains("python"));
+    let mut seen = HashSet::new();
+    for (_, image, bias) in images {
+        if !seen.insert(image.id) {
+            continue;
+        }
+        let [runtime, version, code, unicode, bytes] = image.symbol_addresses(NAMES);
+        let at = |svma: u64| svma.wrapping_add(bias);
+        let (Some(runtime), Some(code), Some(unicode), Some(bytes)) = (runtime, code, unicode, bytes) else {
+            continue;
+        };
+        let types = Types { code: at(code), unicode: at(unicode), bytes: at(bytes) };
+        let symbols = Symbols { runtime: at(runtime), version: version.map(at), types };
+        return Some((symbols, image.path.clone()));
+    }
+    None
+}

@@ -1,0 +1,132 @@
+//! `ember-agent dump` against real interpreters: pyenv's 3.12 and 3.13, and Debian's stock
+//! 3.13-3.15 (non-PIE, stripped) in a chroot. The fixture's threads sit at known functions
+//! and lines; the dump must show exactly those chains, innermost first.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::common::*;
+
+/// The line of the fixture marked `# marker`.
+fn line_of(marker: &str) -> u64 {
+    let text = std::fs::read_to_string(fixture("dump_threads.py")).expect("fixture");
+    let found = text.lines().position(|l| l.trim_end().ends_with(&format!("# {marker}")));
+    found.map(|i| i as u64 + 1).unwrap_or_else(|| panic!("no line marked {marker}"))
+}
+
+fn dump(pid: u32) -> Result<Value, String> {
+    let out = ember().args(["dump", "--json", "--pid", &pid.to_string()]).output().expect("ember-agent runs");
+    if !out.status.success() {
+        return Err(stderr(&out));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// Polls the dump until `ready` holds for it (the program has reached its known state).
+fn dump_when(pid: u32, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = dump(pid);
+        if let Ok(value) = &last {
+            if ready(value) {
+                return value.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "the dump never showed {what}; last: {last:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(function, line)` of a thread's frames, innermost first.
+fn frames(thread: &Value) -> Vec<(String, Option<u64>)> {
+    let frames = thread["frames"].as_array().cloned().unwrap_or_default();
+    frames.iter().map(|f| (f["function"].as_str().unwrap_or("?").to_string(), f["line"].as_u64())).collect()
+}
+
+fn all_spinning(dump: &Value) -> bool {
+    let threads = dump["threads"].as_array().cloned().unwrap_or_default();
+    threads.len() == 3 && threads.iter().all(|t| frames(t).first().is_some_and(|(f, _)| f == "spin"))
+}
+
+/// The fixture at `depth` under `python` (a command), checked thread by thread.
+fn check_threads(mut python: Command, depth: usize, version_prefix: &str) {
+    let _serial = serial();
+    let target = Target::spawn(python.arg(depth.to_string()));
+    target.wait_for("ready", Duration::from_secs(30));
+    let pid = target.pid();
+    let dump = dump_when(pid, "every thread in spin", all_spinning);
+    assert!(dump["python"].as_str().is_some_and(|v| v.starts_with(version_prefix)), "{}", dump["python"]);
+    assert_eq!(dump["stopped"], false);
+    let threads = dump["threads"].as_array().expect("threads");
+    let spin_lines = [Some(line_of("spin-loop")), Some(line_of("spin-body"))];
+    let mut workers = Vec::new();
+    for thread in threads {
+        let frames = frames(thread);
+        assert!(thread["incomplete"].is_null(), "{thread}");
+        assert!(spin_lines.contains(&frames[0].1), "spin's line {:?}", frames[0]);
+        if thread["tid"] == pid {
+            let mut expected = vec![("recurse".to_string(), Some(line_of("recurse-bottom")))];
+            expected.extend((1..depth).map(|_| ("recurse".to_string(), Some(line_of("recurse-call")))));
+            expected.push(("main".into(), Some(line_of("main-call"))));
+            expected.push(("<module>".into(), Some(line_of("module-call"))));
+            assert_eq!(frames[1..], expected[..], "the main thread");
+        } else {
+            let outer: Vec<&str> = frames[2..].iter().map(|(f, _)| f.as_str()).collect();
+            assert_eq!(outer, ["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"]);
+            workers.push(frames[1].clone());
+        }
+    }
+    workers.sort();
+    assert_eq!(workers, [("work_a".into(), Some(line_of("work-a"))), ("work_b".into(), Some(line_of("work-b")))]);
+    let holders = threads.iter().filter(|t| t["holds_gil"] == true).count();
+    assert!(holders <= 1, "{holders} threads hold the one GIL");
+}
+
+#[test]
+fn dumps_the_threads_of_pyenv_3_12() {
+    let mut python = Command::new(python312());
+    python.arg(fixture("dump_threads.py"));
+    check_threads(python, 3, "3.12.");
+}
+
+#[test]
+fn dumps_the_threads_of_pyenv_3_13() {
+    let mut python = Command::new(python_version("3.13"));
+    python.arg(fixture("dump_threads.py"));
+    check_threads(python, 3, "3.13.");
+}
+
+#[test]
+fn dumps_the_threads_of_debian_s_stripped_3_13_to_3_15() {
+    for minor in ["3.13", "3.14", "3.15"] {
+        check_threads(debian_python(minor, "dump_threads.py"), 3, &format!("{minor}."));
+    }
+}
+
+/// A stack far deeper than a perf sample's copy holds, whole: 700 frames on 3.12, 4,000 on
+/// 3.13+ (see the reference on 3.12's recursion limit under the trampoline).
+#[test]
+fn dumps_deep_stacks_whole() {
+    let mut python = Command::new(python312());
+    python.arg(fixture("dump_threads.py"));
+    check_threads(python, 700, "3.12.");
+    let mut python = Command::new(python_version("3.13"));
+    python.arg(fixture("dump_threads.py"));
+    check_threads(python, 4000, "3.13.");
+    check_threads(debian_python("3.15", "dump_threads.py"), 4000, "3.15.");
+}
+
+#[test]
+fn a_process_that_is_not_python_gets_a_clear_error() {
+    let mut sleeper = Command::new("sleep").arg("60").spawn().expect("sleep starts");
+    let pid = sleeper.id();
+    let err = dump(pid).expect_err("not Python");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(err.contains("exports _PyRuntime") && err.contains("not a CPython process"), "{err}");
+    let dead = dead_pid();
+    let gone = dump(dead).expect_err("no process");
+    assert!(gone.contains(&format!("cannot read process {dead}")), "{gone}");
+}
