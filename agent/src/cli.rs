@@ -82,6 +82,11 @@ pub struct SamplingArgs {
     /// Follow child processes (fork and exec).
     #[arg(long)]
     pub subprocesses: bool,
+    /// Do not read CPython's frames from the target's memory. By default, a stack deeper than
+    /// the copy is completed with the frames the interpreter holds, read right after the
+    /// sample; without the reads it is completed from the thread's earlier samples.
+    #[arg(long)]
+    pub no_interpreter_reads: bool,
     /// Ring buffer per CPU, in KiB.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
     pub ring_kib: u64,
@@ -107,6 +112,7 @@ impl SamplingArgs {
             kernel: self.kernel,
             follow_children: self.subprocesses,
             ring_bytes: (self.ring_kib * 1024) as usize,
+            read_interpreter: !self.no_interpreter_reads,
         }
     }
 }

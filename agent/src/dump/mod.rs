@@ -12,11 +12,11 @@ use crate::unwind::ElfCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
-    #[error("cannot read process {pid}: {source}")]
+    #[error("cannot read process {pid}")]
     Process { pid: Pid, source: procfs::ProcfsError },
     #[error(transparent)]
     Attach(#[from] AttachError),
-    #[error("reading the threads of process {pid} failed: {source}")]
+    #[error("reading the threads of process {pid} failed")]
     Read { pid: Pid, source: ObjectError },
     #[error("cannot write the dump: {0}")]
     Write(#[from] std::io::Error),
@@ -39,6 +39,10 @@ pub struct Dump {
     /// Whether the process was stopped while read (never: reads race with it, and each object
     /// is checked instead).
     pub stopped: bool,
+    /// Whether the frames were read at (nearly) one moment: every memory block the walk needed
+    /// copied in one system call. `false` when the threads kept changing over several tries,
+    /// so a thread's frames may mix two moments.
+    pub at_one_moment: bool,
     pub threads: Vec<ThreadDump>,
 }
 
@@ -80,7 +84,7 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
     let mut elf = ElfCache::default();
     let process = ProcessState::from_proc(pid, &mut elf).map_err(|source| DumpError::Process { pid, source })?;
     let mut interpreter = Interpreter::attach(&process)?;
-    let threads = interpreter.threads().map_err(|source| DumpError::Read { pid, source })?;
+    let (threads, at_one_moment) = interpreter.threads().map_err(|source| DumpError::Read { pid, source })?;
     let host_tids = host_tids(pid);
     let mut threads: Vec<ThreadDump> = threads
         .into_iter()
@@ -97,7 +101,7 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
                     .map(|f| FrameDump {
                         function: f.code.qualname.clone(),
                         file: f.code.filename.clone(),
-                        line: f.line,
+                        line: f.line(),
                     })
                     .collect(),
                 incomplete: match t.end {
@@ -117,6 +121,7 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
         python: interpreter.version().to_string(),
         interpreter: interpreter.image().to_string(),
         stopped: false,
+        at_one_moment,
         threads,
     })
 }

@@ -8,6 +8,9 @@ use super::Dump;
 pub fn write(out: &mut impl Write, dump: &Dump) -> io::Result<()> {
     writeln!(out, "Process {}: {}", dump.pid, dump.command)?;
     writeln!(out, "Python {} ({}), read without stopping it", dump.python, dump.interpreter)?;
+    if !dump.at_one_moment {
+        writeln!(out, "(the threads kept changing while read: a stack may mix two moments)")?;
+    }
     for thread in &dump.threads {
         writeln!(out)?;
         let id = match thread.tid {
@@ -48,6 +51,7 @@ mod tests {
             python: "3.13.0".into(),
             interpreter: "/usr/bin/python3.13".into(),
             stopped: false,
+            at_one_moment: true,
             threads: vec![
                 ThreadDump {
                     tid: Some(42),

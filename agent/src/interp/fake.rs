@@ -39,13 +39,32 @@ impl TargetAccess for FakeTarget {
         Ok(Vec::new())
     }
 
-    /// Bytes from the one region that holds all of them, as a read that crosses into an
-    /// unmapped page fails.
+    /// Memory is mapped by 4 KiB page: a page holding any region's byte is mapped (zeros
+    /// elsewhere), and a read touching any other page fails, as `process_vm_readv` does.
     fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        const PAGE: u64 = 4096;
         let regions = self.regions.lock().ok()?;
-        let (&start, bytes) = regions.range(..=addr).next_back()?;
-        let from = usize::try_from(addr - start).ok()?;
-        bytes.get(from..from.checked_add(len)?).map(<[u8]>::to_vec)
+        let end = addr.checked_add(len as u64)?;
+        let mapped = |page: u64| {
+            regions.range(..page + PAGE).next_back().is_some_and(|(&start, b)| start + b.len() as u64 > page)
+                || regions.range(page..page + PAGE).next().is_some()
+        };
+        let mut page = addr - addr % PAGE;
+        while page < end {
+            if !mapped(page) {
+                return None;
+            }
+            page += PAGE;
+        }
+        let mut out = vec![0u8; len];
+        for (&start, bytes) in regions.range(..end) {
+            let (from, to) = (start.max(addr), (start + bytes.len() as u64).min(end));
+            if from < to {
+                out[(from - addr) as usize..(to - addr) as usize]
+                    .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+            }
+        }
+        Some(out)
     }
 
     fn open_mapped(&self, path: &str, _start: u64, _end: u64) -> Result<File, ElfError> {

@@ -7,6 +7,8 @@
 //! Nothing read is trusted: layouts come from the target's own `_Py_DebugOffsets` (3.13+) or a
 //! table checked on attach (3.12), and every object is type-checked and bounded (objects.rs).
 
+mod blocks;
+mod join;
 mod layout;
 mod linetable;
 mod locate;
@@ -16,9 +18,12 @@ mod walk;
 #[cfg(test)]
 mod fake;
 
+pub use join::{CutSample, Refusal};
 pub use layout::{LayoutError, PyVersion};
-pub use objects::ObjectError;
-pub use walk::{PyThread, WalkEnd, MAX_FRAMES};
+pub use objects::{CodeInfo, ObjectError};
+pub use walk::{PyFrame, PyThread, WalkEnd, MAX_FRAMES};
+
+use std::sync::Arc;
 
 use crate::process::access::TargetAccess;
 use crate::process::ProcessState;
@@ -31,8 +36,9 @@ pub enum AttachError {
          from: not a CPython process, or one whose interpreter hides its symbols"
     )]
     NoRuntime { pid: crate::process::Pid },
-    #[error("cannot read the interpreter in {image}: {source}")]
-    Layout { image: String, source: LayoutError },
+    // `cause`, not `source`: the message says it, and a chain printed whole would say it twice.
+    #[error("cannot read the interpreter in {image}: {cause}")]
+    Layout { image: String, cause: LayoutError },
     #[error("{image} exports _PyRuntime but no Py_Version and no debug offsets, so its version is unknown")]
     NoVersion { image: String },
     #[error(
@@ -40,8 +46,8 @@ pub enum AttachError {
          interpreter that disagrees with itself"
     )]
     VersionMismatch { image: String, published: PyVersion, exported: PyVersion },
-    #[error("reading the interpreter of {image} (Python {version}) failed its check: {source}")]
-    Check { image: String, version: PyVersion, source: ObjectError },
+    #[error("reading the interpreter of {image} (Python {version}) failed its check: {cause}")]
+    Check { image: String, version: PyVersion, cause: ObjectError },
 }
 
 /// A reader attached to one process's interpreter.
@@ -60,10 +66,10 @@ impl Interpreter {
         let version = layout.version;
         let mut interpreter =
             Interpreter { runtime: symbols.runtime, reader: ObjectReader::new(access, layout, symbols.types), image };
-        interpreter.threads().map_err(|source| AttachError::Check {
+        interpreter.threads().map_err(|cause| AttachError::Check {
             image: interpreter.image.clone(),
             version,
-            source,
+            cause,
         })?;
         Ok(interpreter)
     }
@@ -77,10 +83,65 @@ impl Interpreter {
         &self.image
     }
 
-    /// Every thread's Python stack, as it is now.
-    pub fn threads(&mut self) -> Result<Vec<PyThread>, ObjectError> {
-        walk::threads(&mut self.reader, self.runtime)
+    /// Every thread's Python stack, as it is now, and whether the read saw the process at one
+    /// moment (see [`ObjectReader::at_once`]).
+    pub fn threads(&mut self) -> Result<(Vec<PyThread>, bool), ObjectError> {
+        let runtime = self.runtime;
+        let (threads, at_once) = self.reader.at_once(|reader| walk::threads(reader, runtime));
+        threads.map(|t| (t, at_once))
     }
+
+    /// Reads the chain of the thread `native_id` (its id in the target's namespace) now and
+    /// joins it with a sample whose copy was cut short (see [`join`]).
+    pub fn join(&mut self, native_id: u64, sample: CutSample<'_>) -> JoinOutcome {
+        let runtime = self.runtime;
+        let callers_len = sample.callers().map_or(0, <[u8]>::len);
+        let (read, at_once) = self.reader.at_once(|reader| {
+            let callers = reader.bytes_at(sample.trampoline_sp, callers_len)?;
+            let innermost = walk::innermost_of(reader, runtime, native_id)?;
+            Ok::<_, ObjectError>(innermost.map(|frame| (walk::chain(reader, frame), callers)))
+        });
+        let ((chain, end), callers) = match read {
+            Ok(Some(chain)) => chain,
+            Ok(None) => return JoinOutcome::Unreadable,
+            Err(e) => {
+                tracing::debug!("reading thread {native_id}'s frames failed: {e}");
+                return JoinOutcome::Unreadable;
+            }
+        };
+        if !at_once {
+            return JoinOutcome::Refused(Refusal::ChangedWhileRead);
+        }
+        let reader = &self.reader;
+        let extras = |code| reader.code_extras(code).unwrap_or_default();
+        match join::anchor(&chain, &end, reader.layout(), sample, &callers, extras) {
+            Ok(at) => {
+                JoinOutcome::Joined(chain.into_iter().skip(at + 1).filter_map(|f| f.python).collect::<Vec<_>>().into())
+            }
+            Err(refusal) => JoinOutcome::Refused(refusal),
+        }
+    }
+}
+
+/// What a join of a cut-short sample with the interpreter's frames gave.
+#[derive(Debug, Clone)]
+pub enum JoinOutcome {
+    /// The Python frames beyond the copy, innermost first.
+    Joined(Arc<[PyFrame]>),
+    /// The chain read no longer agrees with the sample: the thread had moved on.
+    Refused(Refusal),
+    /// The thread's chain could not be read (it exited, or a read failed).
+    Unreadable,
+}
+
+/// A process's interpreter reader: attached at the first sample that needs it.
+#[derive(Default)]
+pub enum Slot {
+    #[default]
+    NotTried,
+    Attached(Box<Interpreter>),
+    /// Not CPython, an unknown layout, or a failed check (said once, when tried).
+    Unavailable,
 }
 
 fn read_layout(
@@ -91,7 +152,7 @@ fn read_layout(
     let unreadable = |addr, len| AttachError::Check {
         image: image.into(),
         version: PyVersion(0),
-        source: ObjectError::Unreadable { addr, len },
+        cause: ObjectError::Unreadable { addr, len },
     };
     let exported = match symbols.version {
         Some(addr) => {
@@ -101,7 +162,7 @@ fn read_layout(
         None => None,
     };
     let head = access.read_memory(symbols.runtime, 16).ok_or_else(|| unreadable(symbols.runtime, 16))?;
-    let with_image = |source| AttachError::Layout { image: image.into(), source };
+    let with_image = |cause| AttachError::Layout { image: image.into(), cause };
     if head.starts_with(b"xdebugpy") {
         let published = PyVersion(u32::try_from(objects::word_in(&head, 8)).unwrap_or(0));
         let size = layout::positions(published).map_err(with_image)?.size;

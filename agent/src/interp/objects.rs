@@ -3,9 +3,11 @@
 //! are bounded, and strings must be CPython's compact form. A failed check is an error, never a
 //! guess.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::blocks::{Blocks, BLOCK};
 use super::layout::Layout;
 use super::linetable;
 use crate::process::access::TargetAccess;
@@ -22,6 +24,8 @@ pub struct Types {
 const MAX_STRING_CHARS: u64 = 4096;
 /// Largest location table read: 1 MiB covers a code object of ~500k instructions.
 const MAX_LINETABLE: u64 = 1 << 20;
+/// Most `co_extra` slots CPython hands out (`MAX_CO_EXTRA_USERS`).
+const MAX_CODE_EXTRAS: u64 = 255;
 /// Code objects remembered per process before the cache starts over.
 const MAX_CACHED_CODE: usize = 1 << 16;
 
@@ -48,6 +52,19 @@ pub struct CodeInfo {
 }
 
 impl CodeInfo {
+    /// A code object with no line table, for tests.
+    #[cfg(test)]
+    pub fn named(qualname: &str) -> Arc<Self> {
+        let filename = "/srv/app.py".into();
+        Arc::new(CodeInfo {
+            qualname: qualname.into(),
+            filename,
+            first_line: 1,
+            linetable: Vec::new(),
+            identity: [0; 3],
+        })
+    }
+
     /// The source line of the instruction `unit` code units into the code.
     pub fn line_at(&self, unit: u64) -> Option<u32> {
         linetable::line_of(&self.linetable, self.first_line, unit)
@@ -60,19 +77,109 @@ pub struct ObjectReader {
     layout: Layout,
     types: Types,
     codes: HashMap<u64, Arc<CodeInfo>>,
+    /// The code object read last: a recursion reads the same one frame after frame.
+    last_code: Option<(u64, Arc<CodeInfo>)>,
+    /// The target's memory by block, as read since [`ObjectReader::new_walk`] (`None`:
+    /// unreadable).
+    blocks: RefCell<Blocks>,
+    /// Blocks read one by one (not by [`ObjectReader::reread_blocks`]).
+    misses: Cell<u64>,
 }
+
+/// Walks tried after the first before giving up on one that sees the target at one moment.
+const MAX_SETTLE: usize = 3;
 
 impl ObjectReader {
     pub fn new(access: Arc<dyn TargetAccess>, layout: Layout, types: Types) -> Self {
-        ObjectReader { access, layout, types, codes: HashMap::new() }
+        ObjectReader {
+            access,
+            layout,
+            types,
+            codes: HashMap::new(),
+            last_code: None,
+            blocks: RefCell::default(),
+            misses: Cell::new(0),
+        }
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
 
+    /// Forgets the memory read so far: the target has run since.
+    pub fn new_walk(&self) {
+        self.blocks.borrow_mut().clear();
+    }
+
+    /// Runs `walk` over a view of the target at (nearly) one moment, and says whether it got
+    /// one. A first walk reads the blocks it needs one after another while the target runs, so
+    /// it can follow a pointer read before the thread returned into frames it left behind (the
+    /// memory of popped frames stays as it was). So every block is read again in one system
+    /// call and the walk repeated; a repeat that needed no other block saw that one moment.
+    pub fn at_once<T>(&mut self, mut walk: impl FnMut(&mut Self) -> T) -> (T, bool) {
+        self.new_walk();
+        let mut result = walk(self);
+        for _ in 0..MAX_SETTLE {
+            self.reread_blocks();
+            let misses = self.misses.get();
+            result = walk(self);
+            if self.misses.get() == misses {
+                return (result, true);
+            }
+        }
+        (result, false)
+    }
+
+    /// Reads every block this walk has read once more, all in one call: a walk over them then
+    /// sees the target at nearly one moment, where the first walk's blocks were read one after
+    /// another while the target ran.
+    pub fn reread_blocks(&self) {
+        let mut blocks = self.blocks.borrow_mut();
+        let ranges: Vec<(u64, usize)> = blocks.starts().into_iter().map(|s| (s, BLOCK as usize)).collect();
+        blocks.replace_all(self.access.read_memory_at_once(&ranges));
+    }
+
+    /// `len` bytes at `addr`, without a copy when one block holds them all (a frame or an
+    /// object header, read once per frame of every walk).
+    pub fn view(&self, addr: u64, len: usize) -> Result<View, ObjectError> {
+        let start = addr - addr % BLOCK;
+        let from = (addr - start) as usize;
+        if from + len <= BLOCK as usize {
+            let block = self.block(start).ok_or(ObjectError::Unreadable { addr, len })?;
+            return Ok(View::Block(block, from..from + len));
+        }
+        self.bytes_at(addr, len).map(View::Owned)
+    }
+
     pub fn bytes_at(&self, addr: u64, len: usize) -> Result<Vec<u8>, ObjectError> {
-        self.access.read_memory(addr, len).ok_or(ObjectError::Unreadable { addr, len })
+        let unreadable = ObjectError::Unreadable { addr, len };
+        let end = addr.checked_add(len as u64).ok_or(unreadable.clone())?;
+        // A location table can be 1 MiB: read at its own; a stack region (64 KiB at most)
+        // goes through the blocks, so it is read again with them.
+        if len as u64 > 16 * BLOCK {
+            return self.access.read_memory(addr, len).ok_or(unreadable);
+        }
+        let mut out = Vec::with_capacity(len);
+        let mut at = addr;
+        while at < end {
+            let start = at - at % BLOCK;
+            let block = self.block(start).ok_or(unreadable.clone())?;
+            let upto = end.min(start + BLOCK);
+            out.extend_from_slice(&block[(at - start) as usize..(upto - start) as usize]);
+            at = upto;
+        }
+        Ok(out)
+    }
+
+    fn block(&self, start: u64) -> Option<Arc<[u8]>> {
+        let mut blocks = self.blocks.borrow_mut();
+        if let Some(known) = blocks.get(start) {
+            return known.clone();
+        }
+        self.misses.set(self.misses.get() + 1);
+        let read: Option<Arc<[u8]>> = self.access.read_memory(start, BLOCK as usize).map(Arc::from);
+        blocks.insert(start, read.clone());
+        read
     }
 
     pub fn word(&self, addr: u64) -> Result<u64, ObjectError> {
@@ -136,10 +243,14 @@ impl ObjectReader {
     /// The code object at `addr`, from the cache when the object there is still the one read.
     pub fn code(&mut self, addr: u64) -> Result<Arc<CodeInfo>, ObjectError> {
         let l = &self.layout;
-        let head = self.bytes_at(addr, l.code_adaptive as usize)?;
+        let head = self.view(addr, l.code_adaptive as usize)?;
         self.check_type(addr, &head, self.types.code, "code object")?;
         let identity = [l.code_qualname, l.code_filename, l.code_linetable].map(|at| word_in(&head, at as usize));
+        if let Some((_, known)) = self.last_code.as_ref().filter(|(a, c)| *a == addr && c.identity == identity) {
+            return Ok(known.clone());
+        }
         if let Some(known) = self.codes.get(&addr).filter(|c| c.identity == identity) {
+            self.last_code = Some((addr, known.clone()));
             return Ok(known.clone());
         }
         let [qualname, filename, linetable] = identity;
@@ -155,6 +266,40 @@ impl ObjectReader {
         }
         self.codes.insert(addr, info.clone());
         Ok(info)
+    }
+}
+
+impl ObjectReader {
+    /// The pointers in a code object's `co_extra` slots (`_PyCodeObjectExtra`): one of them is
+    /// its perf trampoline once the trampoline has run it. Read each time, as slots are filled
+    /// after the code object is made.
+    pub fn code_extras(&self, code_addr: u64) -> Result<Vec<u64>, ObjectError> {
+        let extra = self.word(code_addr + self.layout.code_extra)?;
+        if extra == 0 {
+            return Ok(Vec::new());
+        }
+        let size = self.word(extra)?;
+        if size > MAX_CODE_EXTRAS {
+            return Err(ObjectError::Malformed { what: "co_extra", addr: extra, why: "more slots than CPython gives" });
+        }
+        let bytes = self.bytes_at(extra + 8, size as usize * 8)?;
+        Ok(bytes.chunks_exact(8).map(|w| word_in(w, 0)).collect())
+    }
+}
+
+/// Bytes read from the target: a part of a cached block, or a copy.
+pub enum View {
+    Block(Arc<[u8]>, std::ops::Range<usize>),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for View {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            View::Block(block, range) => block.get(range.clone()).unwrap_or_default(),
+            View::Owned(bytes) => bytes,
+        }
     }
 }
 

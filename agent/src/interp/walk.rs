@@ -29,7 +29,20 @@ pub struct PyThread {
 #[derive(Debug, Clone)]
 pub struct PyFrame {
     pub code: Arc<CodeInfo>,
-    pub line: Option<u32>,
+    /// Code units from the first instruction to the current one; `None` before the first
+    /// (3.12's `prev_instr` starts one unit before it).
+    pub unit: Option<u64>,
+}
+
+impl PyFrame {
+    /// The line running, as CPython's `PyFrame_GetLineNumber` gives it (decoded when asked:
+    /// a join needs no lines).
+    pub fn line(&self) -> Option<u32> {
+        match self.unit {
+            Some(unit) => self.code.line_at(unit),
+            None => u32::try_from(self.code.first_line).ok(),
+        }
+    }
 }
 
 /// How a frame chain ended.
@@ -65,13 +78,7 @@ pub fn threads(reader: &mut ObjectReader, runtime: u64) -> Result<Vec<PyThread>,
                     why: "it belongs to another interpreter",
                 });
             }
-            let innermost = match layout.current_frame {
-                CurrentFrame::Direct(at) => word_in(&head, at as usize),
-                CurrentFrame::ViaCFrame { cframe, current_frame } => match word_in(&head, cframe as usize) {
-                    0 => 0,
-                    cframe => reader.word(cframe + current_frame)?,
-                },
-            };
+            let innermost = current_frame(reader, &head)?;
             let (frames, end) = frames(reader, innermost);
             out.push(PyThread {
                 native_id: word_in(&head, layout.thread_native_id as usize),
@@ -112,25 +119,49 @@ fn gil_holder(reader: &ObjectReader, interp: u64) -> Result<Option<u64>, ObjectE
 
 /// The Python frames from `innermost` outwards, skipping the interpreter's entry shims.
 pub fn frames(reader: &mut ObjectReader, innermost: u64) -> (Vec<PyFrame>, WalkEnd) {
+    let (chain, end) = chain(reader, innermost);
+    (chain.into_iter().filter_map(|f| f.python).collect(), end)
+}
+
+/// One frame of the chain as it sits in memory: a Python frame, or an entry shim (which lives
+/// on the C stack of the `_PyEval_EvalFrameDefault` call it belongs to, so a perf sample's
+/// stack copy holds it too: that is what joins the two).
+#[derive(Debug, Clone)]
+pub struct ChainFrame {
+    pub addr: u64,
+    pub previous: u64,
+    pub owner: u8,
+    /// `None` for a shim.
+    pub python: Option<PyFrame>,
+    /// The code object's address (0 for a shim).
+    pub code_addr: u64,
+}
+
+/// Every frame from `innermost` outwards, shims included.
+pub fn chain(reader: &mut ObjectReader, innermost: u64) -> (Vec<ChainFrame>, WalkEnd) {
     let layout = reader.layout().clone();
-    let header = [layout.frame_previous, layout.frame_code, layout.frame_instr].into_iter().max().unwrap_or(0) + 8;
-    let header = header.max(layout.frame_owner + 1) as usize;
+    let header = frame_header_len(&layout);
     let mut out = Vec::new();
-    let mut seen = HashSet::new();
+    let mut loops = LoopCheck::new(innermost);
     let mut frame = innermost;
     while frame != 0 {
         if out.len() >= MAX_FRAMES {
             return (out, WalkEnd::TooDeep);
         }
-        if !seen.insert(frame) {
+        if !out.is_empty() && loops.seen_again(frame) {
+            // Found a lap or so late: keep each frame once.
+            let mut once = HashSet::new();
+            let first_repeat = out.iter().position(|f| !once.insert(f.addr)).unwrap_or(out.len());
+            out.truncate(first_repeat);
             return (out, WalkEnd::Loop);
         }
-        let bytes = match reader.bytes_at(frame, header) {
+        let bytes = match reader.view(frame, header) {
             Ok(bytes) => bytes,
             Err(e) => return (out, WalkEnd::Broken(e)),
         };
         let previous = word_in(&bytes, layout.frame_previous as usize);
         let owner = bytes.get(layout.frame_owner as usize).copied().unwrap_or(u8::MAX);
+        let mut entry = ChainFrame { addr: frame, previous, owner, python: None, code_addr: 0 };
         if owner < FIRST_SHIM_OWNER {
             // 3.14+ keeps the code as a tagged stack reference: the low bits are flags.
             let code_addr = word_in(&bytes, layout.frame_code as usize) & !7;
@@ -140,17 +171,74 @@ pub fn frames(reader: &mut ObjectReader, innermost: u64) -> (Vec<PyFrame>, WalkE
             };
             let first_instruction = code_addr + layout.code_adaptive;
             let instr = word_in(&bytes, layout.frame_instr as usize);
-            // 3.12's prev_instr starts one unit before the first instruction: CPython gives
-            // that the first line too.
-            let line = match instr.checked_sub(first_instruction) {
-                Some(offset) => code.line_at(offset / 2),
-                None => u32::try_from(code.first_line).ok(),
-            };
-            out.push(PyFrame { code, line });
+            let unit = instr.checked_sub(first_instruction).map(|offset| offset / 2);
+            entry.python = Some(PyFrame { code, unit });
+            entry.code_addr = code_addr;
         }
+        out.push(entry);
         frame = previous;
     }
     (out, WalkEnd::Root)
+}
+
+/// Brent's cycle check: no memory per frame, and a loop is found within twice its length.
+struct LoopCheck {
+    mark: u64,
+    steps: usize,
+    power: usize,
+}
+
+impl LoopCheck {
+    fn new(start: u64) -> Self {
+        LoopCheck { mark: start, steps: 0, power: 1 }
+    }
+
+    fn seen_again(&mut self, next: u64) -> bool {
+        if next == self.mark {
+            return true;
+        }
+        self.steps += 1;
+        if self.steps == self.power {
+            (self.mark, self.steps, self.power) = (next, 0, self.power * 2);
+        }
+        false
+    }
+}
+
+/// The bytes of a frame the walk reads: up to the last field it uses.
+pub fn frame_header_len(layout: &super::layout::Layout) -> usize {
+    let words = [layout.frame_previous, layout.frame_code, layout.frame_instr].into_iter().max().unwrap_or(0) + 8;
+    words.max(layout.frame_owner + 1) as usize
+}
+
+/// The innermost frame of the thread whose id (in the target's namespace) is `native_id`, or
+/// `None` if the interpreter has no such thread.
+pub fn innermost_of(reader: &ObjectReader, runtime: u64, native_id: u64) -> Result<Option<u64>, ObjectError> {
+    let layout = reader.layout().clone();
+    let mut interp = reader.word(runtime + layout.interpreters_head)?;
+    let mut seen = HashSet::new();
+    while interp != 0 && seen.len() < MAX_INTERPRETERS + MAX_THREADS && seen.insert(interp) {
+        let mut tstate = reader.word(interp + layout.interp_threads_head)?;
+        while tstate != 0 && seen.len() < MAX_INTERPRETERS + MAX_THREADS && seen.insert(tstate) {
+            let head = reader.bytes_at(tstate, thread_header_len(&layout))?;
+            if word_in(&head, layout.thread_native_id as usize) == native_id {
+                return current_frame(reader, &head).map(Some);
+            }
+            tstate = word_in(&head, layout.thread_next as usize);
+        }
+        interp = reader.word(interp + layout.interp_next)?;
+    }
+    Ok(None)
+}
+
+fn current_frame(reader: &ObjectReader, thread_head: &[u8]) -> Result<u64, ObjectError> {
+    match reader.layout().current_frame {
+        CurrentFrame::Direct(at) => Ok(word_in(thread_head, at as usize)),
+        CurrentFrame::ViaCFrame { cframe, current_frame } => match word_in(thread_head, cframe as usize) {
+            0 => Ok(0),
+            cframe => reader.word(cframe + current_frame),
+        },
+    }
 }
 
 #[cfg(test)]

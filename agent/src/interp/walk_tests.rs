@@ -39,7 +39,7 @@ fn reader(target: &Arc<FakeTarget>) -> ObjectReader {
 }
 
 fn names(frames: &[PyFrame]) -> Vec<(String, Option<u32>)> {
-    frames.iter().map(|f| (f.code.qualname.clone(), f.line)).collect()
+    frames.iter().map(|f| (f.code.qualname.clone(), f.line())).collect()
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct SamplingConfig {
     pub follow_children: bool,
     /// Ring buffer size per CPU in bytes (rounded up to a power of two pages).
     pub ring_bytes: usize,
+    /// Read the interpreter's frames from memory for samples the stack copy cut short.
+    pub read_interpreter: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,11 @@ pub trait TargetAccess: Debug + Send + Sync {
     fn maps(&self) -> Result<Vec<MapsLine>, ProcfsError>;
     /// `len` bytes of the target's memory at `addr`, or `None` if they cannot be read.
     fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>>;
+    /// Several ranges at once: a live target copies them in one system call, so together
+    /// they show the target at (nearly) one moment. `None` for a range that cannot be read.
+    fn read_memory_at_once(&self, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+        ranges.iter().map(|&(addr, len)| self.read_memory(addr, len)).collect()
+    }
     /// The file mapped at `start..end` under `path`.
     fn open_mapped(&self, path: &str, start: u64, end: u64) -> Result<File, ElfError>;
     /// Whether the target still runs (when not, perf-map lines are trusted by their size).
@@ -33,6 +38,10 @@ impl TargetAccess for LiveTarget {
 
     fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         memory::read(self.0, addr, len)
+    }
+
+    fn read_memory_at_once(&self, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+        memory::read_many(self.0, ranges)
     }
 
     fn open_mapped(&self, path: &str, start: u64, end: u64) -> Result<File, ElfError> {

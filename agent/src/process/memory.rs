@@ -17,6 +17,35 @@ pub fn read(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
     (n == len).then_some(buf)
 }
 
+/// Most ranges in one `process_vm_readv` (the kernel's `UIO_MAXIOV`).
+const MAX_IOVECS: usize = 1024;
+
+/// Reads every range, in as few `process_vm_readv` calls as the kernel allows. The call stops at
+/// the first range it cannot read; the ranges after it are read again one by one.
+pub fn read_many(pid: Pid, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
+    let mut out: Vec<Option<Vec<u8>>> = Vec::with_capacity(ranges.len());
+    for batch in ranges.chunks(MAX_IOVECS) {
+        let mut bufs: Vec<Vec<u8>> = batch.iter().map(|&(_, len)| vec![0u8; len]).collect();
+        let remote: Option<Vec<RemoteIoVec>> =
+            batch.iter().map(|&(addr, len)| Some(RemoteIoVec { base: usize::try_from(addr).ok()?, len })).collect();
+        let mut copied = 0;
+        if let Some(remote) = remote {
+            let mut local: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+            copied = process_vm_readv(nix::unistd::Pid::from_raw(pid.0 as i32), &mut local, &remote).unwrap_or(0);
+        }
+        for (&(addr, len), buf) in batch.iter().zip(bufs) {
+            if copied >= len {
+                copied -= len;
+                out.push(Some(buf));
+            } else {
+                copied = 0;
+                out.push(read(pid, addr, len));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,5 +56,13 @@ mod tests {
         let me = Pid(std::process::id());
         assert_eq!(read(me, value.as_ptr() as u64, 4), Some(vec![1, 2, 3, 4]));
         assert_eq!(read(me, 8, 4), None, "unmapped page");
+    }
+
+    #[test]
+    fn reads_many_ranges_at_once_and_the_readable_ones_past_a_hole() {
+        let (a, b): ([u8; 3], [u8; 2]) = ([1, 2, 3], [9, 8]);
+        let me = Pid(std::process::id());
+        let ranges = [(a.as_ptr() as u64, 3), (8, 4), (b.as_ptr() as u64, 2)];
+        assert_eq!(read_many(me, &ranges), [Some(vec![1, 2, 3]), None, Some(vec![9, 8])]);
     }
 }

@@ -2,7 +2,7 @@
 //! mappings (with their unwind modules) and its perf map.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use framehop::Unwinder;
@@ -14,6 +14,7 @@ use super::procfs;
 use super::python::{self, Runtime};
 use super::target_file::Owner;
 use crate::intern::{Interner, StrId};
+use crate::interp::{JoinOutcome, Slot};
 use crate::perf::SampleEvent;
 use crate::symbolize::perf_map::{MapLocation, PerfMapReader, PerfMapTable};
 use crate::unwind::stack::{RawFrame, UnwoundStack};
@@ -21,6 +22,10 @@ use crate::unwind::{
     unwind_stack, ElfCache, ElfImage, FileIdentity, ImageId, NativeUnwinder, StackCompleter, StackEnd, TrampolineKind,
     UnwindCache,
 };
+
+#[path = "state_join.rs"]
+mod join;
+pub use join::Join;
 
 /// How much code at an entry point counts as the entry code: ld.so's `_start` calls
 /// `_dl_start`, then `_dl_init`, and jumps to the program within its first 64 bytes.
@@ -83,6 +88,14 @@ pub struct ProcessState {
     /// Answers about code kept across samples, forgotten when mappings or perf map change.
     code_facts: CodeFacts,
     pub exited: bool,
+    /// The interpreter's frames read from memory, for samples cut short (see `state_join.rs`).
+    interpreter: Slot,
+    /// Thread ids in the process's own PID namespace, when it has its own.
+    ns_tids: HashMap<Tid, u64>,
+    /// Frame text of the code objects read from memory.
+    python_names: join::PythonNames,
+    /// Each thread's last join with the interpreter's frames.
+    recent_joins: HashMap<Tid, VecDeque<join::RecentJoin>>,
     /// Created (forked, exec'd or first seen) after the last poll of every map, which comes
     /// before each batch of events: the lines it wrote since are unread, so its map is polled
     /// before each of its samples until the next batch.
@@ -102,12 +115,16 @@ pub struct SampleUnwind {
     pub stack_read: usize,
     /// Frames of code without unwind info whose caller was found.
     pub without_cfi: usize,
+    /// The join with the interpreter's frames, for a truncated stack of a readable process.
+    pub joined: Option<Join>,
 }
 
 impl SampleUnwind {
     /// Whether the stack reaches its root, by itself or completed.
     pub fn is_whole(&self) -> bool {
-        self.end == StackEnd::Complete || self.completed_from.is_some()
+        self.end == StackEnd::Complete
+            || self.completed_from.is_some()
+            || self.joined.as_ref().is_some_and(Join::succeeded)
     }
 }
 
@@ -142,7 +159,10 @@ impl ProcessState {
     /// A process known only from a recording: its mappings and memory come from `access`,
     /// its perf-map lines are fed to [`ProcessState::perf_map_reader`] by the caller.
     pub(crate) fn recorded(pid: Pid, comm: String, access: Arc<dyn TargetAccess>) -> Self {
-        Self::empty(pid, NsPid(pid.0), comm, PerfMapReader::detached(), access)
+        let mut state = Self::empty(pid, NsPid(pid.0), comm, PerfMapReader::detached(), access);
+        // A recording holds no interpreter memory: replays complete from history as recorded.
+        state.interpreter = Slot::Unavailable;
+        state
     }
 
     fn live_map(pid: Pid, ns_pid: NsPid, uids: Vec<u32>) -> PerfMapReader {
@@ -173,6 +193,10 @@ impl ProcessState {
             consulted: Vec::new(),
             code_facts: CodeFacts::default(),
             exited: false,
+            interpreter: Slot::NotTried,
+            ns_tids: HashMap::new(),
+            python_names: join::PythonNames::default(),
+            recent_joins: HashMap::new(),
             new_in_batch: true,
         }
     }
@@ -463,12 +487,22 @@ impl ProcessState {
         }
         let mut frames = unwound.frames;
         let mut completed_from = None;
+        let joined = match unwound.end {
+            StackEnd::Truncated => self.join_with_interpreter(sample, &frames),
+            _ => None,
+        };
         match unwound.end {
             StackEnd::Complete => self.completer.remember(tid, &frames),
             StackEnd::Truncated | StackEnd::Failed(_) => {
-                completed_from = self.completer.complete(tid, &mut frames);
-                if completed_from.is_some() {
-                    self.completer.remember(tid, &frames);
+                // Completed either way, so the history later completions start from stays deep;
+                // but frames read from the interpreter beat frames inferred from history.
+                let mut completed = frames.clone();
+                let from = self.completer.complete(tid, &mut completed);
+                if from.is_some() {
+                    self.completer.remember(tid, &completed);
+                }
+                if !joined.as_ref().is_some_and(Join::succeeded) {
+                    (frames, completed_from) = (completed, from);
                 }
             }
         }
@@ -478,10 +512,14 @@ impl ProcessState {
             completed_from,
             stack_read: unwound.stack_read,
             without_cfi: unwound.without_cfi,
+            joined,
         };
         keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
         for (i, frame) in outcome.frames.iter().enumerate() {
             keys.push(self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings));
+        }
+        if let Some(Join { outcome: JoinOutcome::Joined(outer), .. }) = &outcome.joined {
+            keys.extend(outer.iter().map(|f| FrameKey::MapSymbol(self.python_names.of(f, strings))));
         }
         if !outcome.is_whole() || keys.is_empty() {
             keys.push(FrameKey::Truncated);

@@ -25,6 +25,10 @@ pub use targets::{describe, Started, Targets};
 
 /// How often the loop drains the rings and checks its stop conditions.
 const TICK: Duration = Duration::from_millis(100);
+/// The tick while an interpreter's frames are read for cut-short stacks: the read that
+/// completes a sample comes this much after it at most, and the sooner it comes, the more
+/// often the thread is still in the sampled call.
+const READING_TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplingError {
@@ -92,6 +96,7 @@ impl Engine {
     ) -> Result<Self, SamplingError> {
         let mut session = SamplingSession::new(sampling.clone())?;
         let mut pipeline = Pipeline::new(sampling.follow_children, keep);
+        pipeline.read_interpreter = sampling.read_interpreter;
         if tasks != TaskMode::Off {
             let streaming = keep == Keep::Windows;
             pipeline.tasks = Some(if streaming { TaskTracker::streaming() } else { TaskTracker::default() });
@@ -126,7 +131,8 @@ impl Engine {
     ) -> StopReason {
         let started = Instant::now();
         loop {
-            self.session.wait(TICK);
+            let reading = self.pipeline.processes().any(|p| p.reads_interpreter());
+            self.session.wait(if reading { READING_TICK } else { TICK });
             self.process_batch();
             if tick(self).is_break() {
                 return StopReason::FrontEnd;

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::aggregate::{Keep, Profile, SampleOwner};
+use crate::interp::JoinOutcome;
 use crate::perf::{PerfEvent, SampleEvent};
 use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
 use crate::replay::Capture;
@@ -29,6 +30,8 @@ pub struct Pipeline {
     pub tasks: Option<TaskTracker>,
     /// Samples kept for a replay case (`record --capture-replay`).
     pub capture: Option<Capture>,
+    /// Whether truncated stacks are joined with the interpreter's frames (`interp`).
+    pub read_interpreter: bool,
 }
 
 impl Pipeline {
@@ -44,6 +47,7 @@ impl Pipeline {
             keys: Vec::new(),
             tasks: None,
             capture: None,
+            read_interpreter: true,
         }
     }
 
@@ -76,6 +80,9 @@ impl Pipeline {
     pub fn track(&mut self, pid: Pid) -> Result<&ProcessState, procfs::ProcfsError> {
         if !self.processes.contains_key(&pid) {
             let mut state = ProcessState::from_proc(pid, &mut self.elf)?;
+            if !self.read_interpreter {
+                state.without_interpreter_reads();
+            }
             if let Some(stale) = self.launched.remove(&pid).flatten() {
                 state.perf_map_reader.skip_stale(stale);
             }
@@ -143,7 +150,10 @@ impl Pipeline {
                         // The trampolines of the frames that called fork were often made just
                         // before it: their lines must be in the table the child copies.
                         parent.poll_perf_map(&mut self.profile.strings, &mut self.elf);
-                        let child = ProcessState::forked_from(parent, pid, &mut self.elf);
+                        let mut child = ProcessState::forked_from(parent, pid, &mut self.elf);
+                        if !self.read_interpreter {
+                            child.without_interpreter_reads();
+                        }
                         self.profile.process_names.insert(pid, child.comm.clone());
                         self.stats.processes += 1;
                         self.processes.insert(pid, child);
@@ -156,7 +166,7 @@ impl Pipeline {
                         state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
                         state.exited = true;
                     } else {
-                        state.completer.forget_thread(tid);
+                        state.forget_thread(tid);
                     }
                 }
             }
@@ -202,6 +212,22 @@ impl Pipeline {
             StackEnd::Failed(_) => stats.unwind_failures += 1,
         }
         stats.without_cfi += u64::from(unwound.without_cfi > 0);
+        if let Some(join) = &unwound.joined {
+            if let Some(latency) = join.latency_ns {
+                stats.read_latency.add(latency);
+            }
+            match join.outcome {
+                JoinOutcome::Joined(_) => {
+                    stats.joined += 1;
+                    stats.join_reused += u64::from(join.latency_ns.is_none());
+                }
+                JoinOutcome::Refused(why) => {
+                    stats.join_moved_on += 1;
+                    tracing::trace!(?why, "interpreter frames not joined");
+                }
+                JoinOutcome::Unreadable => stats.join_unreadable += 1,
+            }
+        }
         if let Some(capture) = capture {
             capture.offer(state, &sample, &unwound, keys, &profile.strings, elf);
         }

@@ -21,6 +21,55 @@ pub struct Stats {
     pub tasks: u64,
     pub task_slices: u64,
     pub lost_task_records: u64,
+    /// Truncated samples whose outer frames were read from the interpreter (`interp`), those
+    /// whose read no longer agreed with the sample, and those whose read failed.
+    pub joined: u64,
+    /// Joined samples that held the same call as the thread's last read, which served them.
+    pub join_reused: u64,
+    pub join_moved_on: u64,
+    pub join_unreadable: u64,
+    /// How long after each sample its interpreter read began.
+    pub read_latency: Latencies,
+}
+
+/// A histogram of latencies in quarter-octave buckets of microseconds: percentiles within 19%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latencies {
+    buckets: [u64; LATENCY_BUCKETS],
+}
+
+/// 2^(96/4) µs: 16 s.
+const LATENCY_BUCKETS: usize = 96;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies { buckets: [0; LATENCY_BUCKETS] }
+    }
+}
+
+impl Latencies {
+    pub fn add(&mut self, nanos: u64) {
+        let micros = (nanos / 1000).max(1) as f64;
+        let bucket = (micros.log2() * 4.0) as usize;
+        self.buckets[bucket.min(LATENCY_BUCKETS - 1)] += 1;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// The latency below which a `fraction` of them lie, in milliseconds (a bucket's top).
+    pub fn percentile_ms(&self, fraction: f64) -> f64 {
+        let wanted = (self.count() as f64 * fraction).ceil() as u64;
+        let mut seen = 0;
+        for (i, &n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= wanted.max(1) {
+                return 2f64.powf((i + 1) as f64 / 4.0) / 1000.0;
+            }
+        }
+        0.0
+    }
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -60,6 +109,22 @@ impl Stats {
                 "ember: stacks: {} ({:.1}%) passed code without unwind info, their callers found from its prologue or a checked scan",
                 self.without_cfi,
                 percent(self.without_cfi, self.samples),
+            );
+        }
+        let reads = self.joined + self.join_moved_on;
+        if reads + self.join_unreadable > 0 {
+            let _ = writeln!(
+                s,
+                "ember: stacks: {} truncated stacks ({:.1}%) joined with the interpreter's frames read from memory \
+                 ({} in a call the thread's last read had seen; read {:.1} ms median, {:.1} ms p99 after the sample); \
+                 {} not joined because the thread had moved on, {} because its frames could not be read",
+                self.joined,
+                percent(self.joined, self.truncated),
+                self.join_reused,
+                self.read_latency.percentile_ms(0.5),
+                self.read_latency.percentile_ms(0.99),
+                self.join_moved_on,
+                self.join_unreadable,
             );
         }
         let _ = write!(s, "ember: lost records: {}", self.lost_records);
@@ -113,6 +178,18 @@ mod tests {
         assert!(!text.contains("without unwind info"), "no such line without such code: {text}");
         let text = Stats { without_cfi: 4, ..stats }.summary(2.0, 99);
         assert!(text.contains("4 (2.0%) passed code without unwind info"), "{text}");
+        assert!(!text.contains("interpreter"), "no join line without joins: {text}");
+        let mut read_latency = Latencies::default();
+        (0..99).for_each(|_| read_latency.add(2_000_000));
+        read_latency.add(50_000_000);
+        let joins = Stats { joined: 8, join_reused: 3, join_moved_on: 1, join_unreadable: 1, read_latency, ..stats };
+        let text = joins.summary(2.0, 99);
+        assert!(text.contains("8 truncated stacks (80.0%) joined"), "{text}");
+        assert!(
+            text.contains("(3 in a call the thread's last read had seen; read 2.0 ms median, 2.0 ms p99"),
+            "{text}"
+        );
+        assert!(text.contains("after the sample); 1 not joined"), "{text}");
         let text = Stats { tasks: 3, task_slices: 12, lost_task_records: 2, ..stats }.summary(2.0, 99);
         assert!(text.contains("asyncio: 3 tasks, 12 run slices; 2 task records lost"), "{text}");
     }

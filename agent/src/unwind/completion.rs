@@ -15,6 +15,11 @@ use crate::process::ids::Tid;
 
 /// How many complete stacks to remember per thread.
 const REFERENCES_PER_THREAD: usize = 16;
+/// How far inward from the cut the two stacks are compared. The frame at the cut agreeing is
+/// not enough: a C call path whose stack use varies (CPython's calls change path as the
+/// interpreter specializes them) can put another activation's return at the same address and
+/// stack pointer, and splice in another depth's callers.
+const CHECKED_FRAMES: usize = 16;
 
 #[derive(Debug, Default)]
 pub struct StackCompleter {
@@ -35,7 +40,8 @@ impl StackCompleter {
     pub fn complete(&self, tid: Tid, frames: &mut Vec<RawFrame>) -> Option<Arc<[RawFrame]>> {
         let last = frames.last().copied()?;
         for reference in self.references.get(&tid)? {
-            if let Some(at) = reference.iter().position(|f| *f == last) {
+            let Some(at) = reference.iter().position(|f| *f == last) else { continue };
+            if same_activation(frames, &reference[..=at]) {
                 frames.extend_from_slice(&reference[at + 1..]);
                 return Some(reference.clone());
             }
@@ -46,6 +52,16 @@ impl StackCompleter {
     pub fn forget_thread(&mut self, tid: Tid) {
         self.references.remove(&tid);
     }
+}
+
+/// Whether two stacks that end at the same frame (return address and stack pointer) hold the
+/// same activation there: they must agree on every frame inward from it, as far as both reach
+/// (up to [`CHECKED_FRAMES`]). Measured on stacks whose depth changes every few milliseconds,
+/// agreeing at the cut alone spliced in another depth's callers in ~1% of completions, and so
+/// did letting paths that part inside the cut pass; this rule spliced none (docs/BENCHMARKS.md).
+/// A stack whose inner frames went another way stays `[truncated]` instead.
+fn same_activation(ours: &[RawFrame], theirs: &[RawFrame]) -> bool {
+    ours.iter().rev().zip(theirs.iter().rev()).take(CHECKED_FRAMES).all(|(a, b)| a == b)
 }
 
 #[cfg(test)]
@@ -60,8 +76,8 @@ mod tests {
     fn splices_at_the_agreeing_frame() {
         let mut c = StackCompleter::default();
         let tid = Tid(7);
-        // A complete shallow stack: leaf .. root.
-        c.remember(tid, &[f(0x10, 100), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
+        // A complete stack: leaf .. root.
+        c.remember(tid, &[f(0x98, 50), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
         // A deeper sample, cut off after reaching the frame (0x20, 200).
         let mut truncated = vec![f(0x99, 10), f(0x98, 50), f(0x20, 200)];
         assert!(c.complete(tid, &mut truncated).is_some());
@@ -78,6 +94,20 @@ mod tests {
     }
 
     #[test]
+    fn frames_before_the_cut_must_agree_too() {
+        let mut c = StackCompleter::default();
+        // Another activation happens to return to the same address at the same stack pointer:
+        // its callee, called from the same site, sits elsewhere.
+        c.remember(Tid(1), &[f(0x10, 100), f(0x55, 140), f(0x20, 200), f(0x40, 400)]);
+        let mut truncated = vec![f(0x99, 10), f(0x55, 150), f(0x20, 200)];
+        assert!(c.complete(Tid(1), &mut truncated).is_none());
+        let mut truncated = vec![f(0x10, 100), f(0x55, 140), f(0x20, 200)];
+        assert!(c.complete(Tid(1), &mut truncated).is_some(), "the same activation");
+        let mut truncated = vec![f(0x99, 10), f(0x66, 150), f(0x20, 200)];
+        assert!(c.complete(Tid(1), &mut truncated).is_none(), "paths that part inside the cut are not trusted");
+    }
+
+    #[test]
     fn other_threads_are_never_used() {
         let mut c = StackCompleter::default();
         c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
@@ -89,12 +119,12 @@ mod tests {
     fn chains_through_completed_stacks() {
         let mut c = StackCompleter::default();
         let tid = Tid(3);
-        c.remember(tid, &[f(1, 10), f(2, 20), f(3, 30)]);
-        let mut middle = vec![f(5, 1), f(2, 20)];
+        c.remember(tid, &[f(5, 1), f(2, 20), f(3, 30)]);
+        let mut middle = vec![f(8, 0), f(5, 1), f(2, 20)];
         assert!(c.complete(tid, &mut middle).is_some());
         c.remember(tid, &middle);
-        let mut deep = vec![f(9, 0), f(5, 1)];
+        let mut deep = vec![f(9, 0), f(8, 0), f(5, 1)];
         assert!(c.complete(tid, &mut deep).is_some());
-        assert_eq!(deep, vec![f(9, 0), f(5, 1), f(2, 20), f(3, 30)]);
+        assert_eq!(deep, vec![f(9, 0), f(8, 0), f(5, 1), f(2, 20), f(3, 30)]);
     }
 }

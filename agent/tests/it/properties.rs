@@ -7,7 +7,14 @@ use ember_agent::symbolize::perf_map::{PerfMapReader, PerfMapTable};
 use proptest::prelude::*;
 
 fn config(stack_bytes: u32) -> SamplingConfig {
-    SamplingConfig { rate_hz: 99, stack_bytes, kernel: false, follow_children: false, ring_bytes: 1 << 16 }
+    SamplingConfig {
+        rate_hz: 99,
+        stack_bytes,
+        kernel: false,
+        follow_children: false,
+        ring_bytes: 1 << 16,
+        read_interpreter: true,
+    }
 }
 
 fn read_all(chunks: &[&[u8]]) -> (Vec<(u64, String)>, u64) {

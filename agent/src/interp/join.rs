@@ -1,0 +1,119 @@
+//! Joining a perf sample whose stack copy was cut short with the thread's frame chain read
+//! from memory a moment later.
+//!
+//! Every `_PyEval_EvalFrameDefault` call keeps an entry shim frame on its C stack, and the
+//! shim's `previous` is the Python frame that called into it. So the sample's own copy holds,
+//! as they were at sample time, the shims of the calls it covers. The outermost trampoline the
+//! walk found (call T) has its shim in the copy, just below the trampoline. If the chain read
+//! now has a shim at that very address with the same bytes, whose Python frame is the code
+//! that trampoline runs (its `co_extra` holds the trampoline), call T is still the one sampled,
+//! and everything outside it (its callers, which cannot change while it runs) is exact.
+//! Otherwise the thread has moved on, and nothing is stitched.
+
+use super::layout::{Layout, FIRST_SHIM_OWNER};
+use super::objects::word_in;
+#[cfg(test)]
+use super::walk::PyFrame;
+use super::walk::{frame_header_len, ChainFrame, WalkEnd};
+
+/// What the join needs of the sample.
+#[derive(Debug, Clone, Copy)]
+pub struct CutSample<'a> {
+    /// The stack pointer the copy starts at.
+    pub sp: u64,
+    pub stack: &'a [u8],
+    /// The outermost trampoline frame the walk found: the stack pointer while it runs and the
+    /// trampoline's start address.
+    pub trampoline_sp: u64,
+    pub trampoline: u64,
+}
+
+impl<'a> CutSample<'a> {
+    /// The copy from the trampoline's frame to its end: the sampled call's callers.
+    pub fn callers(&self) -> Option<&'a [u8]> {
+        let from = usize::try_from(self.trampoline_sp.checked_sub(self.sp)?).ok()?;
+        self.stack.get(from..)
+    }
+}
+
+/// Why a chain was not joined to a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The chain read did not reach the outermost frame.
+    ChainIncomplete,
+    /// No shim of the chain lies in the copy below the trampoline: the thread has returned
+    /// past the sampled call.
+    NoShimInCopy,
+    /// The shim there is not the one the sample copied.
+    ShimChanged,
+    /// The shim's Python frame is not the code the trampoline runs.
+    OtherCode,
+    /// The thread's frames kept changing while they were read: no read saw them at one moment.
+    ChangedWhileRead,
+    /// The callers' part of the stack is not what the copy holds.
+    CallersChanged,
+}
+
+/// The index in `chain` of the sampled call's shim: the frames after it are the callers of
+/// the sample's outermost trampoline call, innermost first.
+///
+/// `callers_now` is the stack from the trampoline's frame to the end of the copy as read with
+/// the chain: the callers' C frames, which cannot change while the sampled call runs. They
+/// must be the bytes the copy holds, or the call was left and another one made in its place.
+pub fn anchor(
+    chain: &[ChainFrame],
+    end: &WalkEnd,
+    layout: &Layout,
+    sample: CutSample<'_>,
+    callers_now: &[u8],
+    extras_of: impl FnOnce(u64) -> Vec<u64>,
+) -> Result<usize, Refusal> {
+    if *end != WalkEnd::Root {
+        return Err(Refusal::ChainIncomplete);
+    }
+    if sample.callers() != Some(callers_now) {
+        return Err(Refusal::CallersChanged);
+    }
+    let header = frame_header_len(layout) as u64;
+    let copy_end = sample.sp + sample.stack.len() as u64;
+    let in_copy = |f: &ChainFrame| {
+        f.owner >= FIRST_SHIM_OWNER
+            && f.addr >= sample.sp
+            && f.addr < sample.trampoline_sp
+            && f.addr.checked_add(header).is_some_and(|end| end <= copy_end)
+    };
+    let (at, shim) = chain
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| in_copy(f))
+        .max_by_key(|(_, f)| f.addr)
+        .ok_or(Refusal::NoShimInCopy)?;
+    let copied = &sample.stack[(shim.addr - sample.sp) as usize..];
+    let copied_owner = copied.get(layout.frame_owner as usize).copied();
+    if word_in(copied, layout.frame_previous as usize) != shim.previous || copied_owner != Some(shim.owner) {
+        return Err(Refusal::ShimChanged);
+    }
+    let entered = at.checked_sub(1).and_then(|i| chain.get(i)).filter(|f| f.python.is_some());
+    let entered = entered.ok_or(Refusal::OtherCode)?;
+    if !extras_of(entered.code_addr).contains(&sample.trampoline) {
+        return Err(Refusal::OtherCode);
+    }
+    Ok(at)
+}
+
+/// The Python frames outside the sample's outermost trampoline, innermost first.
+#[cfg(test)]
+pub fn outer_frames(
+    chain: &[ChainFrame],
+    end: &WalkEnd,
+    layout: &Layout,
+    sample: CutSample<'_>,
+    extras_of: impl FnOnce(u64) -> Vec<u64>,
+) -> Result<Vec<PyFrame>, Refusal> {
+    let at = anchor(chain, end, layout, sample, sample.callers().unwrap_or_default(), extras_of)?;
+    Ok(chain[at + 1..].iter().filter_map(|f| f.python.clone()).collect())
+}
+
+#[cfg(test)]
+#[path = "join_tests.rs"]
+mod tests;

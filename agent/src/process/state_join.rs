@@ -1,0 +1,159 @@
+//! Completing a sample whose stack copy was cut short with the Python frames the interpreter
+//! holds, read from the process's memory (stage **interp**, `interp/join.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{ProcessState, Tid};
+use crate::intern::{Interner, StrId};
+use crate::interp::{CodeInfo, CutSample, Interpreter, JoinOutcome, PyFrame, Slot};
+use crate::perf::SampleEvent;
+use crate::process::procfs;
+use crate::unwind::stack::RawFrame;
+
+/// A join tried for one sample: what it gave and how long after the sample the read began
+/// (`None`: taken from the thread's last join, without a read).
+#[derive(Debug, Clone)]
+pub struct Join {
+    pub outcome: JoinOutcome,
+    pub latency_ns: Option<u64>,
+}
+
+/// Joins remembered per thread: a thread spinning deep down is sampled at a few places, each
+/// with its own outermost trampoline in the copy.
+const RECENT_JOINS: usize = 8;
+
+/// A thread's recent join: while its samples show the same call under the same callers, the
+/// same frames lie beyond the copy.
+#[derive(Debug)]
+pub struct RecentJoin {
+    trampoline: u64,
+    trampoline_sp: u64,
+    /// The copy from the trampoline's frame to its end.
+    callers: Vec<u8>,
+    frames: Arc<[PyFrame]>,
+}
+
+impl Join {
+    pub fn succeeded(&self) -> bool {
+        matches!(self.outcome, JoinOutcome::Joined(_))
+    }
+}
+
+impl ProcessState {
+    /// Joins a cut-short sample with the thread's chain read now, if the process's interpreter
+    /// can be read and the walk found a trampoline to anchor on.
+    pub(super) fn join_with_interpreter(&mut self, sample: &SampleEvent, frames: &[RawFrame]) -> Option<Join> {
+        let (trampoline_sp, trampoline) = frames
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, f)| Some((f.sp, self.perf_map.trampoline_at(f.lookup_addr(i == 0))?.0)))?;
+        let sp = sample.regs?.sp;
+        if matches!(self.interpreter, Slot::NotTried) {
+            self.interpreter = self.attach_interpreter();
+        }
+        let native_id = self.ns_tid(sample.tid);
+        let Slot::Attached(interpreter) = &mut self.interpreter else { return None };
+        let cut = CutSample { sp, stack: &sample.stack, trampoline_sp, trampoline };
+        // Two samples that hold the same call at the same place, under callers whose stack is
+        // the same byte for byte, were taken in one call: both copies show it live. (The read
+        // that joined the first proved what lies beyond.)
+        let recent = self.recent_joins.entry(sample.tid).or_default();
+        let same = |r: &&RecentJoin| {
+            r.trampoline == trampoline
+                && r.trampoline_sp == trampoline_sp
+                && cut.callers() == Some(r.callers.as_slice())
+        };
+        if let Some(known) = recent.iter().find(same) {
+            return Some(Join { outcome: JoinOutcome::Joined(known.frames.clone()), latency_ns: None });
+        }
+        let latency_ns = monotonic_ns().saturating_sub(sample.time);
+        let outcome = interpreter.join(native_id, cut);
+        if let (JoinOutcome::Joined(frames), Some(callers)) = (&outcome, cut.callers()) {
+            recent.push_front(RecentJoin {
+                trampoline,
+                trampoline_sp,
+                callers: callers.to_vec(),
+                frames: frames.clone(),
+            });
+            recent.truncate(RECENT_JOINS);
+        }
+        Some(Join { outcome, latency_ns: Some(latency_ns) })
+    }
+
+    /// Forgets a thread that exited.
+    pub fn forget_thread(&mut self, tid: Tid) {
+        self.completer.forget_thread(tid);
+        self.recent_joins.remove(&tid);
+    }
+
+    fn attach_interpreter(&self) -> Slot {
+        if !self.runtime.has_perf_trampoline() {
+            return Slot::Unavailable;
+        }
+        match Interpreter::attach(self) {
+            Ok(interpreter) => {
+                tracing::debug!(pid = %self.pid, version = %interpreter.version(), "reading the interpreter's frames");
+                Slot::Attached(Box::new(interpreter))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "process {}: {e}; stacks deeper than the stack copy are completed from earlier samples instead",
+                    self.pid
+                );
+                Slot::Unavailable
+            }
+        }
+    }
+
+    /// The thread's id in the process's own PID namespace, which the interpreter records.
+    fn ns_tid(&mut self, tid: Tid) -> u64 {
+        if self.ns_pid.0 == self.pid.0 {
+            return u64::from(tid.0);
+        }
+        let pid = self.pid;
+        let known: &mut HashMap<Tid, u64> = &mut self.ns_tids;
+        *known.entry(tid).or_insert_with(|| procfs::task_ns_tid(pid, tid).map_or(0, u64::from))
+    }
+
+    /// Turns the reads off (`--no-interpreter-reads`).
+    pub fn without_interpreter_reads(&mut self) {
+        self.interpreter = Slot::Unavailable;
+    }
+
+    /// Whether this process's interpreter is being read, so samples should be processed soon
+    /// after they are taken.
+    pub fn reads_interpreter(&self) -> bool {
+        matches!(self.interpreter, Slot::Attached(_))
+    }
+}
+
+/// Code objects by identity, each with the frame text its trampoline's perf-map line gives
+/// the same function, so frames read from memory and frames named by trampolines aggregate
+/// together. Holding the `Arc` keeps its address from being reused while it is a key.
+#[derive(Debug, Default)]
+pub struct PythonNames(HashMap<usize, (Arc<CodeInfo>, StrId)>);
+
+/// Names kept per process before the table starts over.
+const MAX_NAMES: usize = 1 << 16;
+
+impl PythonNames {
+    pub(super) fn of(&mut self, frame: &PyFrame, strings: &mut Interner) -> StrId {
+        let key = Arc::as_ptr(&frame.code) as usize;
+        if let Some((_, id)) = self.0.get(&key) {
+            return *id;
+        }
+        if self.0.len() >= MAX_NAMES {
+            self.0.clear();
+        }
+        let id = strings.intern(&format!("py::{}:{}", frame.code.qualname, frame.code.filename));
+        self.0.insert(key, (frame.code.clone(), id));
+        id
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+}
