@@ -108,7 +108,9 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
                     WalkEnd::Root => None,
                     WalkEnd::Broken(e) => Some(format!("the frame chain could not be read further: {e}")),
                     WalkEnd::TooDeep => Some(format!("deeper than {} frames", crate::interp::MAX_FRAMES)),
-                    WalkEnd::Loop => Some("the frame chain loops (it changed while read)".into()),
+                    WalkEnd::Loop => {
+                        Some("the frame chain loops back on itself (it changed while read, or is corrupt)".into())
+                    }
                 },
             }
         })

@@ -90,6 +90,8 @@ pub struct ProcessState {
     pub exited: bool,
     /// The interpreter's frames read from memory, for samples cut short (see `state_join.rs`).
     interpreter: Slot,
+    /// `--no-interpreter-reads`, kept across exec.
+    interpreter_reads_off: bool,
     /// Thread ids in the process's own PID namespace, when it has its own.
     ns_tids: HashMap<Tid, u64>,
     /// Frame text of the code objects read from memory.
@@ -194,6 +196,7 @@ impl ProcessState {
             code_facts: CodeFacts::default(),
             exited: false,
             interpreter: Slot::NotTried,
+            interpreter_reads_off: false,
             ns_tids: HashMap::new(),
             python_names: join::PythonNames::default(),
             recent_joins: HashMap::new(),
@@ -235,7 +238,11 @@ impl ProcessState {
         let ns_pid = self.ns_pid;
         // exec may change uids (a setuid program).
         let uids = procfs::identity(pid).map_or_else(|_| self.perf_map_owner_uids(), |(_, uids)| uids);
+        let reads_off = self.interpreter_reads_off;
         *self = Self::empty(pid, ns_pid, self.comm.clone(), Self::live_map(pid, ns_pid, uids), self.access.clone());
+        if reads_off {
+            self.without_interpreter_reads();
+        }
         let _ = self.refresh_maps(elf);
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         self.runtime = python::detect(exe.as_deref(), self.mappings.values().map(|m| m.path.as_str()));

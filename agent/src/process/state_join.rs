@@ -117,9 +117,10 @@ impl ProcessState {
         *known.entry(tid).or_insert_with(|| procfs::task_ns_tid(pid, tid).map_or(0, u64::from))
     }
 
-    /// Turns the reads off (`--no-interpreter-reads`).
+    /// Turns the reads off (`--no-interpreter-reads`), for this program and any it execs.
     pub fn without_interpreter_reads(&mut self) {
         self.interpreter = Slot::Unavailable;
+        self.interpreter_reads_off = true;
     }
 
     /// Whether this process's interpreter is being read, so samples should be processed soon

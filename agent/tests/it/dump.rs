@@ -130,3 +130,46 @@ fn a_process_that_is_not_python_gets_a_clear_error() {
     let gone = dump(dead).expect_err("no process");
     assert!(gone.contains(&format!("cannot read process {dead}")), "{gone}");
 }
+
+/// A program that passes for CPython 3.13 and lies (`hostile_runtime.c`): looping thread and
+/// frame lists, a terabyte-long name, an offset no build publishes, two versions. Each dump must
+/// end within seconds with a marked stack or an error that says why.
+#[test]
+fn a_process_that_lies_about_its_interpreter_gets_marked_stacks_or_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let exe = dir.path().join("hostile_runtime");
+    let cc = Command::new("cc")
+        .args(["-rdynamic", "-O1", "-o"])
+        .arg(&exe)
+        .arg(fixture("hostile_runtime.c"))
+        .status()
+        .expect("a C compiler (cc) is installed");
+    assert!(cc.success());
+    let expected = [
+        ("loop", Ok("loops back on itself")),
+        ("huge", Ok("longer than any name")),
+        ("offsets", Err("an offset larger than 64 KiB")),
+        ("version", Err("disagrees with itself")),
+    ];
+    for (mode, want) in expected {
+        let target = Target::spawn(Command::new(&exe).arg(mode));
+        target.wait_for("ready", Duration::from_secs(10));
+        let mut agent = ember()
+            .args(["dump", "--pid", &target.pid().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ember-agent runs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agent.try_wait().expect("waitable").is_none() {
+            assert!(Instant::now() < deadline, "dump hung on a {mode} process");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = agent.wait_with_output().expect("output");
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), stderr(&out));
+        match want {
+            Ok(mark) => assert!(out.status.success() && stdout.contains(mark), "{mode}: {stdout}{stderr}"),
+            Err(why) => assert!(!out.status.success() && stderr.contains(why), "{mode}: {stdout}{stderr}"),
+        }
+    }
+}
