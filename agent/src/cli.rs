@@ -113,6 +113,7 @@ impl SamplingArgs {
             follow_children: self.subprocesses,
             ring_bytes: (self.ring_kib * 1024) as usize,
             read_interpreter: !self.no_interpreter_reads,
+            lines: false,
         }
     }
 }
@@ -249,6 +250,11 @@ pub struct RecordArgs {
     /// Add a root frame per thread.
     #[arg(long)]
     pub threads: bool,
+    /// Python frames as `qualname (file:line)`: every sample's frames are read from the
+    /// interpreter right after it (callers' lines are exact; the running frame's line is the
+    /// one it runs when read, a few milliseconds later). Conflicts with --no-interpreter-reads.
+    #[arg(long)]
+    pub lines: bool,
     /// Write the profile here; the format follows the extension (.svg, .folded, .json, .pb.gz).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
@@ -287,6 +293,10 @@ fn parse_stack_bytes(s: &str) -> Result<u32, String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    #[error(
+        "--lines reads every sample's frames from the interpreter, which --no-interpreter-reads turns off; drop one"
+    )]
+    LinesWithoutReads,
     #[error("nothing to profile: give --pid PID, or a command after `--` (ember-agent record -- python3.12 app.py)")]
     NoTarget,
     #[error("nothing to stream: give --pid PID, --all-python, or a command after `--`")]
@@ -309,10 +319,15 @@ impl RecordArgs {
             (None, None) => Format::Collapsed,
             (None, Some(path)) => Format::from_path(path).ok_or_else(|| CliError::UnknownExtension(path.clone()))?,
         };
+        if self.lines && self.sampling.no_interpreter_reads {
+            return Err(CliError::LinesWithoutReads);
+        }
+        let mut sampling = self.sampling.config();
+        sampling.lines = self.lines;
         Ok(RecordConfig {
             targets,
             duration: self.duration,
-            sampling: self.sampling.config(),
+            sampling,
             view: ViewOptions { native: self.native, threads: self.threads, processes: false },
             output: self.output,
             format,

@@ -35,6 +35,8 @@ pub struct Frame {
     /// Python frame, ember's own code running in the target (its asyncio task monitor), which
     /// the default view drops, or shows as one frame where a sample is in it.
     pub interpreter_plumbing: bool,
+    /// The source line of a Python frame, when lines are asked for (`record --lines`) and known.
+    pub line: Option<u32>,
 }
 
 impl Frame {
@@ -46,6 +48,7 @@ impl Frame {
             kind: FrameKind::Marker,
             file: String::new(),
             interpreter_plumbing: false,
+            line: None,
         }
     }
 }

@@ -53,6 +53,7 @@ mod tests {
             function: name.into(),
             file: "a.py".into(),
             interpreter_plumbing: false,
+            line: None,
         }
     }
 
@@ -63,6 +64,7 @@ mod tests {
             function: name.into(),
             file: "lib".into(),
             interpreter_plumbing: plumbing,
+            line: None,
         }
     }
 

@@ -117,3 +117,46 @@ pub fn outer_frames(
 #[cfg(test)]
 #[path = "join_tests.rs"]
 mod tests;
+
+/// A trampoline frame of the sample: the stack pointer while it runs and the trampoline's
+/// start. Its call's shim lies below that stack pointer, above the previous call's.
+#[derive(Debug, Clone, Copy)]
+pub struct SampledCall {
+    pub sp: u64,
+    pub trampoline: u64,
+}
+
+/// The line each sampled call runs, innermost first, from a chain read at once: the frame
+/// entered at the call's shim, if the shim is in the copy with the bytes the copy holds and
+/// that frame runs the trampoline's code. The callers are suspended in their calls, so their
+/// lines are the sample's; the innermost frame's is the one it runs when read.
+pub fn lines_of_calls(
+    chain: &[ChainFrame],
+    layout: &Layout,
+    sp: u64,
+    stack: &[u8],
+    calls: &[SampledCall],
+    mut extras_of: impl FnMut(u64) -> Vec<u64>,
+) -> Vec<Option<u32>> {
+    let header = frame_header_len(layout) as u64;
+    let copy_end = sp + stack.len() as u64;
+    let mut low = sp;
+    calls
+        .iter()
+        .map(|call| {
+            let window = low..call.sp;
+            low = call.sp;
+            let in_window = |f: &&ChainFrame| {
+                f.owner >= FIRST_SHIM_OWNER && window.contains(&f.addr) && f.addr + header <= copy_end
+            };
+            let at = chain.iter().enumerate().filter(|(_, f)| in_window(f)).max_by_key(|(_, f)| f.addr)?.0;
+            let shim = &chain[at];
+            let copied = &stack[(shim.addr - sp) as usize..];
+            let same = word_in(copied, layout.frame_previous as usize) == shim.previous
+                && copied.get(layout.frame_owner as usize) == Some(&shim.owner);
+            let entered = chain.get(at.checked_sub(1)?)?;
+            let python = entered.python.as_ref()?;
+            (same && extras_of(entered.code_addr).contains(&call.trampoline)).then(|| python.line()).flatten()
+        })
+        .collect()
+}

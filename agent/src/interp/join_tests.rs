@@ -110,3 +110,29 @@ fn callers_whose_stack_changed_are_not_stitched() {
     let joined = anchor(&chain, &WalkEnd::Root, &LAYOUT_3_12, cut, &stack[0x900..], b_runs_under(0xb_7000));
     assert_eq!(joined, Ok(3), "the shim of b's call");
 }
+
+#[test]
+fn each_sampled_call_gets_the_line_of_the_frame_its_shim_entered() {
+    let mut chain = chain();
+    for (i, unit) in [(0, 0), (2, 4), (4, 8)] {
+        if let Some(py) = chain[i].python.as_mut() {
+            py.unit = Some(unit);
+        }
+    }
+    let stack = copy(&chain);
+    // leaf's trampoline runs at SP+0x200, b's at SP+0x900; leaf's code runs under 0xa_7000.
+    let calls =
+        [SampledCall { sp: SP + 0x200, trampoline: 0xa_7000 }, SampledCall { sp: SP + 0x900, trampoline: 0xb_7000 }];
+    let extras = |code| match code {
+        0xa000 => vec![0xa_7000],
+        0xb000 => vec![0xb_7000],
+        _ => Vec::new(),
+    };
+    // CodeInfo::named puts every unit on line 1.
+    assert_eq!(lines_of_calls(&chain, &LAYOUT_3_12, SP, &stack, &calls, extras), [Some(1), Some(1)]);
+    let mut moved = chain.clone();
+    moved[1].previous = 0x9999; // leaf's shim changed since the sample
+    assert_eq!(lines_of_calls(&moved, &LAYOUT_3_12, SP, &stack, &calls, extras), [None, Some(1)]);
+    let wrong = |_| vec![0xe_7000];
+    assert_eq!(lines_of_calls(&chain, &LAYOUT_3_12, SP, &stack, &calls, wrong), [None, None]);
+}

@@ -18,7 +18,7 @@ mod walk;
 #[cfg(test)]
 mod fake;
 
-pub use join::{CutSample, Refusal};
+pub use join::{CutSample, Refusal, SampledCall};
 pub use layout::{LayoutError, PyVersion};
 pub use objects::{CodeInfo, ObjectError};
 pub use walk::{PyFrame, PyThread, WalkEnd, MAX_FRAMES};
@@ -120,6 +120,22 @@ impl Interpreter {
             }
             Err(refusal) => JoinOutcome::Refused(refusal),
         }
+    }
+}
+
+impl Interpreter {
+    /// The line of each sampled call (see [`join::lines_of_calls`]), from the thread's chain
+    /// read now at once; `None` if it could not be read at one moment.
+    pub fn lines(&mut self, native_id: u64, sp: u64, stack: &[u8], calls: &[SampledCall]) -> Option<Vec<Option<u32>>> {
+        let runtime = self.runtime;
+        let (read, at_once) = self.reader.at_once(|reader| {
+            let innermost = walk::innermost_of(reader, runtime, native_id)?;
+            Ok::<_, ObjectError>(innermost.map(|frame| walk::chain(reader, frame)))
+        });
+        let (chain, _) = read.ok().flatten().filter(|_| at_once)?;
+        let reader = &self.reader;
+        let extras = |code| reader.code_extras(code).unwrap_or_default();
+        Some(join::lines_of_calls(&chain, reader.layout(), sp, stack, calls, extras))
     }
 }
 

@@ -29,6 +29,8 @@ pub struct SamplingConfig {
     pub ring_bytes: usize,
     /// Read the interpreter's frames from memory for samples the stack copy cut short.
     pub read_interpreter: bool,
+    /// Read them for every sample, for the line of each Python frame (`record --lines`).
+    pub lines: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -52,6 +52,11 @@ pub struct Mapping {
 pub enum FrameKey {
     /// A perf-map symbol: a Python function (`py::…`) or another JIT's code.
     MapSymbol(StrId),
+    /// A Python function (its perf-map name) at a source line (`record --lines`).
+    PythonLine {
+        name: StrId,
+        line: u32,
+    },
     /// Code in an ELF file, by file offset of the looked-up address.
     Native {
         image: ImageId,
@@ -92,6 +97,8 @@ pub struct ProcessState {
     interpreter: Slot,
     /// `--no-interpreter-reads`, kept across exec.
     interpreter_reads_off: bool,
+    /// `record --lines`: every Python frame with its line, kept across exec.
+    pub lines: bool,
     /// Thread ids in the process's own PID namespace, when it has its own.
     ns_tids: HashMap<Tid, u64>,
     /// Frame text of the code objects read from memory.
@@ -197,6 +204,7 @@ impl ProcessState {
             exited: false,
             interpreter: Slot::NotTried,
             interpreter_reads_off: false,
+            lines: false,
             ns_tids: HashMap::new(),
             python_names: join::PythonNames::default(),
             recent_joins: HashMap::new(),
@@ -238,11 +246,12 @@ impl ProcessState {
         let ns_pid = self.ns_pid;
         // exec may change uids (a setuid program).
         let uids = procfs::identity(pid).map_or_else(|_| self.perf_map_owner_uids(), |(_, uids)| uids);
-        let reads_off = self.interpreter_reads_off;
+        let (reads_off, lines) = (self.interpreter_reads_off, self.lines);
         *self = Self::empty(pid, ns_pid, self.comm.clone(), Self::live_map(pid, ns_pid, uids), self.access.clone());
         if reads_off {
             self.without_interpreter_reads();
         }
+        self.lines = lines;
         let _ = self.refresh_maps(elf);
         let exe = procfs::exe(pid).map(|p| p.display().to_string());
         self.runtime = python::detect(exe.as_deref(), self.mappings.values().map(|m| m.path.as_str()));
@@ -493,6 +502,8 @@ impl ProcessState {
             unwound.end = StackEnd::Complete;
         }
         let mut frames = unwound.frames;
+        let own = frames.len();
+        let lines = if self.lines { self.python_lines(sample, &frames, own) } else { Vec::new() };
         let mut completed_from = None;
         let joined = match unwound.end {
             StackEnd::Truncated => self.join_with_interpreter(sample, &frames),
@@ -522,11 +533,22 @@ impl ProcessState {
             joined,
         };
         keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
+        let mut lines = lines.into_iter().peekable();
         for (i, frame) in outcome.frames.iter().enumerate() {
-            keys.push(self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings));
+            let key = self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings);
+            match (key, lines.next_if(|(at, _)| *at == i)) {
+                (FrameKey::MapSymbol(name), Some((_, line))) => keys.push(FrameKey::PythonLine { name, line }),
+                (key, _) => keys.push(key),
+            }
         }
         if let Some(Join { outcome: JoinOutcome::Joined(outer), .. }) = &outcome.joined {
-            keys.extend(outer.iter().map(|f| FrameKey::MapSymbol(self.python_names.of(f, strings))));
+            for f in outer.iter() {
+                let name = self.python_names.of(f, strings);
+                keys.push(match f.line().filter(|_| self.lines) {
+                    Some(line) => FrameKey::PythonLine { name, line },
+                    None => FrameKey::MapSymbol(name),
+                });
+            }
         }
         if !outcome.is_whole() || keys.is_empty() {
             keys.push(FrameKey::Truncated);

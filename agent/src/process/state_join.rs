@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{ProcessState, Tid};
 use crate::intern::{Interner, StrId};
-use crate::interp::{CodeInfo, CutSample, Interpreter, JoinOutcome, PyFrame, Slot};
+use crate::interp::{CodeInfo, CutSample, Interpreter, JoinOutcome, PyFrame, SampledCall, Slot};
 use crate::perf::SampleEvent;
 use crate::process::procfs;
 use crate::unwind::stack::RawFrame;
@@ -115,6 +115,31 @@ impl ProcessState {
         let pid = self.pid;
         let known: &mut HashMap<Tid, u64> = &mut self.ns_tids;
         *known.entry(tid).or_insert_with(|| procfs::task_ns_tid(pid, tid).map_or(0, u64::from))
+    }
+
+    /// The line of each Python frame the sample's own walk found (by index in `frames`, of the
+    /// first `own` of them), read from the interpreter right after the sample (`--lines`).
+    pub(super) fn python_lines(&mut self, sample: &SampleEvent, frames: &[RawFrame], own: usize) -> Vec<(usize, u32)> {
+        let Some(sp) = sample.regs.map(|r| r.sp) else { return Vec::new() };
+        let calls: Vec<(usize, SampledCall)> = frames[..own.min(frames.len())]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| {
+                let (trampoline, _) = self.perf_map.trampoline_at(f.lookup_addr(i == 0))?;
+                Some((i, SampledCall { sp: f.sp, trampoline }))
+            })
+            .collect();
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        if matches!(self.interpreter, Slot::NotTried) {
+            self.interpreter = self.attach_interpreter();
+        }
+        let native_id = self.ns_tid(sample.tid);
+        let Slot::Attached(interpreter) = &mut self.interpreter else { return Vec::new() };
+        let just_calls: Vec<SampledCall> = calls.iter().map(|(_, c)| *c).collect();
+        let lines = interpreter.lines(native_id, sp, &sample.stack, &just_calls).unwrap_or_default();
+        calls.iter().zip(lines).filter_map(|((i, _), line)| Some((*i, line?))).collect()
     }
 
     /// Turns the reads off (`--no-interpreter-reads`), for this program and any it execs.

@@ -11,6 +11,7 @@ use crate::unwind::ElfCache;
 pub fn frame_text(key: &FrameKey, strings: &Interner, elf: &ElfCache) -> String {
     match *key {
         FrameKey::MapSymbol(name) => format!("map:{}", strings.get(name)),
+        FrameKey::PythonLine { name, line } => format!("map:{}:{line}", strings.get(name)),
         FrameKey::Native { image, file_offset } => match elf.get(image) {
             Some(image) => match &image.build_id {
                 Some(id) => format!("native:{}@{}+{file_offset:#x}", image.basename(), hex(id)),

@@ -25,10 +25,12 @@ pub use targets::{describe, Started, Targets};
 
 /// How often the loop drains the rings and checks its stop conditions.
 const TICK: Duration = Duration::from_millis(100);
-/// The tick while an interpreter's frames are read for cut-short stacks: the read that
-/// completes a sample comes this much after it at most, and the sooner it comes, the more
-/// often the thread is still in the sampled call.
-const READING_TICK: Duration = Duration::from_millis(10);
+/// The tick while an interpreter's frames are read, drawn anew each time from this range
+/// (ms): the read that completes a sample comes about this much after it, and the sooner it
+/// comes, the more often the thread is still in the sampled call. Drawn at random so the
+/// moments of the reads are not in step with a program's own period: the line a running frame
+/// is read at (`--lines`) is then a fair draw of where it spends its time.
+const READING_TICK_MS: std::ops::Range<u64> = 5..15;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplingError {
@@ -97,6 +99,7 @@ impl Engine {
         let mut session = SamplingSession::new(sampling.clone())?;
         let mut pipeline = Pipeline::new(sampling.follow_children, keep);
         pipeline.read_interpreter = sampling.read_interpreter;
+        pipeline.lines = sampling.lines;
         if tasks != TaskMode::Off {
             let streaming = keep == Keep::Windows;
             pipeline.tasks = Some(if streaming { TaskTracker::streaming() } else { TaskTracker::default() });
@@ -132,7 +135,8 @@ impl Engine {
         let started = Instant::now();
         loop {
             let reading = self.pipeline.processes().any(|p| p.reads_interpreter());
-            self.session.wait(if reading { READING_TICK } else { TICK });
+            let wait = if reading { Duration::from_millis(rand::random_range(READING_TICK_MS)) } else { TICK };
+            self.session.wait(wait);
             self.process_batch();
             if tick(self).is_break() {
                 return StopReason::FrontEnd;

@@ -32,6 +32,8 @@ pub struct Pipeline {
     pub capture: Option<Capture>,
     /// Whether truncated stacks are joined with the interpreter's frames (`interp`).
     pub read_interpreter: bool,
+    /// Whether every Python frame gets its line (`record --lines`).
+    pub lines: bool,
 }
 
 impl Pipeline {
@@ -48,6 +50,7 @@ impl Pipeline {
             tasks: None,
             capture: None,
             read_interpreter: true,
+            lines: false,
         }
     }
 
@@ -83,6 +86,7 @@ impl Pipeline {
             if !self.read_interpreter {
                 state.without_interpreter_reads();
             }
+            state.lines = self.lines;
             if let Some(stale) = self.launched.remove(&pid).flatten() {
                 state.perf_map_reader.skip_stale(stale);
             }
@@ -154,6 +158,7 @@ impl Pipeline {
                         if !self.read_interpreter {
                             child.without_interpreter_reads();
                         }
+                        child.lines = self.lines;
                         self.profile.process_names.insert(pid, child.comm.clone());
                         self.stats.processes += 1;
                         self.processes.insert(pid, child);

@@ -205,6 +205,7 @@ mod tests {
             file: "a.py".into(),
             kind: FrameKind::Python,
             interpreter_plumbing: false,
+            line: None,
         };
         let frames: HashMap<FrameKey, Vec<Frame>> =
             [(FrameKey::Kernel(1), vec![f("leaf")]), (FrameKey::Kernel(2), vec![f("main")])].into();

@@ -72,32 +72,10 @@ impl SymbolTable {
         for key in keys {
             match *key {
                 FrameKey::MapSymbol(name) => {
-                    let raw = strings.get(name);
-                    let frame = match perf_map::split_python_name(raw) {
-                        // ember's task monitor: plumbing, which the default view leaves out.
-                        Some((qualname, filename)) if crate::tasks::is_monitor_file(filename) => Frame {
-                            text: crate::tasks::MONITOR_FRAME.to_string(),
-                            kind: FrameKind::Python,
-                            function: qualname.to_string(),
-                            file: filename.to_string(),
-                            interpreter_plumbing: true,
-                        },
-                        Some((qualname, filename)) => Frame {
-                            text: perf_map::display_name(raw),
-                            kind: FrameKind::Python,
-                            function: qualname.to_string(),
-                            file: filename.to_string(),
-                            interpreter_plumbing: false,
-                        },
-                        None => Frame {
-                            text: format!("{raw} [jit]"),
-                            kind: FrameKind::Native,
-                            function: raw.to_string(),
-                            file: String::new(),
-                            interpreter_plumbing: false,
-                        },
-                    };
-                    table.frames.insert(*key, vec![frame]);
+                    table.frames.insert(*key, vec![map_symbol_frame(strings.get(name), None)]);
+                }
+                FrameKey::PythonLine { name, line } => {
+                    table.frames.insert(*key, vec![map_symbol_frame(strings.get(name), Some(line))]);
                 }
                 FrameKey::Native { image, file_offset } => by_image.entry(image).or_default().push(file_offset),
                 FrameKey::Kernel(addr) => kernel.push(addr),
@@ -112,6 +90,7 @@ impl SymbolTable {
                         kind: FrameKind::Native,
                         file: region.to_string(),
                         interpreter_plumbing: false,
+                        line: None,
                     };
                     table.frames.insert(*key, vec![frame]);
                 }
@@ -135,6 +114,7 @@ impl SymbolTable {
                         function: format!("{offset:#x}"),
                         file: image.path.clone(),
                         interpreter_plumbing: false,
+                        line: None,
                     }]
                 } else {
                     let plumbing = is_interpreter_plumbing(&names[0].function);
@@ -146,6 +126,7 @@ impl SymbolTable {
                             function: n.function,
                             file: image.path.clone(),
                             interpreter_plumbing: plumbing,
+                            line: None,
                         })
                         .collect()
                 };
@@ -163,11 +144,47 @@ impl SymbolTable {
                     function,
                     file: String::new(),
                     interpreter_plumbing: false,
+                    line: None,
                 };
                 table.frames.insert(FrameKey::Kernel(*addr), vec![frame]);
             }
         }
         table
+    }
+}
+
+/// The frame a perf-map name stands for; a Python one at `line` when it is known.
+fn map_symbol_frame(raw: &str, line: Option<u32>) -> Frame {
+    match perf_map::split_python_name(raw) {
+        // ember's task monitor: plumbing, which the default view leaves out.
+        Some((qualname, filename)) if crate::tasks::is_monitor_file(filename) => Frame {
+            text: crate::tasks::MONITOR_FRAME.to_string(),
+            kind: FrameKind::Python,
+            function: qualname.to_string(),
+            file: filename.to_string(),
+            interpreter_plumbing: true,
+            line: None,
+        },
+        Some((qualname, filename)) => Frame {
+            // `qualname (file:line)`, py-spy's convention, where the line is known.
+            text: match line {
+                Some(line) => format!("{qualname} ({filename}:{line})"),
+                None => perf_map::display_name(raw),
+            },
+            kind: FrameKind::Python,
+            function: qualname.to_string(),
+            file: filename.to_string(),
+            interpreter_plumbing: false,
+            line,
+        },
+        None => Frame {
+            text: format!("{raw} [jit]"),
+            kind: FrameKind::Native,
+            function: raw.to_string(),
+            file: String::new(),
+            interpreter_plumbing: false,
+            line: None,
+        },
     }
 }
 
@@ -191,16 +208,19 @@ mod tests {
     fn map_symbols_resolve_without_any_file() {
         let mut strings = Interner::default();
         let py = FrameKey::MapSymbol(strings.intern("py::K.meth:/app/x.py"));
+        let at_line = FrameKey::PythonLine { name: strings.intern("py::K.meth:/app/x.py"), line: 12 };
         let jit = FrameKey::MapSymbol(strings.intern("some_jit_fn"));
         let unknown = FrameKey::Unknown { region: strings.intern("[anon]"), addr: 0x7f00 };
         let table = SymbolTable::resolve(
-            [&py, &jit, &unknown, &FrameKey::Truncated],
+            [&py, &at_line, &jit, &unknown, &FrameKey::Truncated],
             &strings,
             &ElfCache::default(),
             &NativeSymbolizer::new(),
         );
         assert_eq!(table.frames(&py)[0].text, "K.meth (/app/x.py)");
         assert_eq!(table.frames(&py)[0].kind, FrameKind::Python);
+        assert_eq!(table.frames(&at_line)[0].text, "K.meth (/app/x.py:12)");
+        assert_eq!((table.frames(&at_line)[0].function.as_str(), table.frames(&at_line)[0].line), ("K.meth", Some(12)));
         assert_eq!(table.frames(&jit)[0].text, "some_jit_fn [jit]");
         assert_eq!(table.frames(&unknown)[0].text, "0x7f00 [anon]");
         assert_eq!(table.frames(&FrameKey::Truncated)[0].text, "[truncated]");

@@ -12,6 +12,7 @@ mod properties;
 mod record_deep;
 mod record_errors;
 mod record_fidelity;
+mod record_lines;
 mod record_outputs;
 mod record_stacks;
 mod record_targets;

@@ -14,6 +14,7 @@ fn config(stack_bytes: u32) -> SamplingConfig {
         follow_children: false,
         ring_bytes: 1 << 16,
         read_interpreter: true,
+        lines: false,
     }
 }
 

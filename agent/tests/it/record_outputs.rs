@@ -99,3 +99,29 @@ fn collapsed_goes_to_stdout_without_output_file() {
     }
     assert!(text.lines().any(|l| l.starts_with("<module> (")), "root first");
 }
+
+/// With `--lines`, speedscope and pprof carry each Python frame's line in their own fields.
+#[test]
+fn lines_go_into_speedscope_and_pprof_fields() {
+    let _serial = serial();
+    let (path, _dir, _) = record_to("lines.speedscope.json", &["--lines"]);
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("file")).expect("valid JSON");
+    let frames = json["shared"]["frames"].as_array().expect("frames");
+    let leaf_a = |f: &&serde_json::Value| f["name"].as_str().is_some_and(|n| n.starts_with("leaf_a ("));
+    let leaf = frames.iter().filter(leaf_a).find(|f| f["line"].is_u64()).expect("leaf_a with a line field");
+    let line = leaf["line"].as_u64().unwrap_or(0);
+    assert!(leaf["name"].as_str().is_some_and(|n| n.ends_with(&format!(":{line})"))), "{leaf}");
+
+    let (path, _dir, _) = record_to("lines.pb.gz", &["--lines"]);
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).expect("file")).read_to_end(&mut raw).expect("gzip");
+    let profile = ember_proto::pprof::Profile::decode(raw.as_slice()).expect("profile.proto");
+    let s = |i: i64| profile.string_table[i as usize].as_str();
+    let with_line = profile.location.iter().find(|l| {
+        let function = &profile.function[(l.line[0].function_id - 1) as usize];
+        s(function.name).starts_with("leaf_a (") && l.line[0].line > 0
+    });
+    let location = with_line.expect("leaf_a with a line");
+    let name = s(profile.function[(location.line[0].function_id - 1) as usize].name);
+    assert!(!name.contains(".py:"), "the line is in Line.line, not the name: {name}");
+}

@@ -128,6 +128,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
             file: string(strings, f.file, || field("file"))?.to_string(),
             kind: kind(f.kind, || field("kind"))?,
             interpreter_plumbing: f.interpreter_plumbing,
+            line: None,
         });
     }
     let mut stacks = Vec::with_capacity(batch.stacks.len());

@@ -293,6 +293,7 @@ mod tests {
             function: name.into(),
             file: "a.py".into(),
             interpreter_plumbing: false,
+            line: None,
         }
     }
 

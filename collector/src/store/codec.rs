@@ -89,6 +89,7 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, CodecError> {
         file: get_str(bytes, &mut at)?,
         kind,
         interpreter_plumbing: plumbing,
+        line: None,
     })
 }
 
@@ -265,6 +266,7 @@ mod tests {
             file: "a.py".into(),
             kind: FrameKind::Python,
             interpreter_plumbing: false,
+            line: None,
         };
         assert_eq!(decode_frame(&encode_frame(&f)), Ok(f));
         assert_eq!(decode_ids(&encode_ids(&[0, 1, 300, u32::MAX])), Ok(vec![0, 1, 300, u32::MAX]));

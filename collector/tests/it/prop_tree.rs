@@ -16,6 +16,7 @@ fn frame(i: u32) -> Frame {
         file: "p.py".into(),
         kind: if i % 5 == 0 { FrameKind::Native } else { FrameKind::Python },
         interpreter_plumbing: false,
+        line: None,
     }
 }
 

@@ -48,18 +48,22 @@ pub fn build(view: &View, meta: &Meta) -> pprof::Profile {
         .enumerate()
         .map(|(i, f)| pprof::Function {
             id: i as u64 + 1,
-            name: strings.id(&f.text),
+            // A frame with a line is the function at that line: the line goes in `Line.line`.
+            name: match f.line {
+                Some(_) => strings.id(&format!("{} ({})", f.function, f.file)),
+                None => strings.id(&f.text),
+            },
             system_name: strings.id(&f.function),
             filename: strings.id(&f.file),
             start_line: 0,
         })
         .collect();
-    let locations: Vec<pprof::Location> = (0..view.frames.len())
-        .map(|i| pprof::Location {
+    let locations: Vec<pprof::Location> = (view.frames.iter().enumerate())
+        .map(|(i, f)| pprof::Location {
             id: i as u64 + 1,
             mapping_id: 0,
             address: 0,
-            line: vec![pprof::Line { function_id: i as u64 + 1, line: 0, column: 0 }],
+            line: vec![pprof::Line { function_id: i as u64 + 1, line: f.line.map_or(0, i64::from), column: 0 }],
             is_folded: false,
         })
         .collect();

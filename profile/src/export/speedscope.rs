@@ -31,6 +31,8 @@ struct Frame<'a> {
     name: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     file: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -49,7 +51,7 @@ struct Profile {
 }
 
 pub fn write(view: &View, meta: &Meta, out: &mut dyn Write) -> Result<(), ExportError> {
-    let frames = view.frames.iter().map(|f| Frame { name: &f.text, file: &f.file }).collect();
+    let frames = view.frames.iter().map(|f| Frame { name: &f.text, file: &f.file, line: f.line }).collect();
     let seconds_per_sample = 1.0 / meta.rate_hz.max(1) as f64;
     let mut by_thread: BTreeMap<(u32, u32), Profile> = BTreeMap::new();
     for stack in &view.stacks {

@@ -16,6 +16,7 @@ fn frame(name: &str) -> Frame {
         file: "app.py".into(),
         kind: FrameKind::Python,
         interpreter_plumbing: false,
+        line: None,
     }
 }
 
