@@ -8,6 +8,9 @@ import re
 # A walk that reached the root ends at the process's entry point or a thread's start: what
 # ember's native view shows as its outermost frame (a `[truncated]` marker shows otherwise).
 NATIVE_ROOTS = ("_start [", "clone3 [", "__clone3 [", "clone [", "__clone [")
+# A stack deeper than the kernel's copy, joined with the frames the interpreter holds (issue 13),
+# starts at the outermost Python frame: ember reads no native frames beyond the copy.
+PYTHON_ROOTS = ("<module> (", "Thread._bootstrap (", "BaseProcess._bootstrap (")
 GARBAGE = re.compile(r"^0x[0-9a-f]+ \[(unknown|anon)\]$")
 # Native-only stacks that never ran Python code are interpreter start-up and shutdown (or a
 # thread of a C library); with these in them, a native-only stack lost its Python frames.
@@ -73,7 +76,7 @@ def ember_measures(stacks):
         counted += n
         ok = (
             has_python
-            and stack[0].startswith(NATIVE_ROOTS)
+            and (stack[0].startswith(NATIVE_ROOTS) or stack[0].startswith(PYTHON_ROOTS))
             and "[truncated]" not in stack
             and not any(GARBAGE.match(f) for f in stack)
         )

@@ -505,21 +505,35 @@ impl ProcessState {
         let own = frames.len();
         let lines = if self.lines { self.python_lines(sample, &frames, own) } else { Vec::new() };
         let mut completed_from = None;
-        let joined = match unwound.end {
+        let mut joined = match unwound.end {
             StackEnd::Truncated => self.join_with_interpreter(sample, &frames),
             _ => None,
         };
         match unwound.end {
             StackEnd::Complete => self.completer.remember(tid, &frames),
             StackEnd::Truncated | StackEnd::Failed(_) => {
-                // Completed either way, so the history later completions start from stays deep;
-                // but frames read from the interpreter beat frames inferred from history.
+                // Completed either way, so the history later completions start from stays deep.
+                // Frames read from the interpreter beat frames inferred from history; where
+                // both give the same Python frames, the completion is shown, as it also has the
+                // native frames between and outside them (unless lines were asked for, which
+                // only the read has).
                 let mut completed = frames.clone();
                 let from = self.completer.complete(tid, &mut completed);
                 if from.is_some() {
                     self.completer.remember(tid, &completed);
                 }
-                if !joined.as_ref().is_some_and(Join::succeeded) {
+                let show_completion = match joined.as_mut() {
+                    Some(join) if join.succeeded() => {
+                        let agree =
+                            from.is_some() && !self.lines && self.same_python_frames(&completed[own..], join, strings);
+                        if agree {
+                            join.confirmed_completion = true;
+                        }
+                        agree
+                    }
+                    _ => true,
+                };
+                if show_completion {
                     (frames, completed_from) = (completed, from);
                 }
             }
@@ -541,7 +555,7 @@ impl ProcessState {
                 (key, _) => keys.push(key),
             }
         }
-        if let Some(Join { outcome: JoinOutcome::Joined(outer), .. }) = &outcome.joined {
+        if let Some(Join { outcome: JoinOutcome::Joined(outer), confirmed_completion: false, .. }) = &outcome.joined {
             for f in outer.iter() {
                 let name = self.python_names.of(f, strings);
                 keys.push(match f.line().filter(|_| self.lines) {

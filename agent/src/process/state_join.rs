@@ -17,6 +17,8 @@ use crate::unwind::stack::RawFrame;
 pub struct Join {
     pub outcome: JoinOutcome,
     pub latency_ns: Option<u64>,
+    /// The completion from history gave the same Python frames, and is what the stack shows.
+    pub confirmed_completion: bool,
 }
 
 /// Joins remembered per thread: a thread spinning deep down is sampled at a few places, each
@@ -66,7 +68,11 @@ impl ProcessState {
                 && cut.callers() == Some(r.callers.as_slice())
         };
         if let Some(known) = recent.iter().find(same) {
-            return Some(Join { outcome: JoinOutcome::Joined(known.frames.clone()), latency_ns: None });
+            return Some(Join {
+                outcome: JoinOutcome::Joined(known.frames.clone()),
+                latency_ns: None,
+                confirmed_completion: false,
+            });
         }
         let latency_ns = monotonic_ns().saturating_sub(sample.time);
         let outcome = interpreter.join(native_id, cut);
@@ -79,7 +85,16 @@ impl ProcessState {
             });
             recent.truncate(RECENT_JOINS);
         }
-        Some(Join { outcome, latency_ns: Some(latency_ns) })
+        Some(Join { outcome, latency_ns: Some(latency_ns), confirmed_completion: false })
+    }
+
+    /// Whether completed frames (those after the sample's own) name the same Python functions,
+    /// in order, as a join read them.
+    pub(super) fn same_python_frames(&self, completed: &[RawFrame], join: &Join, strings: &mut Interner) -> bool {
+        let JoinOutcome::Joined(read) = &join.outcome else { return false };
+        let named = completed.iter().filter_map(|f| self.perf_map.lookup(f.addr).map(|(_, entry)| entry.name));
+        let read_names = read.iter().map(|f| strings.intern(&format!("py::{}:{}", f.code.qualname, f.code.filename)));
+        named.eq(read_names)
     }
 
     /// Forgets a thread that exited.
