@@ -105,6 +105,8 @@ pub struct ProcessState {
     python_names: join::PythonNames,
     /// Each thread's last join with the interpreter's frames.
     recent_joins: HashMap<Tid, VecDeque<join::RecentJoin>>,
+    /// Keys the hashes of the callers' stacks recent joins are known by.
+    callers_hasher: std::collections::hash_map::RandomState,
     /// Created (forked, exec'd or first seen) after the last poll of every map, which comes
     /// before each batch of events: the lines it wrote since are unread, so its map is polled
     /// before each of its samples until the next batch.
@@ -208,6 +210,7 @@ impl ProcessState {
             ns_tids: HashMap::new(),
             python_names: join::PythonNames::default(),
             recent_joins: HashMap::new(),
+            callers_hasher: Default::default(),
             new_in_batch: true,
         }
     }

@@ -31,9 +31,17 @@ const RECENT_JOINS: usize = 8;
 pub struct RecentJoin {
     trampoline: u64,
     trampoline_sp: u64,
-    /// The copy from the trampoline's frame to its end.
-    callers: Vec<u8>,
+    /// The copy from the trampoline's frame to its end, by length and keyed hash: up to 64 KiB
+    /// each, kept whole it would cost a process of many threads too much.
+    callers: (usize, u64),
     frames: Arc<[PyFrame]>,
+}
+
+/// The length and hash (keyed per process, so a target cannot aim for a collision) of the
+/// callers' part of a copy.
+fn callers_key(hasher: &std::collections::hash_map::RandomState, callers: &[u8]) -> (usize, u64) {
+    use std::hash::BuildHasher;
+    (callers.len(), hasher.hash_one(callers))
 }
 
 impl Join {
@@ -61,11 +69,10 @@ impl ProcessState {
         // Two samples that hold the same call at the same place, under callers whose stack is
         // the same byte for byte, were taken in one call: both copies show it live. (The read
         // that joined the first proved what lies beyond.)
+        let callers = cut.callers().map(|c| callers_key(&self.callers_hasher, c));
         let recent = self.recent_joins.entry(sample.tid).or_default();
         let same = |r: &&RecentJoin| {
-            r.trampoline == trampoline
-                && r.trampoline_sp == trampoline_sp
-                && cut.callers() == Some(r.callers.as_slice())
+            r.trampoline == trampoline && r.trampoline_sp == trampoline_sp && Some(r.callers) == callers
         };
         if let Some(known) = recent.iter().find(same) {
             return Some(Join {
@@ -76,13 +83,8 @@ impl ProcessState {
         }
         let latency_ns = monotonic_ns().saturating_sub(sample.time);
         let outcome = interpreter.join(native_id, cut);
-        if let (JoinOutcome::Joined(frames), Some(callers)) = (&outcome, cut.callers()) {
-            recent.push_front(RecentJoin {
-                trampoline,
-                trampoline_sp,
-                callers: callers.to_vec(),
-                frames: frames.clone(),
-            });
+        if let (JoinOutcome::Joined(frames), Some(callers)) = (&outcome, callers) {
+            recent.push_front(RecentJoin { trampoline, trampoline_sp, callers, frames: frames.clone() });
             recent.truncate(RECENT_JOINS);
         }
         Some(Join { outcome, latency_ns: Some(latency_ns), confirmed_completion: false })
@@ -101,6 +103,7 @@ impl ProcessState {
     pub fn forget_thread(&mut self, tid: Tid) {
         self.completer.forget_thread(tid);
         self.recent_joins.remove(&tid);
+        self.ns_tids.remove(&tid);
     }
 
     fn attach_interpreter(&self) -> Slot {
