@@ -233,7 +233,10 @@ impl Pipeline {
                 JoinOutcome::Unreadable => stats.join_unreadable += 1,
             }
         }
-        if let Some(capture) = capture {
+        // A replay case holds no interpreter memory: a stack with frames read from it could not
+        // be replayed as found.
+        let from_memory = unwound.joined.as_ref().is_some_and(|j| j.succeeded() && !j.confirmed_completion);
+        if let Some(capture) = capture.as_mut().filter(|_| !from_memory && !state.lines) {
             capture.offer(state, &sample, &unwound, keys, &profile.strings, elf);
         }
         if threads_seen.insert((pid, tid)) {
