@@ -1,5 +1,7 @@
 //! `record --lines`: each Python frame's line, read from the interpreter right after the sample.
 
+use std::process::Command;
+
 use crate::common::*;
 
 /// The line of the fixture marked `# marker`.
@@ -11,12 +13,12 @@ fn line_of(marker: &str) -> String {
 
 /// `two_lines.py` spends 3/4 of its CPU in loop A and 1/4 in loop B: the samples of `hot`
 /// at each loop's line must split the same way, within 3 points.
-fn assert_lines_split(python: &std::path::Path) {
+fn assert_lines_split(python: Command) {
     let _serial = serial();
     let out = run(ember()
         .args(["record", "--lines", "--rate", "499", "--"])
-        .arg(python)
-        .arg(fixture("two_lines.py"))
+        .arg(python.get_program())
+        .args(python.get_args())
         .arg("6"));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -30,14 +32,27 @@ fn assert_lines_split(python: &std::path::Path) {
     assert!((share - 75.0).abs() <= 3.0, "loop A has {share:.1}% of the two lines' samples (expected 75)\n{err}");
 }
 
+fn pyenv(python: std::path::PathBuf) -> Command {
+    let mut cmd = Command::new(python);
+    cmd.arg(fixture("two_lines.py"));
+    cmd
+}
+
 #[test]
 fn two_hot_lines_split_as_their_cpu_does_on_3_12() {
-    assert_lines_split(&python312());
+    assert_lines_split(pyenv(python312()));
 }
 
 #[test]
 fn two_hot_lines_split_as_their_cpu_does_on_3_13() {
-    assert_lines_split(&python_version("3.13"));
+    assert_lines_split(pyenv(python_version("3.13")));
+}
+
+#[test]
+fn two_hot_lines_split_as_their_cpu_does_on_debian() {
+    for minor in ["3.13", "3.14", "3.15"] {
+        assert_lines_split(debian_python(minor, "two_lines.py"));
+    }
 }
 
 #[test]
