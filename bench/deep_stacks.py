@@ -6,7 +6,8 @@ workload (issue 13), interleaved round by round.
 
 Each round starts `agent/tests/fixtures/deep_spin.py` (a recursion D deep spinning at its
 bottom, with the perf trampoline on) and attaches, in turn: ember-agent record (release
-build), the same with --no-interpreter-reads, and py-spy record. For each it prints the
+build), the same with --no-interpreter-reads, the same with --lines (every sample read), and
+py-spy record. For each it prints the
 profiler's CPU per sample (user+sys of its process), its peak RSS, and the share of samples
 that are whole (<module> and all D levels); for ember also the read latency (median and p99
 from its summary). Needs root and py-spy beside the Python used (pip install py-spy)."""
@@ -97,6 +98,19 @@ def main():
             "-o",
             out,
             "--no-interpreter-reads",
+        ],
+        "ember --lines": lambda pid, out: [
+            ember,
+            "record",
+            "-r",
+            rate,
+            "-d",
+            secs,
+            "-p",
+            str(pid),
+            "-o",
+            out,
+            "--lines",
         ],
         "py-spy": lambda pid, out: [pyspy, "record", "-r", rate, "-d", secs, "-p", str(pid), "-f", "raw", "-o", out],
     }

@@ -154,6 +154,10 @@ pub struct StreamArgs {
     /// The `service` label of everything this agent sends.
     #[arg(long)]
     pub service: Option<String>,
+    /// Send each Python frame's line (see `record --lines`); the web view and API show lines
+    /// when asked (`lines=1`) and merge them into functions otherwise.
+    #[arg(long)]
+    pub lines: bool,
     /// An extra label, `key=value` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -215,9 +219,14 @@ impl StreamArgs {
         } else {
             return Err(CliError::NoStreamTarget);
         };
+        if self.lines && self.sampling.no_interpreter_reads {
+            return Err(CliError::LinesWithoutReads);
+        }
+        let mut sampling = self.sampling.config();
+        sampling.lines = self.lines;
         Ok(crate::stream::StreamConfig {
             targets,
-            sampling: self.sampling.config(),
+            sampling,
             collector: self.collector,
             client: ClientOptions {
                 tls_ca: self.tls_ca,

@@ -22,6 +22,7 @@ fn batch(processes: usize, now_ns: u64) -> v1::Batch {
             file: 0,
             kind: v1::FrameKind::Python as i32,
             interpreter_plumbing: false,
+            line: 0,
         })
         .collect();
     let stacks = (0..4u32).map(|i| v1::Stack { frames: (0..=i + 4).collect() }).collect();

@@ -103,6 +103,7 @@ fn make_batch(w: &Workload, rng: &mut Rng, sequence: u64, series: usize, window_
                             file: 0,
                             kind: v1::FrameKind::Python as i32,
                             interpreter_plumbing: false,
+                            line: 0,
                         });
                         frames.len() as u32 - 1
                     })

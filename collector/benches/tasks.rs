@@ -129,7 +129,7 @@ fn main() {
     let tasks = batches * TASKS_PER_BATCH;
     let range = TimeRange { from_ms: 0, to_ms: ember_collector::query::now_ms() };
     let all = Selector::parse(r#"{service="api"}"#).expect("selector");
-    let (plain, total) = median_of(5, || stack_counts(&store, all.clone(), range).expect("profile").total());
+    let (plain, total) = median_of(5, || stack_counts(&store, all.clone(), range, false).expect("profile").total());
     let (raw, _) = median_of(5, || store.raw_samples(&all, range).expect("raw").len() as u64);
     let (task_read, _) = median_of(5, || store.tasks(&all, range).expect("tasks").len() as u64);
     // The common question: the last minute of a long-running service.
@@ -138,7 +138,8 @@ fn main() {
     let (minute_read, minute_tasks) =
         median_of(5, || store.tasks(&all, minute).expect("tasks").iter().map(|s| s.tasks.len() as u64).sum());
     let by_task = Selector::parse(r#"{service="api",task="handle-request"}"#).expect("selector");
-    let (filtered, in_tasks) = median_of(5, || stack_counts(&store, by_task.clone(), range).expect("profile").total());
+    let (filtered, in_tasks) =
+        median_of(5, || stack_counts(&store, by_task.clone(), range, false).expect("profile").total());
     let (timeline, found) = median_of(5, || {
         let found = store.tasks(&all, range).expect("tasks");
         let samples = store.raw_samples(&all, range).expect("raw");

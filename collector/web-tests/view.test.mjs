@@ -38,6 +38,17 @@ await check('opening / with no state picks the most recent target and shows its 
   assert.equal(await page.getByLabel('service').inputValue(), 'web');
 });
 
+await check('lines switches the flame graph between functions and source lines', async () => {
+  const atLine = /\.py:\d+\)$/;
+  assert.ok(!(await flameNames()).some((n) => atLine.test(n)), 'functions by default');
+  await page.getByLabel('Lines', { exact: true }).check();
+  await page.waitForFunction(() => window.ember.flame().tree.name.some((n) => /^hot_path \(.*\.py:\d+\)$/.test(n)), null, { timeout: 20000 });
+  assert.match(decodeURIComponent(page.url()), /lines=1/);
+  await page.getByLabel('Lines', { exact: true }).uncheck();
+  await page.waitForFunction(() => !window.ember.flame().tree.name.some((n) => /\.py:\d+\)$/.test(n)), null, { timeout: 20000 });
+  assert.ok((await flameNames()).some((n) => n.startsWith('hot_path (')), 'hot_path again, as a function');
+});
+
 await check('every control has an accessible name', async () => {
   const unnamed = await page.evaluate(() => [...document.querySelectorAll('button, input, select, a, canvas')]
     .filter((el) => !el.getAttribute('aria-label') && !el.labels?.length && !el.textContent.trim())

@@ -9,8 +9,9 @@
 
   const state = {
     query: '', from: 'now-1h', to: 'now', tab: 'flame', zoom: '', search: '', orientation: 'icicle',
-    fn: '', live: false, baseFrom: '', baseTo: '', baseQuery: '',
+    fn: '', live: false, lines: false, baseFrom: '', baseTo: '', baseQuery: '',
   };
+  const FLAGS = ['live', 'lines'];
   let tree = null;
   let targets = [];
   let chart = null;
@@ -21,14 +22,14 @@
     const p = new URLSearchParams(location.search);
     for (const key of Object.keys(state)) {
       if (!p.has(key)) continue;
-      state[key] = key === 'live' ? p.get(key) === '1' : p.get(key);
+      state[key] = FLAGS.includes(key) ? p.get(key) === '1' : p.get(key);
     }
   }
 
   function writeUrl() {
     const p = new URLSearchParams();
     for (const [key, value] of Object.entries(state)) {
-      if (key === 'live') { if (value) p.set(key, '1'); } else if (value !== '') p.set(key, value);
+      if (FLAGS.includes(key)) { if (value) p.set(key, '1'); } else if (value !== '') p.set(key, value);
     }
     history.replaceState(null, '', '?' + p.toString());
   }
@@ -97,6 +98,8 @@
 
   // ---------------------------------------------------------------- time chart
   function rangeParams() { return { query: state.query, from: state.from, to: state.to }; }
+  // Flame graphs by function, or by line where the agent sent lines.
+  function profileParams() { return { ...rangeParams(), ...(state.lines ? { lines: '1' } : {}) }; }
 
   async function loadSeries() {
     const body = await api('/api/v1/series', rangeParams());
@@ -203,7 +206,7 @@
   }
 
   async function loadProfile() {
-    const body = await api('/api/v1/profile', rangeParams());
+    const body = await api('/api/v1/profile', profileParams());
     tree = F.fromApi(body.tree);
     const empty = tree.total[0] === 0;
     $('empty').hidden = !empty;
@@ -218,7 +221,7 @@
   function downloads() {
     for (const format of ['svg', 'pprof', 'collapsed', 'speedscope']) {
       const a = $('dl-' + format);
-      a.href = '/api/v1/profile?' + new URLSearchParams({ ...rangeParams(), format }).toString();
+      a.href = '/api/v1/profile?' + new URLSearchParams({ ...profileParams(), format }).toString();
       a.setAttribute('download', `ember-profile.${{ svg: 'svg', pprof: 'pb.gz', collapsed: 'folded', speedscope: 'speedscope.json' }[format]}`);
     }
   }
@@ -341,7 +344,7 @@
   };
 
   async function loadDiff() {
-    const params = { ...rangeParams() };
+    const params = { ...profileParams() };
     if (state.baseFrom) params.base_from = state.baseFrom;
     if (state.baseTo) params.base_to = state.baseTo;
     if (state.baseQuery) params.base_query = state.baseQuery;
@@ -399,7 +402,7 @@
         title = `slice ${sel.slice + 1} of ${title} (${T.formatUs(s[1] - s[0])})`;
       }
     }
-    const body = await api('/api/v1/profile', { query: withMatchers(state.query, matchers), from, to });
+    const body = await api('/api/v1/profile', { ...profileParams(), query: withMatchers(state.query, matchers), from, to });
     taskFlame.setTree(F.fromApi(body.tree)); taskFlame.orientation = 'icicle'; taskFlame.draw();
     $('tasks-selection').textContent = `${title}: ${body.total} sample${body.total === 1 ? '' : 's'}`
       + (body.total ? '' : ' (a slice shorter than the sampling interval often has none)');
@@ -440,6 +443,7 @@
     $('targets').addEventListener('submit', (e) => e.preventDefault());
     for (const b of document.querySelectorAll('[data-preset]')) b.addEventListener('click', () => setRange('now-' + b.dataset.preset, 'now'));
     $('live').addEventListener('change', () => { setLive($('live').checked); writeUrl(); });
+    $('lines').addEventListener('change', () => { state.lines = $('lines').checked; refresh(); });
     for (const b of document.querySelectorAll('[data-tab]')) b.addEventListener('click', () => selectTab(b.dataset.tab));
     $('search').addEventListener('input', () => { state.search = $('search').value; state.fn = ''; applySearch(); writeUrl(); });
     $('reset').addEventListener('click', () => flame.zoomTo(0));
@@ -475,6 +479,7 @@
   flame.orientation = state.orientation;
   wire();
   setLive(state.live);
+  $('lines').checked = state.lines;
   refresh();
   // For tests and the renderer benchmark.
   window.ember = { state, flame: () => flame, timeline: () => timeline, taskFlame: () => taskFlame, loadSelection, measure: (n) => {

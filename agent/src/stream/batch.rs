@@ -63,6 +63,7 @@ impl BatchBuilder {
             file: self.string(&f.file),
             kind: kind(f.kind) as i32,
             interpreter_plumbing: f.interpreter_plumbing,
+            line: f.line.unwrap_or(0),
         };
         let id = self.frames.len() as u32;
         self.frames.push(frame);

@@ -80,12 +80,18 @@ pub(super) async fn blocking<T: Send + 'static>(
 }
 
 /// Stack counts for a selector that may hold `task`/`task_id` matchers, which select samples
-/// by the task running when they were taken rather than series.
-pub fn stack_counts(store: &dyn Store, mut selector: Selector, range: TimeRange) -> Result<StackCounts, StoreError> {
-    match TaskFilter::split(&mut selector) {
+/// by the task running when they were taken rather than series; by function unless `lines`.
+pub fn stack_counts(
+    store: &dyn Store,
+    mut selector: Selector,
+    range: TimeRange,
+    lines: bool,
+) -> Result<StackCounts, StoreError> {
+    let counts = match TaskFilter::split(&mut selector) {
         Some(filter) => query::tasks::stack_counts(store, &selector, &filter, range),
         None => store.stack_counts(&selector, range),
-    }
+    }?;
+    Ok(if lines { counts } else { query::lines::without_lines(counts) })
 }
 
 /// The view the exports read: the default view unless `native` is set. The store's frames are
@@ -181,10 +187,11 @@ pub async fn profile(State(state): State<AppState>, Query(params): Params) -> Re
     let range = range(&params, "from", "to")?;
     let format = format_param(&params, &["json", "collapsed", "svg", "pprof", "speedscope"])?;
     let native = flag(&params, "native")?;
+    let lines = flag(&params, "lines")?;
     let rate_hz = rate_param(&params)?;
     let store = state.store.clone();
     let slot = state.enter("profile")?;
-    let counts = slot.run(move || stack_counts(store.as_ref(), selector, range)).await?;
+    let counts = slot.run(move || stack_counts(store.as_ref(), selector, range, lines)).await?;
     let response = if format == "json" {
         let fields = [
             ("from", range.from_ms.to_string()),
@@ -241,13 +248,14 @@ pub async fn diff(State(state): State<AppState>, Query(params): Params) -> Resul
     };
     let format = format_param(&params, &["json", "svg"])?;
     let native = flag(&params, "native")?;
+    let lines = flag(&params, "lines")?;
     let store = state.store.clone();
     let slot = state.enter("diff")?;
     let (now, base) = slot
         .run(move || {
             Ok((
-                stack_counts(store.as_ref(), selector_now, range_now)?,
-                stack_counts(store.as_ref(), selector_base, range_base)?,
+                stack_counts(store.as_ref(), selector_now, range_now, lines)?,
+                stack_counts(store.as_ref(), selector_base, range_base, lines)?,
             ))
         })
         .await?;

@@ -128,7 +128,7 @@ pub fn validate(batch: &v1::Batch) -> Result<NewBatch, InvalidBatch> {
             file: string(strings, f.file, || field("file"))?.to_string(),
             kind: kind(f.kind, || field("kind"))?,
             interpreter_plumbing: f.interpreter_plumbing,
-            line: None,
+            line: (f.line != 0).then_some(f.line),
         });
     }
     let mut stacks = Vec::with_capacity(batch.stacks.len());
@@ -318,6 +318,7 @@ mod tests {
                 file: 3,
                 kind: v1::FrameKind::Python as i32,
                 interpreter_plumbing: false,
+                line: 0,
             }],
             stacks: vec![v1::Stack { frames: vec![0] }],
             processes: vec![v1::Process { id: 1, pid: 42, service: "svc".into(), ..Default::default() }],

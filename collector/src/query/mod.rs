@@ -1,5 +1,6 @@
 //! Query inputs (selectors, time ranges) and outputs (the JSON flame tree).
 
+pub mod lines;
 pub(crate) mod selector;
 pub mod tasks;
 pub mod time;

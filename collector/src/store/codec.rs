@@ -71,11 +71,16 @@ fn byte_kind(b: u8) -> Result<FrameKind, CodecError> {
 }
 
 /// A frame's canonical bytes; equal frames have equal bytes, so the bytes are the frame's key.
+/// A line, when known, follows the file as a varint: frames stored before lines existed end at
+/// the file and decode with none.
 pub fn encode_frame(f: &Frame) -> Vec<u8> {
     let mut out = vec![kind_byte(f.kind), u8::from(f.interpreter_plumbing)];
     put_str(&mut out, &f.text);
     put_str(&mut out, &f.function);
     put_str(&mut out, &f.file);
+    if let Some(line) = f.line {
+        put_varint(&mut out, u64::from(line));
+    }
     out
 }
 
@@ -83,14 +88,16 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, CodecError> {
     let kind = byte_kind(*bytes.first().ok_or(CodecError("empty frame"))?)?;
     let plumbing = *bytes.get(1).ok_or(CodecError("short frame"))? != 0;
     let mut at = 2;
-    Ok(Frame {
-        text: get_str(bytes, &mut at)?,
-        function: get_str(bytes, &mut at)?,
-        file: get_str(bytes, &mut at)?,
-        kind,
-        interpreter_plumbing: plumbing,
-        line: None,
-    })
+    let (text, function, file) = (get_str(bytes, &mut at)?, get_str(bytes, &mut at)?, get_str(bytes, &mut at)?);
+    let line = if at < bytes.len() {
+        Some(u32::try_from(get_varint(bytes, &mut at)?).map_err(|_| CodecError("line over 32 bits"))?)
+    } else {
+        None
+    };
+    if at != bytes.len() {
+        return Err(CodecError("bytes after the frame"));
+    }
+    Ok(Frame { text, function, file, kind, interpreter_plumbing: plumbing, line })
 }
 
 pub fn encode_ids(ids: &[u32]) -> Vec<u8> {
@@ -268,7 +275,16 @@ mod tests {
             interpreter_plumbing: false,
             line: None,
         };
-        assert_eq!(decode_frame(&encode_frame(&f)), Ok(f));
+        let old_bytes = encode_frame(&f);
+        assert_eq!(decode_frame(&old_bytes), Ok(f.clone()));
+        // A frame with a line: its own key, the line after the file; one without decodes as before.
+        let at_line = Frame { text: "f (a.py:12)".into(), line: Some(12), ..f.clone() };
+        let bytes = encode_frame(&at_line);
+        assert_eq!(decode_frame(&bytes), Ok(at_line));
+        assert_ne!(bytes, old_bytes);
+        let mut trailing = bytes.clone();
+        trailing.push(1);
+        assert!(decode_frame(&trailing).is_err(), "bytes after the line");
         assert_eq!(decode_ids(&encode_ids(&[0, 1, 300, u32::MAX])), Ok(vec![0, 1, 300, u32::MAX]));
         let labels: Labels = [("a".to_string(), "1".to_string()), ("b".into(), "".into())].into();
         assert_eq!(decode_labels(&encode_labels(&labels)), Ok(labels));

@@ -25,6 +25,7 @@ fn batch(sequence: u64, service: &str, age: Duration, n: usize, padding: usize) 
             file: 3,
             kind: v1::FrameKind::Python as i32,
             interpreter_plumbing: false,
+            line: 0,
         }],
         stacks: vec![v1::Stack { frames: vec![0] }],
         processes: vec![v1::Process { id: 1, pid: 7, service: service.into(), ..Default::default() }],

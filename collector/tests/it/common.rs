@@ -269,6 +269,7 @@ pub fn stacks_batch(sequence: u64, pid: u32, service: &str, stacks: &[Vec<String
                     file: 0,
                     kind: v1::FrameKind::Python as i32,
                     interpreter_plumbing: false,
+                    line: 0,
                 });
                 frames.len() as u32 - 1
             });

@@ -44,7 +44,7 @@ prop_compose! {
             agent_id: "prop".into(),
             sequence,
             strings,
-            frames: frames.into_iter().map(|(t, f, k)| v1::Frame { text: t, function: f, file: 0, kind: k, interpreter_plumbing: false }).collect(),
+            frames: frames.into_iter().map(|(t, f, k)| v1::Frame { text: t, function: f, file: 0, kind: k, interpreter_plumbing: false , line: 0}).collect(),
             stacks: stacks.into_iter().map(|frames| v1::Stack { frames }).collect(),
             processes: processes.into_iter().map(|(id, label)| v1::Process {
                 id, pid: 7, labels: label.into_iter().collect(), ..Default::default()

@@ -24,7 +24,8 @@ fn the_web_view_works_in_a_real_browser() {
         Running::start(&mut stream_cmd(&collector, &["--rate", "499", "--service", "tasks"], &[&py, &tasks])).finish();
     assert!(out.status.success(), "{}", stderr(&out));
     let app = fixture("web_app.py").display().to_string();
-    let mut cmd = stream_cmd(&collector, &["--service", "web"], &[&py, &app]);
+    // With lines, so the view can switch between functions and lines.
+    let mut cmd = stream_cmd(&collector, &["--service", "web", "--lines"], &[&py, &app]);
     cmd.env("EMBER_FIXTURE_SECONDS", "3");
     let out = Running::start(&mut cmd).finish();
     assert!(out.status.success(), "{}", stderr(&out));
