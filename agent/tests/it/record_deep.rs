@@ -67,12 +67,31 @@ fn recursions_thousands_deep_are_whole() {
 }
 
 /// Depth changing every few milliseconds, a distinct function per level: every sample is
-/// either an exact chain or marked `[truncated]`, never a wrong one, and at least 99% are exact.
+/// either an exact chain or marked `[truncated]`, never a wrong one, and most are exact.
+///
+/// How many are exact depends on how soon after the sample the read comes, so on load: 99.5%
+/// on an idle machine on 3.12 and 3.13, 98.8% on 3.13 beside a CI run. On 3.14 and 3.15 the
+/// callers' C frames hold the call's arguments (here each round's `target`), so the callers'
+/// check also refuses a call re-made in a later round, and 96-98% are exact. The samples not
+/// joined are completed from history or marked, never guessed (docs/BENCHMARKS.md).
 #[test]
 fn stacks_whose_depth_keeps_changing_are_exact_chains() {
+    let mut pyenv312 = Command::new(python312());
+    pyenv312.arg(fixture("depth_walk.py"));
+    let mut pyenv313 = Command::new(python_version("3.13"));
+    pyenv313.arg(fixture("depth_walk.py"));
+    assert_exact_chains(pyenv312, 0.99);
+    assert_exact_chains(pyenv313, 0.97);
+    assert_exact_chains(debian_python("3.13", "depth_walk.py"), 0.97);
+    for minor in ["3.14", "3.15"] {
+        assert_exact_chains(debian_python(minor, "depth_walk.py"), 0.95);
+    }
+}
+
+fn assert_exact_chains(mut python: Command, bar: f64) {
     let _serial = serial();
-    let mut python = Command::new(python312());
-    let (folded, err) = record(python.arg(fixture("depth_walk.py")).arg("5"));
+    let what = format!("{python:?}");
+    let (folded, err) = record(python.arg("5"));
     let levels = |s: &[String]| -> Vec<String> {
         s.iter().map(|f| function(f).to_string()).filter(|f| f.starts_with("level_")).collect()
     };
@@ -91,7 +110,7 @@ fn stacks_whose_depth_keeps_changing_are_exact_chains() {
     let total = folded.count(in_levels);
     let good = folded.count(|s| in_levels(s) && exact(s));
     let wrong = folded.count(|s| in_levels(s) && !exact(s) && !marked(s));
-    assert!(total >= 500, "only {total} samples\n{err}");
-    assert_eq!(wrong, 0, "{wrong} samples with a gap, a repeat or a foreign frame\n{err}");
-    assert!(good as f64 >= 0.99 * total as f64, "{good} of {total} samples exact\n{err}");
+    assert!(total >= 500, "{what}: only {total} samples\n{err}");
+    assert_eq!(wrong, 0, "{what}: {wrong} samples with a gap, a repeat or a foreign frame\n{err}");
+    assert!(good as f64 >= bar * total as f64, "{what}: {good} of {total} samples exact\n{err}");
 }
