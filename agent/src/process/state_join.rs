@@ -21,9 +21,9 @@ pub struct Join {
     pub confirmed_completion: bool,
 }
 
-/// Joins remembered per thread: a thread spinning deep down is sampled at a few places, each
-/// with its own outermost trampoline in the copy.
-const RECENT_JOINS: usize = 8;
+/// Joins remembered per thread: a thread spinning deep down is sampled at many places, each
+/// with its own outermost trampoline in the copy. Entries with the same frames share them.
+const RECENT_JOINS: usize = 32;
 
 /// A thread's recent join: while its samples show the same call under the same callers, the
 /// same frames lie beyond the copy.
@@ -84,7 +84,15 @@ impl ProcessState {
         let latency_ns = monotonic_ns().saturating_sub(sample.time);
         let outcome = interpreter.join(native_id, cut);
         if let (JoinOutcome::Joined(frames), Some(callers)) = (&outcome, callers) {
-            recent.push_front(RecentJoin { trampoline, trampoline_sp, callers, frames: frames.clone() });
+            let same_frames = |r: &RecentJoin| {
+                r.frames.len() == frames.len()
+                    && r.frames
+                        .iter()
+                        .zip(frames.iter())
+                        .all(|(a, b)| Arc::ptr_eq(&a.code, &b.code) && a.unit == b.unit)
+            };
+            let frames = recent.iter().find(|r| same_frames(r)).map_or_else(|| frames.clone(), |r| r.frames.clone());
+            recent.push_front(RecentJoin { trampoline, trampoline_sp, callers, frames });
             recent.truncate(RECENT_JOINS);
         }
         Some(Join { outcome, latency_ns: Some(latency_ns), confirmed_completion: false })

@@ -31,6 +31,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// moments of the reads are not in step with a program's own period: the line a running frame
 /// is read at (`--lines`) is then a fair draw of where it spends its time.
 const READING_TICK_MS: std::ops::Range<u64> = 5..15;
+/// The same with `--lines`: every sample is read, and reads made in one batch see one moment
+/// of the running frame, so shorter batches give more independent lines.
+const LINES_TICK_MS: std::ops::Range<u64> = 1..4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplingError {
@@ -135,7 +138,8 @@ impl Engine {
         let started = Instant::now();
         loop {
             let reading = self.pipeline.processes().any(|p| p.reads_interpreter());
-            let wait = if reading { Duration::from_millis(rand::random_range(READING_TICK_MS)) } else { TICK };
+            let range = if self.pipeline.lines { LINES_TICK_MS } else { READING_TICK_MS };
+            let wait = if reading { Duration::from_millis(rand::random_range(range)) } else { TICK };
             self.session.wait(wait);
             self.process_batch();
             if tick(self).is_break() {
