@@ -84,34 +84,14 @@ def main():
         sys.exit("py-spy not found (pip install py-spy)")
     ember = record_bench.ember_binary()
     rate, secs = str(args.rate), str(args.seconds)
+
+    def ember_with(*extra):
+        return lambda pid, out: [ember, "record", "-r", rate, "-d", secs, "-p", str(pid), "-o", out, *extra]
+
     tools = {
-        "ember": lambda pid, out: [ember, "record", "-r", rate, "-d", secs, "-p", str(pid), "-o", out],
-        "ember, no reads": lambda pid, out: [
-            ember,
-            "record",
-            "-r",
-            rate,
-            "-d",
-            secs,
-            "-p",
-            str(pid),
-            "-o",
-            out,
-            "--no-interpreter-reads",
-        ],
-        "ember --lines": lambda pid, out: [
-            ember,
-            "record",
-            "-r",
-            rate,
-            "-d",
-            secs,
-            "-p",
-            str(pid),
-            "-o",
-            out,
-            "--lines",
-        ],
+        "ember": ember_with(),
+        "ember, no reads": ember_with("--no-interpreter-reads"),
+        "ember --lines": ember_with("--lines"),
         "py-spy": lambda pid, out: [pyspy, "record", "-r", rate, "-d", secs, "-p", str(pid), "-f", "raw", "-o", out],
     }
     rows = {name: [] for name in tools}
