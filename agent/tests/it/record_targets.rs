@@ -70,17 +70,34 @@ fn spawn_in_namespace(fixture_name: &str, with_monitor: bool) -> (Target, u32) {
     (wrapper, host_pid)
 }
 
+/// Removes a file planted by a test, even when the test fails.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[test]
 fn a_target_in_its_own_pid_and_mount_namespace() {
     let _serial = serial();
-    // Its perf map is /tmp/perf-1.map inside, invisible at the host's /tmp.
+    // Its perf map is /tmp/perf-1.map inside. The host's /tmp/perf-<host pid>.map belongs to
+    // whoever had that PID before (CPython leaves its maps behind), so a decoy planted there
+    // must be ignored.
     let (_wrapper, host_pid) = spawn_in_namespace("serve.py", false);
-    assert!(!std::path::Path::new(&format!("/tmp/perf-{host_pid}.map")).exists());
+    let host_map = std::path::PathBuf::from(format!("/tmp/perf-{host_pid}.map"));
+    let decoy = (!host_map.exists()).then(|| {
+        std::fs::write(&host_map, "0 7fffffffffff decoy_from_the_hosts_tmp\n").expect("the decoy map");
+        RemoveOnDrop(host_map.clone())
+    });
 
     let out = run(ember().args(["record", "--duration", "2", "--pid", &host_pid.to_string()]));
+    drop(decoy);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("trampoline is off"), "the map was found through /proc/PID/root: {err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("decoy"), "the host's /tmp was read");
     let folded = Folded::from_output(&out);
     let named = folded.share(|s| {
         let names: Vec<&str> = s.iter().map(|f| function(f)).collect();
