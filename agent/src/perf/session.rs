@@ -71,6 +71,20 @@ struct CpuRing {
     sampler: Sampler,
     /// Events of other threads whose output goes to `sampler`'s buffer.
     followers: Vec<(Tid, Counter)>,
+    /// Which event's descriptor is polled for the buffer's wakeups: 0 is the sampler's, i is
+    /// follower i - 1's. Once that event's threads have all exited its descriptor reports a
+    /// hang-up on every poll, so the wait moves on to the next event of the ring.
+    polled: usize,
+}
+
+impl CpuRing {
+    /// The descriptor of the ring's `index`-th event, the sampler first.
+    fn member_fd(&self, index: usize) -> Option<std::os::fd::RawFd> {
+        match index {
+            0 => Some(self.sampler.as_raw_fd()),
+            i => self.followers.get(i - 1).map(|(_, counter)| counter.as_raw_fd()),
+        }
+    }
 }
 
 /// All open events of one recording.
@@ -170,7 +184,7 @@ impl SamplingSession {
                 None => {
                     let sampler =
                         counter.sampled(self.config.ring_bytes).map_err(|source| PerfError::Mmap { cpu, source })?;
-                    self.rings.push(CpuRing { cpu, sampler, followers: Vec::new() });
+                    self.rings.push(CpuRing { cpu, sampler, followers: Vec::new(), polled: 0 });
                 }
             }
         }
@@ -208,6 +222,8 @@ impl SamplingSession {
         let tids: HashSet<Tid> = self.owners.iter().filter(|(_, p)| **p == pid).map(|(t, _)| *t).collect();
         for ring in &mut self.rings {
             ring.followers.retain(|(tid, _)| !tids.contains(tid));
+            // Indices moved; the wait finds a live event again from the start.
+            ring.polled = 0;
         }
         for tid in tids {
             self.owners.remove(&tid);
@@ -216,22 +232,29 @@ impl SamplingSession {
     }
 
     /// Waits until a ring buffer has data or the timeout passes.
-    pub fn wait(&self, timeout: Duration) {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    pub fn wait(&mut self, timeout: Duration) {
+        use nix::poll::{ppoll, PollFd, PollFlags};
         use std::os::fd::BorrowedFd;
-        if self.rings.is_empty() {
+        let polled: Vec<(usize, std::os::fd::RawFd)> =
+            self.rings.iter().enumerate().filter_map(|(i, ring)| Some((i, ring.member_fd(ring.polled)?))).collect();
+        if polled.is_empty() {
             std::thread::sleep(timeout);
             return;
         }
-        let mut fds: Vec<PollFd> = self
-            .rings
+        let mut fds: Vec<PollFd> = polled
             .iter()
-            // SAFETY: each sampler owns its descriptor and outlives this call.
-            .map(|r| PollFd::new(unsafe { BorrowedFd::borrow_raw(r.sampler.as_raw_fd()) }, PollFlags::POLLIN))
+            // SAFETY: each descriptor belongs to an event the session owns, open for this call.
+            .map(|&(_, fd)| PollFd::new(unsafe { BorrowedFd::borrow_raw(fd) }, PollFlags::POLLIN))
             .collect();
-        let ms = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        // ppoll: to the nanosecond, where poll rounds down to whole milliseconds.
+        let timeout = nix::sys::time::TimeSpec::from_duration(timeout);
         // EINTR (a signal) only ends the wait early, which the caller's loop expects.
-        let _ = poll(&mut fds, ms);
+        let _ = ppoll(&mut fds, Some(timeout), None);
+        for (fd, &(ring, _)) in fds.iter().zip(&polled) {
+            if fd.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)) {
+                self.rings[ring].polled += 1;
+            }
+        }
     }
 
     /// Moves every pending record into `out`, unsorted.
@@ -305,9 +328,16 @@ fn event_builder(
         .exclude_hv(true)
         .exclude_kernel(user_only)
         .exclude_callchain_user(true)
-        .wakeup_watermark(cfg.ring_bytes / 4)
         .enabled(!enable_on_exec)
         .enable_on_exec(enable_on_exec);
+    if cfg.read_interpreter && !cfg.lines {
+        // Every sample wakes the loop, so the frames a cut-off stack lacks are read while the
+        // thread is most likely still in the sampled call. (With `--lines` the reads come at
+        // random moments instead: see the sampling loop.)
+        builder.wakeup_events(1);
+    } else {
+        builder.wakeup_watermark(cfg.ring_bytes / 4);
+    }
     builder
 }
 

@@ -145,6 +145,32 @@ fn attaching_to_a_running_process() {
     assert!(full >= 95.0, "{full:.1}% of samples with <module> -> main -> handle_request -> compute");
 }
 
+/// Each CPU's ring is polled through one of its events, at first the first target's. Once
+/// that process has exited, its descriptor reports a hang-up on every poll: the agent must
+/// move on to a live event rather than spin while the other target runs.
+#[test]
+fn the_first_target_exiting_leaves_the_agent_idle() {
+    let _serial = serial();
+    let idle = "import time\nprint('ready', flush=True)\ntime.sleep(600)";
+    let first = Target::spawn(Command::new(python312()).args(["-c", idle]));
+    let second = Target::spawn(Command::new(python312()).args(["-c", idle]));
+    first.wait_for("ready", Duration::from_secs(20));
+    second.wait_for("ready", Duration::from_secs(20));
+    let (first_pid, second_pid) = (first.pid().to_string(), second.pid().to_string());
+    let mut agent = RunningAgent::start(&["record", "--pid", &first_pid, "--pid", &second_pid]);
+    agent.wait_for_stderr("recording", Duration::from_secs(30));
+    drop(first);
+    // A window of wall time is what is measured here: a spinning agent uses most of it.
+    let window = Duration::from_secs(2);
+    let cpu_before = cpu_seconds(agent.pid());
+    std::thread::sleep(window);
+    let used = cpu_seconds(agent.pid()) - cpu_before;
+    agent.signal(2);
+    let out = agent.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(used < 0.1 * window.as_secs_f64(), "the agent used {used:.2} CPU s in {window:?} with idle targets");
+}
+
 #[test]
 fn a_native_program_gives_native_stacks_from_cfi() {
     let _serial = serial();
