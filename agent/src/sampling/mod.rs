@@ -1,6 +1,7 @@
 //! The sampling engine that `record` and `stream` both drive: targets started, perf events
-//! drained as the kernel wakes the loop, perf maps and task rings read, events sorted and fed through the
-//! [`Pipeline`] (process tracking, unwinding, completion), until a stop condition holds.
+//! drained as the kernel wakes the loop, perf maps and task rings read, events sorted and fed
+//! through the [`Pipeline`] (process tracking, unwinding, completion), until a stop condition
+//! holds.
 //!
 //! What happens to unwound samples is the front end's choice ([`Keep`]): whole-profile
 //! counts for `record`, timed windows handed out at each flush for `stream`.
@@ -31,8 +32,8 @@ pub use targets::{describe, Started, Targets};
 const TICK: Duration = Duration::from_millis(100);
 /// With `--lines`, while an interpreter is read, batches are processed instead at moments
 /// drawn at random from this range (µs; continuous, as whole milliseconds would put the reads
-/// on a lattice that can fall in step with a program too) after the last: the line of the running frame is the
-/// one it runs at the read, and reads at random moments are a fair draw of where it spends its
+/// on a lattice that can fall in step with a program too) after the last: the line of the
+/// running frame is the one it runs at the read, and reads at random moments are a fair draw of where it spends its
 /// time even when the program's own period is in step with the sampling period (a read right
 /// after each sample inherits that aliasing: a 3 ms + 1 ms loop sampled at 499 Hz showed
 /// 56% for its 75% line).
@@ -143,10 +144,12 @@ impl Engine {
         let mut next_batch = next_tick;
         loop {
             self.session.wait(next_batch.min(next_tick).saturating_duration_since(Instant::now()));
-            self.session.drain(&mut self.events);
             let lines_read = self.pipeline.lines && self.pipeline.processes().any(|p| p.reads_interpreter());
             let now = Instant::now();
-            if !lines_read || now >= next_batch {
+            if lines_read && now < next_batch {
+                // Drained so the rings do not fill; processed at the batch's random moment.
+                self.session.drain(&mut self.events);
+            } else {
                 self.process_batch();
                 let wait = if lines_read { Duration::from_micros(rand::random_range(LINES_BATCH_US)) } else { TICK };
                 next_batch = now + wait;
