@@ -2,11 +2,12 @@
 //! the interpreter's memory (stage **interp**) without stopping the process, as `py-spy dump`
 //! does.
 
+mod tasks;
 mod text;
 
 use serde::Serialize;
 
-use crate::interp::{AttachError, Interpreter, ObjectError, WalkEnd};
+use crate::interp::{AttachError, Interpreter, ObjectError, PyFrame, WalkEnd};
 use crate::process::{procfs, Pid, ProcessState, Tid};
 use crate::unwind::ElfCache;
 
@@ -39,11 +40,15 @@ pub struct Dump {
     /// Whether the process was stopped while read (never: reads race with it, and each object
     /// is checked instead).
     pub stopped: bool,
-    /// Whether the frames were read at (nearly) one moment: every memory block the walk needed
-    /// copied in one system call. `false` when the threads kept changing over several tries,
-    /// so a thread's frames may mix two moments.
+    /// Whether the threads, and then the tasks, were each read at (nearly) one moment: every
+    /// memory block a walk needed copied in one system call. `false` when they kept changing
+    /// over several tries, so a stack may mix two moments.
     pub at_one_moment: bool,
     pub threads: Vec<ThreadDump>,
+    /// asyncio's tasks as a tree: each task holds the tasks it waits for.
+    pub tasks: Vec<tasks::TaskDump>,
+    /// Why the tasks could not be read, if they could not (the threads still are).
+    pub tasks_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -65,6 +70,12 @@ pub struct FrameDump {
     pub function: String,
     pub file: String,
     pub line: Option<u32>,
+}
+
+impl From<&PyFrame> for FrameDump {
+    fn from(frame: &PyFrame) -> Self {
+        FrameDump { function: frame.code.qualname.clone(), file: frame.code.filename.clone(), line: frame.line() }
+    }
 }
 
 /// Reads the process and writes its dump to stdout.
@@ -95,15 +106,7 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
                 native_id: t.native_id,
                 name: tid.and_then(|tid| procfs::comm(pid, tid)),
                 holds_gil: t.holds_gil,
-                frames: t
-                    .frames
-                    .iter()
-                    .map(|f| FrameDump {
-                        function: f.code.qualname.clone(),
-                        file: f.code.filename.clone(),
-                        line: f.line(),
-                    })
-                    .collect(),
+                frames: t.frames.iter().map(FrameDump::from).collect(),
                 incomplete: match t.end {
                     WalkEnd::Root => None,
                     WalkEnd::Broken(e) => Some(format!("the frame chain could not be read further: {e}")),
@@ -117,14 +120,20 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
         .collect();
     // The main thread first, then by id, rather than CPython's newest-first list.
     threads.sort_by_key(|t| (t.tid != Some(pid.0), t.tid, t.native_id));
+    let (tasks, tasks_error, tasks_at_once) = match interpreter.tasks() {
+        Ok((found, at_once)) => (tasks::tree(found), None, at_once),
+        Err(e) => (Vec::new(), Some(e.to_string()), true),
+    };
     Ok(Dump {
         pid: pid.0,
         command: procfs::cmdline(pid).map(|c| c.join(" ")).unwrap_or_else(|| process.comm.clone()),
         python: interpreter.version().to_string(),
         interpreter: interpreter.image().to_string(),
         stopped: false,
-        at_one_moment,
+        at_one_moment: at_one_moment && tasks_at_once,
         threads,
+        tasks,
+        tasks_error,
     })
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use super::asyncio::BuiltinTypes;
 use super::objects::Types;
 use crate::process::ProcessState;
 
@@ -15,10 +16,31 @@ pub struct Symbols {
     /// `Py_Version` (3.11+): `PY_VERSION_HEX` as a `const unsigned long`.
     pub version: Option<u64>,
     pub types: Types,
+    /// The builtin types the asyncio task reader checks objects against, if all are exported.
+    pub builtins: Option<BuiltinTypes>,
 }
 
 /// The symbols looked up, in the order [`find`] reads them back.
-const NAMES: [&str; 5] = ["_PyRuntime", "Py_Version", "PyCode_Type", "PyUnicode_Type", "PyBytes_Type"];
+const NAMES: [&str; 18] = [
+    "_PyRuntime",
+    "Py_Version",
+    "PyCode_Type",
+    "PyUnicode_Type",
+    "PyBytes_Type",
+    "PyCoro_Type",
+    "PyGen_Type",
+    "PySet_Type",
+    "PyDict_Type",
+    "PyLong_Type",
+    "PyMethod_Type",
+    "PyFunction_Type",
+    "PyTuple_Type",
+    "PyCell_Type",
+    "PyList_Type",
+    "_PyWeakref_RefType",
+    "PyModule_Type",
+    "_Py_NoneStruct",
+];
 
 /// Looks in the images whose name says Python first, then in every other one (an embedding
 /// program such as uwsgi may link libpython in). Returns the symbols and the image's path.
@@ -30,13 +52,35 @@ pub fn find(process: &ProcessState) -> Option<(Symbols, String)> {
         if !seen.insert(image.id) {
             continue;
         }
-        let [runtime, version, code, unicode, bytes] = image.symbol_addresses(NAMES);
+        let [runtime, version, code, unicode, bytes, builtins @ ..] = image.symbol_addresses(NAMES);
         let at = |svma: u64| svma.wrapping_add(bias);
+        let builtins = builtins.iter().map(|a| a.map(at)).collect::<Option<Vec<u64>>>().and_then(|b| {
+            let [coroutine, generator, set, dict, int, method, function, tuple, cell, list, weakref, module, none] =
+                b[..]
+            else {
+                return None;
+            };
+            Some(BuiltinTypes {
+                coroutine,
+                generator,
+                set,
+                dict,
+                int,
+                method,
+                function,
+                tuple,
+                cell,
+                list,
+                weakref,
+                module,
+                none,
+            })
+        });
         let (Some(runtime), Some(code), Some(unicode), Some(bytes)) = (runtime, code, unicode, bytes) else {
             continue;
         };
         let types = Types { code: at(code), unicode: at(unicode), bytes: at(bytes) };
-        let symbols = Symbols { runtime: at(runtime), version: version.map(at), types };
+        let symbols = Symbols { runtime: at(runtime), version: version.map(at), types, builtins };
         return Some((symbols, image.path.clone()));
     }
     None

@@ -7,6 +7,7 @@
 //! Nothing read is trusted: layouts come from the target's own `_Py_DebugOffsets` (3.13+) or a
 //! table checked on attach (3.12), and every object is type-checked and bounded (objects.rs).
 
+mod asyncio;
 mod blocks;
 mod join;
 mod layout;
@@ -18,6 +19,7 @@ mod walk;
 #[cfg(test)]
 mod fake;
 
+pub use asyncio::{AsyncTask, Awaiting, TasksError};
 pub use join::{CutSample, Refusal, SampledCall};
 pub use layout::{LayoutError, PyVersion};
 pub use objects::{CodeInfo, ObjectError};
@@ -55,6 +57,7 @@ pub struct Interpreter {
     runtime: u64,
     reader: ObjectReader,
     image: String,
+    builtins: Option<asyncio::BuiltinTypes>,
 }
 
 impl Interpreter {
@@ -64,8 +67,12 @@ impl Interpreter {
         let access = process.access();
         let layout = read_layout(access.as_ref(), &symbols, &image)?;
         let version = layout.version;
-        let mut interpreter =
-            Interpreter { runtime: symbols.runtime, reader: ObjectReader::new(access, layout, symbols.types), image };
+        let mut interpreter = Interpreter {
+            runtime: symbols.runtime,
+            reader: ObjectReader::new(access, layout, symbols.types),
+            image,
+            builtins: symbols.builtins,
+        };
         interpreter.threads().map_err(|cause| AttachError::Check {
             image: interpreter.image.clone(),
             version,
@@ -89,6 +96,14 @@ impl Interpreter {
         let runtime = self.runtime;
         let (threads, at_once) = self.reader.at_once(|reader| walk::threads(reader, runtime));
         threads.map(|t| (t, at_once))
+    }
+
+    /// Every asyncio task, read at (nearly) one moment (see [`ObjectReader::at_once`]); the
+    /// flag says whether it was.
+    pub fn tasks(&mut self) -> Result<(Vec<AsyncTask>, bool), TasksError> {
+        let (runtime, builtins) = (self.runtime, self.builtins);
+        let (tasks, at_once) = self.reader.at_once(|reader| asyncio::tasks(reader, runtime, builtins.as_ref()));
+        tasks.map(|t| (t, at_once))
     }
 
     /// Reads the chain of the thread `native_id` (its id in the target's namespace) now and

@@ -163,22 +163,34 @@ pub fn chain(reader: &mut ObjectReader, innermost: u64) -> (Vec<ChainFrame>, Wal
         let owner = bytes.get(layout.frame_owner as usize).copied().unwrap_or(u8::MAX);
         let mut entry = ChainFrame { addr: frame, previous, owner, python: None, code_addr: 0 };
         if owner < FIRST_SHIM_OWNER {
-            // 3.14+ keeps the code as a tagged stack reference: the low bits are flags.
-            let code_addr = word_in(&bytes, layout.frame_code as usize) & !7;
-            let code = match reader.code(code_addr) {
-                Ok(code) => code,
+            match python_frame(reader, &bytes) {
+                Ok((python, code_addr)) => (entry.python, entry.code_addr) = (Some(python), code_addr),
                 Err(e) => return (out, WalkEnd::Broken(e)),
-            };
-            let first_instruction = code_addr + layout.code_adaptive;
-            let instr = word_in(&bytes, layout.frame_instr as usize);
-            let unit = instr.checked_sub(first_instruction).map(|offset| offset / 2);
-            entry.python = Some(PyFrame { code, unit });
-            entry.code_addr = code_addr;
+            }
         }
         out.push(entry);
         frame = previous;
     }
     (out, WalkEnd::Root)
+}
+
+/// The code and instruction of the Python frame whose header is `bytes`, and the code
+/// object's address.
+fn python_frame(reader: &mut ObjectReader, bytes: &[u8]) -> Result<(PyFrame, u64), ObjectError> {
+    let layout = reader.layout();
+    // 3.14+ keeps the code as a tagged stack reference: the low bits are flags.
+    let code_addr = word_in(bytes, layout.frame_code as usize) & !7;
+    let first_instruction = code_addr + layout.code_adaptive;
+    let instr = word_in(bytes, layout.frame_instr as usize);
+    let unit = instr.checked_sub(first_instruction).map(|offset| offset / 2);
+    let code = reader.code(code_addr)?;
+    Ok((PyFrame { code, unit }, code_addr))
+}
+
+/// The Python frame at `frame`: one a coroutine embeds, outside any thread's chain.
+pub fn frame_at(reader: &mut ObjectReader, frame: u64) -> Result<PyFrame, ObjectError> {
+    let bytes = reader.view(frame, frame_header_len(reader.layout()))?;
+    python_frame(reader, &bytes).map(|(python, _)| python)
 }
 
 /// Brent's cycle check: no memory per frame, and a loop is found within twice its length.

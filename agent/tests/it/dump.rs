@@ -9,9 +9,14 @@ use serde_json::Value;
 
 use crate::common::*;
 
-/// The line of the fixture marked `# marker`.
+/// The line of `dump_threads.py` marked `# marker`.
 fn line_of(marker: &str) -> u64 {
-    let text = std::fs::read_to_string(fixture("dump_threads.py")).expect("fixture");
+    line_in("dump_threads.py", marker)
+}
+
+/// The line of a fixture marked `# marker`.
+fn line_in(fixture_name: &str, marker: &str) -> u64 {
+    let text = std::fs::read_to_string(fixture(fixture_name)).expect("fixture");
     let found = text.lines().position(|l| l.trim_end().ends_with(&format!("# {marker}")));
     found.map(|i| i as u64 + 1).unwrap_or_else(|| panic!("no line marked {marker}"))
 }
@@ -116,6 +121,88 @@ fn dumps_deep_stacks_whole() {
     python.arg(fixture("dump_threads.py"));
     check_threads(python, 4000, "3.13.");
     check_threads(debian_python("3.15", "dump_threads.py"), 4000, "3.15.");
+}
+
+/// A task tree as `name[children]`, siblings in the dump's order (by name).
+fn task_shape(tasks: &Value) -> String {
+    let nodes = tasks.as_array().cloned().unwrap_or_default();
+    let parts: Vec<String> = nodes
+        .iter()
+        .map(|t| {
+            let name = t["name"].as_str().unwrap_or("?");
+            match task_shape(&t["children"]) {
+                children if children.is_empty() => name.to_string(),
+                children => format!("{name}[{children}]"),
+            }
+        })
+        .collect();
+    parts.join(",")
+}
+
+/// The task named `name`, anywhere in the tree.
+fn find_task<'a>(tasks: &'a Value, name: &str) -> Option<&'a Value> {
+    tasks.as_array()?.iter().find_map(|t| if t["name"] == name { Some(t) } else { find_task(&t["children"], name) })
+}
+
+/// `asyncio_tree.py` under `python`: the dump must give its exact tree, each task's coroutine
+/// chain with lines, and what each awaits.
+fn check_task_tree(mut python: Command, version_prefix: &str) {
+    const TREE: &str = "main[outer-a[inner-1,inner-2],outer-b[gathered-1,gathered-2],outer-c[awaited]]";
+    let _serial = serial();
+    let target = Target::spawn(&mut python);
+    target.wait_for("ready", Duration::from_secs(30));
+    let dump = dump_when(target.pid(), "the task tree", |d| task_shape(&d["tasks"]) == TREE);
+    assert!(dump["python"].as_str().is_some_and(|v| v.starts_with(version_prefix)), "{}", dump["python"]);
+    assert!(dump["tasks_error"].is_null(), "{}", dump["tasks_error"]);
+    let tasks = &dump["tasks"];
+    let task = |name: &str| find_task(tasks, name).unwrap_or_else(|| panic!("no task {name}"));
+    let chain = |name: &str| {
+        let frames = task(name)["coroutine_stack"].as_array().cloned().unwrap_or_default();
+        frames
+            .iter()
+            .map(|f| (f["function"].as_str().unwrap_or("?").to_string(), f["line"].as_u64()))
+            .collect::<Vec<_>>()
+    };
+    let line = |marker| Some(line_in("asyncio_tree.py", marker));
+    for leaf in ["inner-1", "inner-2", "gathered-1", "gathered-2", "awaited"] {
+        let frames = chain(leaf);
+        assert_eq!(frames.len(), 3, "{leaf}: {frames:?}");
+        assert_eq!(frames[0].0, "Event.wait", "{leaf}");
+        assert_eq!(frames[1..], [("wait_forever".into(), line("leaf-wait")), ("inner".into(), line("inner-call"))]);
+        assert_eq!(task(leaf)["awaiting"], "_asyncio.Future", "{leaf}");
+    }
+    let outermost = |name: &str| chain(name).last().cloned();
+    assert_eq!(outermost("main"), Some(("main".into(), line("main-group"))));
+    assert_eq!(outermost("outer-a"), Some(("outer_a".into(), line("outer-a-group"))));
+    assert_eq!(outermost("outer-b"), Some(("outer_b".into(), line("outer-b-gather"))));
+    assert_eq!(outermost("outer-c"), Some(("outer_c".into(), line("outer-c-await"))));
+    // Later patch releases move the body of `__aexit__` into `_aexit`.
+    for in_group in ["main", "outer-a"] {
+        let functions: Vec<String> = chain(in_group).into_iter().map(|(f, _)| f).collect();
+        assert!(
+            functions[0].starts_with("TaskGroup.") && functions.contains(&"TaskGroup.__aexit__".into()),
+            "{functions:?}"
+        );
+    }
+    assert_eq!(task("outer-b")["awaiting"], "_GatheringFuture");
+    assert_eq!(task("outer-c")["awaiting"], "task awaited");
+    assert_eq!(task("outer-c")["awaiting_task"], task("awaited")["id"]);
+}
+
+#[test]
+fn dumps_the_asyncio_task_tree_of_pyenv_3_12_and_3_13() {
+    for (python, prefix) in [(python312(), "3.12."), (python_version("3.13"), "3.13.")] {
+        let mut command = Command::new(python);
+        command.arg(fixture("asyncio_tree.py"));
+        check_task_tree(command, prefix);
+    }
+}
+
+#[test]
+fn dumps_the_asyncio_task_tree_of_debian_s_stripped_3_13_to_3_15() {
+    for minor in ["3.13", "3.14", "3.15"] {
+        check_task_tree(debian_python(minor, "asyncio_tree.py"), &format!("{minor}."));
+    }
 }
 
 #[test]
