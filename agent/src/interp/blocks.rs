@@ -44,13 +44,16 @@ impl Blocks {
         }
     }
 
-    pub fn starts(&self) -> Vec<u64> {
-        self.known.iter().map(|(s, _)| *s).collect()
+    /// The starts of the blocks that could be read (one that could not stays so: reading it
+    /// again with the others would cut their one system call short there).
+    pub fn readable_starts(&self) -> Vec<u64> {
+        self.known.iter().filter(|(_, b)| b.is_some()).map(|(s, _)| *s).collect()
     }
 
-    /// Replaces every block with `fresh`, in the order of [`Blocks::starts`].
-    pub fn replace_all(&mut self, fresh: Vec<Option<Vec<u8>>>) {
-        for ((_, bytes), new) in self.known.iter_mut().zip(fresh) {
+    /// Replaces every readable block with `fresh`, in the order of [`Blocks::readable_starts`].
+    pub fn replace_readable(&mut self, fresh: Vec<Option<Vec<u8>>>) {
+        let readable = self.known.iter_mut().filter(|(_, b)| b.is_some());
+        for ((_, bytes), new) in readable.zip(fresh) {
             *bytes = new.map(Arc::from);
         }
     }
@@ -68,12 +71,14 @@ mod tests {
         assert_eq!(blocks.get(0x1000), Some(&Some(Arc::from(vec![1u8]))));
         assert_eq!(blocks.get(0x2000), Some(&None));
         assert_eq!(blocks.get(0x3000), None);
-        blocks.replace_all(vec![None, Some(vec![2])]);
-        assert_eq!(blocks.get(0x2000), Some(&Some(Arc::from(vec![2u8]))));
+        assert_eq!(blocks.readable_starts(), [0x1000]);
+        blocks.replace_readable(vec![Some(vec![2])]);
+        assert_eq!(blocks.get(0x1000), Some(&Some(Arc::from(vec![2u8]))));
+        assert_eq!(blocks.get(0x2000), Some(&None), "left unreadable");
         for i in 0..MAX_BLOCKS as u64 {
             blocks.insert(0x10_0000 + i * BLOCK, None);
         }
         assert_eq!(blocks.get(0x1000), None, "started over");
-        assert_eq!(blocks.starts().len(), 2, "the blocks inserted since");
+        assert_eq!(blocks.readable_starts().len(), 0, "the blocks inserted since");
     }
 }

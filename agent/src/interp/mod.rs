@@ -109,48 +109,79 @@ impl Interpreter {
     /// Reads the chain of the thread `native_id` (its id in the target's namespace) now and
     /// joins it with a sample whose copy was cut short (see [`join`]).
     pub fn join(&mut self, native_id: u64, sample: CutSample<'_>) -> JoinOutcome {
-        let runtime = self.runtime;
         let callers_len = sample.callers().map_or(0, <[u8]>::len);
+        match self.snapshot(native_id, sample.trampoline_sp, callers_len) {
+            Ok(snapshot) => self.join_snapshot(&snapshot, sample),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Reads the chain of the thread `native_id` now, with the stack memory from `sp` for
+    /// `len` bytes, at one moment: what a later [`join_snapshot`](Self::join_snapshot) needs.
+    /// Taken before the sample is unwound, it is read as soon after the sample as can be.
+    pub fn snapshot(&mut self, native_id: u64, sp: u64, len: usize) -> Result<ChainSnapshot, JoinOutcome> {
+        let runtime = self.runtime;
         let (read, at_once) = self.reader.at_once(|reader| {
-            let callers = reader.bytes_at(sample.trampoline_sp, callers_len)?;
+            let stack = if len == 0 { Vec::new() } else { reader.bytes_at(sp, len)? };
             let innermost = walk::innermost_of(reader, runtime, native_id)?;
-            Ok::<_, ObjectError>(innermost.map(|frame| (walk::chain(reader, frame), callers)))
+            Ok::<_, ObjectError>(innermost.map(|frame| (walk::chain(reader, frame), stack)))
         });
-        let ((chain, end), callers) = match read {
-            Ok(Some(chain)) => chain,
-            Ok(None) => return JoinOutcome::Unreadable,
+        match read {
+            Ok(Some(((chain, end), stack))) if at_once => Ok(ChainSnapshot { chain, end, sp, stack }),
+            Ok(Some(_)) => Err(JoinOutcome::Refused(Refusal::ChangedWhileRead)),
+            Ok(None) => Err(JoinOutcome::Unreadable),
             Err(e) => {
                 tracing::debug!("reading thread {native_id}'s frames failed: {e}");
-                return JoinOutcome::Unreadable;
+                Err(JoinOutcome::Unreadable)
             }
-        };
-        if !at_once {
-            return JoinOutcome::Refused(Refusal::ChangedWhileRead);
         }
+    }
+
+    /// Joins a snapshot with the sample it was taken for (see [`join`]).
+    pub fn join_snapshot(&self, snapshot: &ChainSnapshot, sample: CutSample<'_>) -> JoinOutcome {
+        let callers_now = sample
+            .trampoline_sp
+            .checked_sub(snapshot.sp)
+            .and_then(|from| snapshot.stack.get(usize::try_from(from).ok()?..))
+            .unwrap_or_default();
         let reader = &self.reader;
         let extras = |code| reader.code_extras(code).unwrap_or_default();
-        match join::anchor(&chain, &end, reader.layout(), sample, &callers, extras) {
-            Ok(at) => {
-                JoinOutcome::Joined(chain.into_iter().skip(at + 1).filter_map(|f| f.python).collect::<Vec<_>>().into())
-            }
+        match join::anchor(&snapshot.chain, &snapshot.end, reader.layout(), sample, callers_now, extras) {
+            Ok(at) => JoinOutcome::Joined(snapshot.chain[at + 1..].iter().filter_map(|f| f.python.clone()).collect()),
             Err(refusal) => JoinOutcome::Refused(refusal),
         }
     }
+}
+
+/// A thread's frame chain and a stretch of its stack, read at one moment.
+#[derive(Debug)]
+pub struct ChainSnapshot {
+    chain: Vec<walk::ChainFrame>,
+    end: WalkEnd,
+    /// Where `stack` was read from.
+    sp: u64,
+    stack: Vec<u8>,
 }
 
 impl Interpreter {
     /// The line of each sampled call (see [`join::lines_of_calls`]), from the thread's chain
     /// read now at once; `None` if it could not be read at one moment.
     pub fn lines(&mut self, native_id: u64, sp: u64, stack: &[u8], calls: &[SampledCall]) -> Option<Vec<Option<u32>>> {
-        let runtime = self.runtime;
-        let (read, at_once) = self.reader.at_once(|reader| {
-            let innermost = walk::innermost_of(reader, runtime, native_id)?;
-            Ok::<_, ObjectError>(innermost.map(|frame| walk::chain(reader, frame)))
-        });
-        let (chain, _) = read.ok().flatten().filter(|_| at_once)?;
+        let snapshot = self.snapshot(native_id, sp, 0).ok()?;
+        Some(self.lines_from(&snapshot, sp, stack, calls))
+    }
+
+    /// The line of each sampled call, from a snapshot.
+    pub fn lines_from(
+        &self,
+        snapshot: &ChainSnapshot,
+        sp: u64,
+        stack: &[u8],
+        calls: &[SampledCall],
+    ) -> Vec<Option<u32>> {
         let reader = &self.reader;
         let extras = |code| reader.code_extras(code).unwrap_or_default();
-        Some(join::lines_of_calls(&chain, reader.layout(), sp, stack, calls, extras))
+        join::lines_of_calls(&snapshot.chain, reader.layout(), sp, stack, calls, extras)
     }
 }
 

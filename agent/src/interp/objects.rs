@@ -135,8 +135,8 @@ impl ObjectReader {
     /// another while the target ran.
     pub fn reread_blocks(&self) {
         let mut blocks = self.blocks.borrow_mut();
-        let ranges: Vec<(u64, usize)> = blocks.starts().into_iter().map(|s| (s, BLOCK as usize)).collect();
-        blocks.replace_all(self.access.read_memory_at_once(&ranges));
+        let ranges: Vec<(u64, usize)> = blocks.readable_starts().into_iter().map(|s| (s, BLOCK as usize)).collect();
+        blocks.replace_readable(self.access.read_memory_at_once(&ranges));
     }
 
     /// `len` bytes at `addr`, without a copy when one block holds them all (a frame or an

@@ -2,7 +2,7 @@
 //! mappings (with their unwind modules) and its perf map.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use framehop::Unwinder;
@@ -104,7 +104,7 @@ pub struct ProcessState {
     /// Frame text of the code objects read from memory.
     python_names: join::PythonNames,
     /// Each thread's last join with the interpreter's frames.
-    recent_joins: HashMap<Tid, VecDeque<join::RecentJoin>>,
+    recent_joins: HashMap<Tid, join::ThreadJoins>,
     /// Keys the hashes of the callers' stacks recent joins are known by.
     callers_hasher: std::collections::hash_map::RandomState,
     /// Created (forked, exec'd or first seen) after the last poll of every map, which comes
@@ -489,6 +489,7 @@ impl ProcessState {
         keys: &mut Vec<FrameKey>,
     ) -> SampleUnwind {
         let tid = sample.tid;
+        let early = self.read_first(sample);
         let mut consulted = std::mem::take(&mut self.consulted);
         consulted.clear();
         let code = ProcessCode {
@@ -506,10 +507,10 @@ impl ProcessState {
         }
         let mut frames = unwound.frames;
         let own = frames.len();
-        let lines = if self.lines { self.python_lines(sample, &frames, own) } else { Vec::new() };
+        let lines = if self.lines { self.python_lines(sample, &frames, own, early.as_ref()) } else { Vec::new() };
         let mut completed_from = None;
         let mut joined = match unwound.end {
-            StackEnd::Truncated => self.join_with_interpreter(sample, &frames),
+            StackEnd::Truncated => self.join_with_interpreter(sample, &frames, early),
             _ => None,
         };
         match unwound.end {

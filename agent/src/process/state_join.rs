@@ -1,12 +1,12 @@
 //! Completing a sample whose stack copy was cut short with the Python frames the interpreter
 //! holds, read from the process's memory (stage **interp**, `interp/join.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::{ProcessState, Tid};
 use crate::intern::{Interner, StrId};
-use crate::interp::{CodeInfo, CutSample, Interpreter, JoinOutcome, PyFrame, SampledCall, Slot};
+use crate::interp::{ChainSnapshot, CodeInfo, CutSample, Interpreter, JoinOutcome, PyFrame, SampledCall, Slot};
 use crate::perf::SampleEvent;
 use crate::process::procfs;
 use crate::unwind::stack::RawFrame;
@@ -24,6 +24,21 @@ pub struct Join {
 /// Joins remembered per thread: a thread spinning deep down is sampled at many places, each
 /// with its own outermost trampoline in the copy. Entries with the same frames share them.
 const RECENT_JOINS: usize = 32;
+
+/// A thread's recent joins, and whether its last cut sample was answered from them.
+#[derive(Debug, Default)]
+pub struct ThreadJoins {
+    recent: VecDeque<RecentJoin>,
+    last_reused: bool,
+}
+
+/// The thread's chain read right after a cut sample arrived, before the sample was walked:
+/// the walk takes time (milliseconds for a deep stack in a debug build) in which the thread
+/// may leave the sampled call.
+pub struct EarlyRead {
+    snapshot: Result<ChainSnapshot, JoinOutcome>,
+    latency_ns: u64,
+}
 
 /// A thread's recent join: while its samples show the same call under the same callers, the
 /// same frames lie beyond the copy.
@@ -51,9 +66,29 @@ impl Join {
 }
 
 impl ProcessState {
-    /// Joins a cut-short sample with the thread's chain read now, if the process's interpreter
-    /// can be read and the walk found a trampoline to anchor on.
-    pub(super) fn join_with_interpreter(&mut self, sample: &SampleEvent, frames: &[RawFrame]) -> Option<Join> {
+    /// Reads the thread's chain at once if the sample's copy is full, so the stack may go on
+    /// beyond it, and the interpreter is being read; not while the thread's samples are
+    /// answered from its recent joins (a thread spinning deep down), where a read is wasted.
+    pub(super) fn read_first(&mut self, sample: &SampleEvent) -> Option<EarlyRead> {
+        let reused = self.recent_joins.get(&sample.tid).is_some_and(|t| t.last_reused);
+        if !sample.stack_filled || reused || !self.reads_interpreter() {
+            return None;
+        }
+        let sp = sample.regs?.sp;
+        let native_id = self.ns_tid(sample.tid);
+        let Slot::Attached(interpreter) = &mut self.interpreter else { return None };
+        let latency_ns = monotonic_ns().saturating_sub(sample.time);
+        Some(EarlyRead { snapshot: interpreter.snapshot(native_id, sp, sample.stack.len()), latency_ns })
+    }
+
+    /// Joins a cut-short sample with the thread's chain (read first, or now), if the
+    /// process's interpreter can be read and the walk found a trampoline to anchor on.
+    pub(super) fn join_with_interpreter(
+        &mut self,
+        sample: &SampleEvent,
+        frames: &[RawFrame],
+        early: Option<EarlyRead>,
+    ) -> Option<Join> {
         let (trampoline_sp, trampoline) = frames
             .iter()
             .enumerate()
@@ -70,19 +105,30 @@ impl ProcessState {
         // the same byte for byte, were taken in one call: both copies show it live. (The read
         // that joined the first proved what lies beyond.)
         let callers = cut.callers().map(|c| callers_key(&self.callers_hasher, c));
-        let recent = self.recent_joins.entry(sample.tid).or_default();
+        let thread = self.recent_joins.entry(sample.tid).or_default();
         let same = |r: &&RecentJoin| {
             r.trampoline == trampoline && r.trampoline_sp == trampoline_sp && Some(r.callers) == callers
         };
-        if let Some(known) = recent.iter().find(same) {
+        thread.last_reused = false;
+        if let Some(known) = thread.recent.iter().find(same) {
+            thread.last_reused = true;
             return Some(Join {
                 outcome: JoinOutcome::Joined(known.frames.clone()),
                 latency_ns: None,
                 confirmed_completion: false,
             });
         }
-        let latency_ns = monotonic_ns().saturating_sub(sample.time);
-        let outcome = interpreter.join(native_id, cut);
+        // A first read that failed is tried again now; one that was refused is not, as the
+        // thread had already left the sampled call.
+        let (outcome, latency_ns) = match early {
+            Some(EarlyRead { snapshot: Ok(snapshot), latency_ns }) => {
+                (interpreter.join_snapshot(&snapshot, cut), latency_ns)
+            }
+            _ => {
+                let latency_ns = monotonic_ns().saturating_sub(sample.time);
+                (interpreter.join(native_id, cut), latency_ns)
+            }
+        };
         if let (JoinOutcome::Joined(frames), Some(callers)) = (&outcome, callers) {
             let same_frames = |r: &RecentJoin| {
                 r.frames.len() == frames.len()
@@ -91,6 +137,7 @@ impl ProcessState {
                         .zip(frames.iter())
                         .all(|(a, b)| Arc::ptr_eq(&a.code, &b.code) && a.unit == b.unit)
             };
+            let recent = &mut thread.recent;
             let frames = recent.iter().find(|r| same_frames(r)).map_or_else(|| frames.clone(), |r| r.frames.clone());
             recent.push_front(RecentJoin { trampoline, trampoline_sp, callers, frames });
             recent.truncate(RECENT_JOINS);
@@ -145,7 +192,13 @@ impl ProcessState {
 
     /// The line of each Python frame the sample's own walk found (by index in `frames`, of the
     /// first `own` of them), read from the interpreter right after the sample (`--lines`).
-    pub(super) fn python_lines(&mut self, sample: &SampleEvent, frames: &[RawFrame], own: usize) -> Vec<(usize, u32)> {
+    pub(super) fn python_lines(
+        &mut self,
+        sample: &SampleEvent,
+        frames: &[RawFrame],
+        own: usize,
+        early: Option<&EarlyRead>,
+    ) -> Vec<(usize, u32)> {
         let Some(sp) = sample.regs.map(|r| r.sp) else { return Vec::new() };
         let calls: Vec<(usize, SampledCall)> = frames[..own.min(frames.len())]
             .iter()
@@ -164,7 +217,10 @@ impl ProcessState {
         let native_id = self.ns_tid(sample.tid);
         let Slot::Attached(interpreter) = &mut self.interpreter else { return Vec::new() };
         let just_calls: Vec<SampledCall> = calls.iter().map(|(_, c)| *c).collect();
-        let lines = interpreter.lines(native_id, sp, &sample.stack, &just_calls).unwrap_or_default();
+        let lines = match early.map(|e| &e.snapshot) {
+            Some(Ok(snapshot)) => interpreter.lines_from(snapshot, sp, &sample.stack, &just_calls),
+            _ => interpreter.lines(native_id, sp, &sample.stack, &just_calls).unwrap_or_default(),
+        };
         calls.iter().zip(lines).filter_map(|((i, _), line)| Some((*i, line?))).collect()
     }
 
