@@ -36,8 +36,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// running frame is the one it runs at the read, and reads at random moments are a fair draw of where it spends its
 /// time even when the program's own period is in step with the sampling period (a read right
 /// after each sample inherits that aliasing: a 3 ms + 1 ms loop sampled at 499 Hz showed
-/// 56% for its 75% line).
-const LINES_BATCH_US: std::ops::Range<u64> = 1000..3000;
+/// 56% for its 75% line). The range is wider than such loops' periods: 1-3 ms gave that loop
+/// 70-80% (docs/BENCHMARKS.md).
+const LINES_BATCH_US: std::ops::Range<u64> = 1000..9000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplingError {
