@@ -71,6 +71,18 @@ class Lines:
                 return
         raise RuntimeError(f"{self.what} did not say {wanted!r}: {''.join(self.seen)[-2000:]}")
 
+    def text(self):
+        """Everything read so far (call once the process has ended)."""
+        while True:
+            try:
+                line = self.queue.get(timeout=5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+        return "".join(self.seen)
+
 
 def children(pid):
     """PIDs of `pid`'s children, from every one of its threads."""
@@ -110,7 +122,9 @@ def start_profiler(cmd, says, procs):
     procs.append(p)
     ember = says == "recording"
     Lines(p, p.stdout if ember else p.stderr, cmd[0])
-    Lines(p, p.stderr if ember else p.stdout, cmd[0]).wait_for(says, 60)
+    said = Lines(p, p.stderr if ember else p.stdout, cmd[0])
+    said.wait_for(says, 60)
+    return said
 
 
 def profile(w, ember, tmp):
@@ -138,7 +152,7 @@ def profile(w, ember, tmp):
         if w.attach == "worker":
             target = poll("a pre-forked worker", lambda: children(target)[:1])[0]
         if not w.launch:
-            start_profiler([*ember_cmd, "--pid", str(target)], "recording", procs)
+            ember_log = start_profiler([*ember_cmd, "--pid", str(target)], "recording", procs)
         start_profiler([*pyspy_cmd, "--pid", str(target)], "Sampling process", procs)
         if w.perf:
             with open(perf_out + ".log", "w") as log:
@@ -154,6 +168,10 @@ def profile(w, ember, tmp):
         main.wait(timeout=600)
         for p in procs:
             p.wait(timeout=120)
+        if not w.launch:
+            # What ember said, for a row whose profile is empty or missing.
+            with open(ember_out + ".log", "w") as log:
+                log.write(ember_log.text())
         return ember_out, measure.read_folded(pyspy_out), perf_out if w.perf else None
     finally:
         for p in procs:
@@ -174,7 +192,12 @@ def row(w, ember_out, pyspy_stacks, perf_out):
         requests = int(w.env["EMBER_REQUESTS"])
         tasks_ok, tasks_text = handlers >= requests, f"{handlers} of {requests}"
     else:
-        ember_stacks = measure.read_folded(ember_out)
+        ember_stacks = measure.read_folded(ember_out) if os.path.exists(ember_out) else {}
+    if not ember_stacks:
+        log = ember_out + ".log"
+        said = open(log).read()[-3000:] if os.path.exists(log) else "(launched: its output is above)"
+        print(f"{w.name}: ember recorded no samples; it said:\n{said}", file=sys.stderr)
+        return False, f"| {w.name} | 0 | — | — | — | — | — | — | — | **no**: ember recorded nothing |", {}
     m = measure.ember_measures(ember_stacks)
     stacks_ok = m["complete"] >= 0.99 and m["truncated"] < 0.005 and m["garbage"] == 0 and m["plt_init"] == 0
     ember_shares = measure.innermost_shares(ember_stacks, python_only_frames=False)
