@@ -52,11 +52,16 @@ pub struct DumpArgs {
     /// Write JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Native frames too, with the Python frames in place of the interpreter calls that run
+    /// them. Stops the process for a moment (ptrace, usually under a millisecond) to take each
+    /// thread's registers and stack; without it nothing is stopped.
+    #[arg(long)]
+    pub native: bool,
 }
 
 impl DumpArgs {
     pub fn into_config(self) -> crate::dump::DumpConfig {
-        crate::dump::DumpConfig { pid: Pid(self.pid), json: self.json }
+        crate::dump::DumpConfig { pid: Pid(self.pid), json: self.json, native: self.native }
     }
 }
 

@@ -2,6 +2,7 @@
 //! the interpreter's memory (stage **interp**) without stopping the process, as `py-spy dump`
 //! does.
 
+mod native;
 mod tasks;
 mod text;
 
@@ -19,6 +20,8 @@ pub enum DumpError {
     Attach(#[from] AttachError),
     #[error("reading the threads of process {pid} failed")]
     Read { pid: Pid, source: ObjectError },
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
     #[error("cannot write the dump: {0}")]
     Write(#[from] std::io::Error),
 }
@@ -27,6 +30,8 @@ pub enum DumpError {
 pub struct DumpConfig {
     pub pid: Pid,
     pub json: bool,
+    /// Native frames too: stops the process for a moment (ptrace).
+    pub native: bool,
 }
 
 /// One process's threads, as printed (text) or serialized (`--json`).
@@ -37,9 +42,12 @@ pub struct Dump {
     pub python: String,
     /// The file the interpreter was found in.
     pub interpreter: String,
-    /// Whether the process was stopped while read (never: reads race with it, and each object
+    /// Whether the process was stopped while read: only with `--native`, to take each thread's
+    /// registers and stack (memory reads race with the process, and each object is checked).
     /// is checked instead).
     pub stopped: bool,
+    /// For how long, from stopping the first thread to letting the last go.
+    pub stopped_for_us: Option<u64>,
     /// Whether the threads, and then the tasks, were each read at (nearly) one moment: every
     /// memory block a walk needed copied in one system call. `false` when they kept changing
     /// over several tries, so a stack may mix two moments.
@@ -65,22 +73,37 @@ pub struct ThreadDump {
     pub incomplete: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FrameDump {
     pub function: String,
+    /// The source file of a Python frame; the image (or source file, with debug info) of a
+    /// native one.
     pub file: String,
     pub line: Option<u32>,
+    /// A native frame (`--native`), not a Python one.
+    pub native: bool,
+}
+
+impl FrameDump {
+    fn marker(text: &str) -> Self {
+        FrameDump { function: text.into(), file: String::new(), line: None, native: false }
+    }
 }
 
 impl From<&PyFrame> for FrameDump {
     fn from(frame: &PyFrame) -> Self {
-        FrameDump { function: frame.code.qualname.clone(), file: frame.code.filename.clone(), line: frame.line() }
+        FrameDump {
+            function: frame.code.qualname.clone(),
+            file: frame.code.filename.clone(),
+            line: frame.line(),
+            native: false,
+        }
     }
 }
 
 /// Reads the process and writes its dump to stdout.
 pub fn run(config: DumpConfig) -> Result<(), DumpError> {
-    let dump = read(config.pid)?;
+    let dump = read(config.pid, config.native)?;
     let mut out = std::io::stdout().lock();
     if config.json {
         serde_json::to_writer_pretty(&mut out, &dump).map_err(std::io::Error::from)?;
@@ -91,30 +114,41 @@ pub fn run(config: DumpConfig) -> Result<(), DumpError> {
     Ok(())
 }
 
-pub fn read(pid: Pid) -> Result<Dump, DumpError> {
+/// Reads the process: from memory only, or with `native` also each thread's registers and
+/// stack, taken while it is stopped for a moment.
+pub fn read(pid: Pid, native: bool) -> Result<Dump, DumpError> {
     let mut elf = ElfCache::default();
-    let process = ProcessState::from_proc(pid, &mut elf).map_err(|source| DumpError::Process { pid, source })?;
+    let mut process = ProcessState::from_proc(pid, &mut elf).map_err(|source| DumpError::Process { pid, source })?;
     let mut interpreter = Interpreter::attach(&process)?;
-    let (threads, at_one_moment) = interpreter.threads().map_err(|source| DumpError::Read { pid, source })?;
+    let (taken, read, stopped_for) = if native {
+        let (taken, read, stopped_for) = native::while_stopped(pid, || interpreter.threads())?;
+        (taken, read, Some(stopped_for))
+    } else {
+        (Vec::new(), interpreter.threads(), None)
+    };
+    let (threads, at_one_moment) = read.map_err(|source| DumpError::Read { pid, source })?;
+    // 3.12/3.13 keep the names `threading` gives in Python only; 3.14+ also give the OS
+    // their first 15 bytes, so threading's whole name is preferred where it can be read.
+    let python_names = interpreter.thread_names();
     let host_tids = host_tids(pid);
+    if native {
+        process.without_interpreter_reads();
+    }
     let mut threads: Vec<ThreadDump> = threads
         .into_iter()
         .map(|t| {
             let tid = host_tids.iter().find(|(ns, _)| u64::from(*ns) == t.native_id).map(|(_, tid)| *tid);
+            let frames = match native {
+                true => native::merge(&mut process, &mut elf, &taken, &t, tid),
+                false => None,
+            };
             ThreadDump {
                 tid: tid.map(|t| t.0),
                 native_id: t.native_id,
-                name: tid.and_then(|tid| procfs::comm(pid, tid)),
+                name: python_names.get(&t.native_id).cloned().or_else(|| tid.and_then(|tid| procfs::comm(pid, tid))),
                 holds_gil: t.holds_gil,
-                frames: t.frames.iter().map(FrameDump::from).collect(),
-                incomplete: match t.end {
-                    WalkEnd::Root => None,
-                    WalkEnd::Broken(e) => Some(format!("the frame chain could not be read further: {e}")),
-                    WalkEnd::TooDeep => Some(format!("deeper than {} frames", crate::interp::MAX_FRAMES)),
-                    WalkEnd::Loop => {
-                        Some("the frame chain loops back on itself (it changed while read, or is corrupt)".into())
-                    }
-                },
+                frames: frames.unwrap_or_else(|| t.frames.iter().map(FrameDump::from).collect()),
+                incomplete: incomplete(&t.end),
             }
         })
         .collect();
@@ -129,12 +163,23 @@ pub fn read(pid: Pid) -> Result<Dump, DumpError> {
         command: procfs::cmdline(pid).map(|c| c.join(" ")).unwrap_or_else(|| process.comm.clone()),
         python: interpreter.version().to_string(),
         interpreter: interpreter.image().to_string(),
-        stopped: false,
+        stopped: stopped_for.is_some(),
+        stopped_for_us: stopped_for.map(|d| d.as_micros() as u64),
         at_one_moment: at_one_moment && tasks_at_once,
         threads,
         tasks,
         tasks_error,
     })
+}
+
+/// Why a thread's Python frames stop short, if they do.
+fn incomplete(end: &WalkEnd) -> Option<String> {
+    match end {
+        WalkEnd::Root => None,
+        WalkEnd::Broken(e) => Some(format!("the frame chain could not be read further: {e}")),
+        WalkEnd::TooDeep => Some(format!("deeper than {} frames", crate::interp::MAX_FRAMES)),
+        WalkEnd::Loop => Some("the frame chain loops back on itself (it changed while read, or is corrupt)".into()),
+    }
 }
 
 /// Each thread's id in the target's PID namespace with its id in ours.

@@ -8,7 +8,11 @@ use super::{Dump, FrameDump};
 
 pub fn write(out: &mut impl Write, dump: &Dump) -> io::Result<()> {
     writeln!(out, "Process {}: {}", dump.pid, dump.command)?;
-    writeln!(out, "Python {} ({}), read without stopping it", dump.python, dump.interpreter)?;
+    let how = match dump.stopped_for_us {
+        Some(us) => format!("stopped for {us} µs to take its native stacks"),
+        None => "read without stopping it".into(),
+    };
+    writeln!(out, "Python {} ({}), {how}", dump.python, dump.interpreter)?;
     if !dump.at_one_moment {
         writeln!(out, "(the threads kept changing while read: a stack may mix two moments)")?;
     }
@@ -63,6 +67,16 @@ fn awaiting(what: &str) -> String {
 }
 
 fn write_frame(out: &mut impl Write, indent: &str, frame: &FrameDump) -> io::Result<()> {
+    if frame.native {
+        let image = frame.file.rsplit('/').next().unwrap_or(&frame.file);
+        return match frame.line {
+            Some(line) => writeln!(out, "{indent}{} [{image}:{line}]", frame.function),
+            None => writeln!(out, "{indent}{} [{image}]", frame.function),
+        };
+    }
+    if frame.file.is_empty() {
+        return writeln!(out, "{indent}{}", frame.function);
+    }
     match frame.line {
         Some(line) => writeln!(out, "{indent}{} ({}:{line})", frame.function, frame.file),
         None => writeln!(out, "{indent}{} ({})", frame.function, frame.file),
@@ -76,13 +90,19 @@ mod tests {
 
     #[test]
     fn writes_threads_innermost_first() {
-        let frame = |function: &str, line| FrameDump { function: function.into(), file: "/srv/app.py".into(), line };
+        let frame = |function: &str, line| FrameDump {
+            function: function.into(),
+            file: "/srv/app.py".into(),
+            line,
+            native: false,
+        };
         let dump = Dump {
             pid: 42,
             command: "python3 app.py".into(),
             python: "3.13.0".into(),
             interpreter: "/usr/bin/python3.13".into(),
             stopped: false,
+            stopped_for_us: None,
             at_one_moment: true,
             threads: vec![
                 ThreadDump {

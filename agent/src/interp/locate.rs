@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::asyncio::BuiltinTypes;
+use super::modules::BuiltinTypes;
 use super::objects::Types;
 use crate::process::ProcessState;
 

@@ -7,24 +7,25 @@
 //! Nothing read is trusted: layouts come from the target's own `_Py_DebugOffsets` (3.13+) or a
 //! table checked on attach (3.12), and every object is type-checked and bounded (objects.rs).
 
-mod asyncio;
 mod blocks;
 mod join;
 mod layout;
 mod linetable;
 mod locate;
+mod modules;
 mod objects;
 mod walk;
 
 #[cfg(test)]
 mod fake;
 
-pub use asyncio::{AsyncTask, Awaiting, TasksError};
 pub use join::{CutSample, Refusal, SampledCall};
 pub use layout::{LayoutError, PyVersion};
+pub use modules::{AsyncTask, Awaiting, TasksError};
 pub use objects::{CodeInfo, ObjectError};
 pub use walk::{PyFrame, PyThread, WalkEnd, MAX_FRAMES};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::process::access::TargetAccess;
@@ -57,8 +58,14 @@ pub struct Interpreter {
     runtime: u64,
     reader: ObjectReader,
     image: String,
-    builtins: Option<asyncio::BuiltinTypes>,
+    builtins: Option<modules::BuiltinTypes>,
+    /// Per thread, the memory blocks its last read used: most of them hold its next chain too,
+    /// so the next read starts by reading them all in one call.
+    hints: HashMap<u64, Vec<u64>>,
 }
+
+/// Threads whose hints are kept before they start over.
+const MAX_HINTS: usize = 4096;
 
 impl Interpreter {
     /// Finds the runtime, learns its layout and proves it by walking every thread once.
@@ -72,6 +79,7 @@ impl Interpreter {
             reader: ObjectReader::new(access, layout, symbols.types),
             image,
             builtins: symbols.builtins,
+            hints: HashMap::new(),
         };
         interpreter.threads().map_err(|cause| AttachError::Check {
             image: interpreter.image.clone(),
@@ -102,8 +110,19 @@ impl Interpreter {
     /// flag says whether it was.
     pub fn tasks(&mut self) -> Result<(Vec<AsyncTask>, bool), TasksError> {
         let (runtime, builtins) = (self.runtime, self.builtins);
-        let (tasks, at_once) = self.reader.at_once(|reader| asyncio::tasks(reader, runtime, builtins.as_ref()));
+        let (tasks, at_once) = self.reader.at_once(|reader| modules::tasks(reader, runtime, builtins.as_ref()));
         tasks.map(|t| (t, at_once))
+    }
+
+    /// The names `threading` gives the threads, by native id (see [`modules::thread_names`]);
+    /// empty if they cannot be read.
+    pub fn thread_names(&mut self) -> HashMap<u64, String> {
+        let (runtime, Some(builtins)) = (self.runtime, self.builtins) else { return HashMap::new() };
+        let (names, _) = self.reader.at_once(|reader| modules::thread_names(reader, runtime, &builtins));
+        names.unwrap_or_else(|e| {
+            tracing::debug!("reading threading's thread names failed: {e}");
+            HashMap::new()
+        })
     }
 
     /// Reads the chain of the thread `native_id` (its id in the target's namespace) now and
@@ -121,11 +140,16 @@ impl Interpreter {
     /// Taken before the sample is unwound, it is read as soon after the sample as can be.
     pub fn snapshot(&mut self, native_id: u64, sp: u64, len: usize) -> Result<ChainSnapshot, JoinOutcome> {
         let runtime = self.runtime;
-        let (read, at_once) = self.reader.at_once(|reader| {
+        let hint = self.hints.get(&native_id).map(Vec::as_slice).unwrap_or_default();
+        let (read, at_once) = self.reader.at_once_from(hint, |reader| {
             let stack = if len == 0 { Vec::new() } else { reader.bytes_at(sp, len)? };
             let innermost = walk::innermost_of(reader, runtime, native_id)?;
             Ok::<_, ObjectError>(innermost.map(|frame| (walk::chain(reader, frame), stack)))
         });
+        if self.hints.len() >= MAX_HINTS {
+            self.hints.clear();
+        }
+        self.hints.insert(native_id, self.reader.touched());
         match read {
             Ok(Some(((chain, end), stack))) if at_once => Ok(ChainSnapshot { chain, end, sp, stack }),
             Ok(Some(_)) => Err(JoinOutcome::Refused(Refusal::ChangedWhileRead)),

@@ -4,7 +4,7 @@
 //! guess.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::blocks::{Blocks, BLOCK};
@@ -84,7 +84,12 @@ pub struct ObjectReader {
     blocks: RefCell<Blocks>,
     /// Blocks read one by one (not by [`ObjectReader::reread_blocks`]).
     misses: Cell<u64>,
+    /// The blocks used since [`ObjectReader::new_walk`].
+    touched: RefCell<HashSet<u64>>,
 }
+
+/// Blocks remembered as used by one walk: a hint beyond this is not worth its read.
+const MAX_TOUCHED: usize = 1024;
 
 /// Walks tried after the first before giving up on one that sees the target at one moment.
 const MAX_SETTLE: usize = 3;
@@ -99,6 +104,7 @@ impl ObjectReader {
             last_code: None,
             blocks: RefCell::default(),
             misses: Cell::new(0),
+            touched: RefCell::default(),
         }
     }
 
@@ -109,6 +115,7 @@ impl ObjectReader {
     /// Forgets the memory read so far: the target has run since.
     pub fn new_walk(&self) {
         self.blocks.borrow_mut().clear();
+        self.touched.borrow_mut().clear();
     }
 
     /// Runs `walk` over a view of the target at (nearly) one moment, and says whether it got
@@ -116,9 +123,29 @@ impl ObjectReader {
     /// it can follow a pointer read before the thread returned into frames it left behind (the
     /// memory of popped frames stays as it was). So every block is read again in one system
     /// call and the walk repeated; a repeat that needed no other block saw that one moment.
-    pub fn at_once<T>(&mut self, mut walk: impl FnMut(&mut Self) -> T) -> (T, bool) {
+    pub fn at_once<T>(&mut self, walk: impl FnMut(&mut Self) -> T) -> (T, bool) {
+        self.at_once_from(&[], walk)
+    }
+
+    /// [`at_once`](Self::at_once), starting from the blocks `hint` names read in one call (the
+    /// blocks the last walk of the same thread needed, see [`touched`](Self::touched)): a walk
+    /// that then needs no other block saw that one moment, with one system call instead of one
+    /// per block and a re-read.
+    pub fn at_once_from<T>(&mut self, hint: &[u64], mut walk: impl FnMut(&mut Self) -> T) -> (T, bool) {
         self.new_walk();
+        if !hint.is_empty() {
+            let ranges: Vec<(u64, usize)> = hint.iter().map(|&start| (start, BLOCK as usize)).collect();
+            let read = self.access.read_memory_at_once(&ranges);
+            let mut blocks = self.blocks.borrow_mut();
+            for (&start, bytes) in hint.iter().zip(read) {
+                blocks.insert(start, bytes.map(Arc::from));
+            }
+        }
+        let misses = self.misses.get();
         let mut result = walk(self);
+        if !hint.is_empty() && self.misses.get() == misses {
+            return (result, true);
+        }
         for _ in 0..MAX_SETTLE {
             self.reread_blocks();
             let misses = self.misses.get();
@@ -128,6 +155,13 @@ impl ObjectReader {
             }
         }
         (result, false)
+    }
+
+    /// The blocks the last walk used, sorted: the hint for the next walk of the same thread.
+    pub fn touched(&self) -> Vec<u64> {
+        let mut touched: Vec<u64> = self.touched.borrow().iter().copied().collect();
+        touched.sort_unstable();
+        touched
     }
 
     /// Reads every block this walk has read once more, all in one call: a walk over them then
@@ -172,6 +206,9 @@ impl ObjectReader {
     }
 
     fn block(&self, start: u64) -> Option<Arc<[u8]>> {
+        if self.touched.borrow().len() < MAX_TOUCHED {
+            self.touched.borrow_mut().insert(start);
+        }
         let mut blocks = self.blocks.borrow_mut();
         if let Some(known) = blocks.get(start) {
             return known.clone();

@@ -24,6 +24,10 @@ pub struct PyThread {
     /// Innermost first.
     pub frames: Vec<PyFrame>,
     pub end: WalkEnd,
+    /// The chain's entry shims, innermost first: each one's address, on the C stack of the
+    /// `_PyEval_EvalFrameDefault` call it belongs to, and how many of `frames` come before it
+    /// (so the frames after the previous shim's count run in that call).
+    pub shims: Vec<(u64, usize)>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,12 +83,20 @@ pub fn threads(reader: &mut ObjectReader, runtime: u64) -> Result<Vec<PyThread>,
                 });
             }
             let innermost = current_frame(reader, &head)?;
-            let (frames, end) = frames(reader, innermost);
+            let (chain, end) = chain(reader, innermost);
+            let (mut frames, mut shims) = (Vec::new(), Vec::new());
+            for frame in chain {
+                match frame.python {
+                    Some(python) => frames.push(python),
+                    None => shims.push((frame.addr, frames.len())),
+                }
+            }
             out.push(PyThread {
                 native_id: word_in(&head, layout.thread_native_id as usize),
                 holds_gil: holder == Some(tstate),
                 frames,
                 end,
+                shims,
             });
             tstate = word_in(&head, layout.thread_next as usize);
         }
@@ -115,12 +127,6 @@ fn gil_holder(reader: &ObjectReader, interp: u64) -> Result<Option<u64>, ObjectE
     }
     let is_locked = reader.bytes_at(gil + locked, 4)?.iter().any(|&b| b != 0);
     Ok(is_locked.then_some(reader.word(gil + last_holder)?))
-}
-
-/// The Python frames from `innermost` outwards, skipping the interpreter's entry shims.
-pub fn frames(reader: &mut ObjectReader, innermost: u64) -> (Vec<PyFrame>, WalkEnd) {
-    let (chain, end) = chain(reader, innermost);
-    (chain.into_iter().filter_map(|f| f.python).collect(), end)
 }
 
 /// One frame of the chain as it sits in memory: a Python frame, or an entry shim (which lives

@@ -38,6 +38,12 @@ fn reader(target: &Arc<FakeTarget>) -> ObjectReader {
     ObjectReader::new(target.clone(), LAYOUT_3_12, fake::types())
 }
 
+/// The Python frames from `innermost` outwards, without the entry shims.
+fn frames(reader: &mut ObjectReader, innermost: u64) -> (Vec<PyFrame>, WalkEnd) {
+    let (chain, end) = chain(reader, innermost);
+    (chain.into_iter().filter_map(|f| f.python).collect(), end)
+}
+
 fn names(frames: &[PyFrame]) -> Vec<(String, Option<u32>)> {
     frames.iter().map(|f| (f.code.qualname.clone(), f.line())).collect()
 }

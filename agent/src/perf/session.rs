@@ -330,10 +330,9 @@ fn event_builder(
         .exclude_callchain_user(true)
         .enabled(!enable_on_exec)
         .enable_on_exec(enable_on_exec);
-    if cfg.read_interpreter && !cfg.lines {
-        // Every sample wakes the loop, so the frames a cut-off stack lacks are read while the
-        // thread is most likely still in the sampled call. (With `--lines` the reads come at
-        // random moments instead: see the sampling loop.)
+    if cfg.read_interpreter {
+        // Every sample wakes the loop, so the frames a cut-off stack lacks, and the running
+        // frame's line, are read while the thread is most likely still where it was sampled.
         builder.wakeup_events(1);
     } else {
         builder.wakeup_watermark(cfg.ring_bytes / 4);

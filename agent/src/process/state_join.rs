@@ -71,7 +71,7 @@ impl ProcessState {
     /// answered from its recent joins (a thread spinning deep down), where a read is wasted.
     pub(super) fn read_first(&mut self, sample: &SampleEvent) -> Option<EarlyRead> {
         let reused = self.recent_joins.get(&sample.tid).is_some_and(|t| t.last_reused);
-        if !sample.stack_filled || reused || !self.reads_interpreter() {
+        if !(sample.stack_filled || self.lines) || reused || !self.reads_interpreter() {
             return None;
         }
         let sp = sample.regs?.sp;

@@ -27,18 +27,10 @@ pub use targets::{describe, Started, Targets};
 /// How often the loop checks its stop conditions, and processes what it drained when nothing
 /// asks for sooner. Events ask for a wakeup per sample while the interpreter may be read (else
 /// when a quarter of a ring is full), and what each wakeup drains is processed at once: the
-/// read that completes a cut-off sample then comes a fraction of a millisecond after it, while
-/// the thread is most likely still in the sampled call.
+/// read that completes a cut-off sample, or gives `--lines` the running frame's line, then comes
+/// a fraction of a millisecond after it, while the thread is most likely still where it was
+/// sampled.
 const TICK: Duration = Duration::from_millis(100);
-/// With `--lines`, while an interpreter is read, batches are processed instead at moments
-/// drawn at random from this range (µs; continuous, as whole milliseconds would put the reads
-/// on a lattice that can fall in step with a program too) after the last: the line of the
-/// running frame is the one it runs at the read, and reads at random moments are a fair draw of where it spends its
-/// time even when the program's own period is in step with the sampling period (a read right
-/// after each sample inherits that aliasing: a 3 ms + 1 ms loop sampled at 499 Hz showed
-/// 56% for its 75% line). The range is wider than such loops' periods: 1-3 ms gave that loop
-/// 70-80% (docs/BENCHMARKS.md).
-const LINES_BATCH_US: std::ops::Range<u64> = 1000..9000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SamplingError {
@@ -142,19 +134,10 @@ impl Engine {
     ) -> StopReason {
         let started = Instant::now();
         let mut next_tick = started + TICK;
-        let mut next_batch = next_tick;
         loop {
-            self.session.wait(next_batch.min(next_tick).saturating_duration_since(Instant::now()));
-            let lines_read = self.pipeline.lines && self.pipeline.processes().any(|p| p.reads_interpreter());
+            self.session.wait(next_tick.saturating_duration_since(Instant::now()));
+            self.process_batch();
             let now = Instant::now();
-            if lines_read && now < next_batch {
-                // Drained so the rings do not fill; processed at the batch's random moment.
-                self.session.drain(&mut self.events);
-            } else {
-                self.process_batch();
-                let wait = if lines_read { Duration::from_micros(rand::random_range(LINES_BATCH_US)) } else { TICK };
-                next_batch = now + wait;
-            }
             if now < next_tick {
                 continue;
             }

@@ -22,7 +22,12 @@ fn line_in(fixture_name: &str, marker: &str) -> u64 {
 }
 
 fn dump(pid: u32) -> Result<Value, String> {
-    let out = ember().args(["dump", "--json", "--pid", &pid.to_string()]).output().expect("ember-agent runs");
+    dump_with(pid, &[])
+}
+
+fn dump_with(pid: u32, extra: &[&str]) -> Result<Value, String> {
+    let out =
+        ember().args(["dump", "--json", "--pid", &pid.to_string()]).args(extra).output().expect("ember-agent runs");
     if !out.status.success() {
         return Err(stderr(&out));
     }
@@ -80,6 +85,8 @@ fn check_threads(mut python: Command, depth: usize, version_prefix: &str) {
         } else {
             let outer: Vec<&str> = frames[2..].iter().map(|(f, _)| f.as_str()).collect();
             assert_eq!(outer, ["Thread.run", "Thread._bootstrap_inner", "Thread._bootstrap"]);
+            // threading's names: read from memory on 3.12/3.13, from the OS on 3.14+.
+            assert_eq!(thread["name"].as_str(), Some(frames[1].0.as_str()), "{thread}");
             workers.push(frames[1].clone());
         }
     }
@@ -121,6 +128,68 @@ fn dumps_deep_stacks_whole() {
     python.arg(fixture("dump_threads.py"));
     check_threads(python, 4000, "3.13.");
     check_threads(debian_python("3.15", "dump_threads.py"), 4000, "3.15.");
+}
+
+/// `dump --native` on the threads fixture: each thread's Python frames, whole and in order,
+/// sit among its native frames in place of the eval loop's calls, with native frames outside
+/// them (the main thread's reach `Py_RunMain`); the process was stopped briefly and runs on.
+fn check_native(mut python: Command, version_prefix: &str) {
+    let _serial = serial();
+    let target = Target::spawn(python.arg("3"));
+    target.wait_for("ready", Duration::from_secs(30));
+    let pid = target.pid();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let dump = loop {
+        let last = dump_with(pid, &["--native"]);
+        let python_only = last.as_ref().map(|d| {
+            let mut d = d.clone();
+            for thread in d["threads"].as_array_mut().into_iter().flatten() {
+                let frames = thread["frames"].as_array().cloned().unwrap_or_default();
+                thread["frames"] = frames.into_iter().filter(|f| f["native"] == false).collect();
+            }
+            d
+        });
+        if python_only.as_ref().is_ok_and(all_spinning) {
+            break last.expect("a dump");
+        }
+        assert!(Instant::now() < deadline, "the native dump never showed every thread in spin; last: {last:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(dump["python"].as_str().is_some_and(|v| v.starts_with(version_prefix)), "{}", dump["python"]);
+    assert_eq!(dump["stopped"], true);
+    let stopped_us = dump["stopped_for_us"].as_u64().expect("how long it was stopped");
+    assert!(stopped_us < 1_000_000, "stopped for {stopped_us} µs");
+    for thread in dump["threads"].as_array().expect("threads") {
+        let frames = thread["frames"].as_array().cloned().unwrap_or_default();
+        let function = |f: &Value| f["function"].as_str().unwrap_or("?").to_string();
+        let python: Vec<String> = frames.iter().filter(|f| f["native"] == false).map(function).collect();
+        assert_eq!(python[0], "spin", "{thread}");
+        assert_eq!(
+            python.last().map(String::as_str),
+            Some(if thread["tid"] == pid { "<module>" } else { "Thread._bootstrap" })
+        );
+        let last_python = frames.iter().rposition(|f| f["native"] == false).expect("Python frames");
+        let outside: Vec<String> = frames[last_python + 1..].iter().map(function).collect();
+        assert!(!outside.is_empty(), "no native frames outside the Python ones: {thread}");
+        if thread["tid"] == pid {
+            assert!(outside.iter().any(|f| f == "Py_RunMain"), "{outside:?}");
+        }
+    }
+    // Let go: not left in a tracing stop, and still running its Python code.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the target lives");
+    let state = state.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()).unwrap_or("?");
+    assert!(state == "R" || state == "S", "the target is in state {state} after the dump");
+    dump_when(pid, "every thread in spin after the native dump", all_spinning);
+}
+
+#[test]
+fn dumps_native_frames_around_the_python_ones() {
+    let mut pyenv312 = Command::new(python312());
+    pyenv312.arg(fixture("dump_threads.py"));
+    check_native(pyenv312, "3.12.");
+    for minor in ["3.13", "3.14", "3.15"] {
+        check_native(debian_python(minor, "dump_threads.py"), &format!("{minor}."));
+    }
 }
 
 /// A task tree as `name[children]`, siblings in the dump's order (by name).

@@ -2,7 +2,7 @@
 //! instance dicts), sets, lists, tuples, ints and instance attributes. Each object's type
 //! pointer is checked against the exported type object, and every length is bounded.
 
-use super::layout::{AsyncioLayout, ManagedDict};
+use super::layout::{ManagedDict, ModulesLayout};
 use crate::interp::objects::{word_in, ObjectError, ObjectReader};
 
 /// Longest dict, set or list read: far more entries than `sys.modules` or a program's tasks.
@@ -41,7 +41,7 @@ const ITEMS: u64 = 24;
 /// Reads containers with one target's reader and layout.
 pub struct Containers<'a> {
     pub reader: &'a ObjectReader,
-    pub layout: &'a AsyncioLayout,
+    pub layout: &'a ModulesLayout,
     pub types: &'a BuiltinTypes,
 }
 
@@ -151,6 +151,25 @@ impl Containers<'_> {
         }
         let entries = self.entries_at(keys)?;
         self.reader.word(entries.wrapping_add(index * entry_size + value)).map(Some)
+    }
+
+    /// The values of a dict, in insertion order, without the deleted entries'.
+    pub fn dict_values(&self, dict: u64) -> Result<Vec<u64>, ObjectError> {
+        self.expect(dict, self.types.dict, "dict")?;
+        let head = self.reader.bytes_at(dict, 48)?;
+        let (keys, values) = (word_in(&head, 32), word_in(&head, 40));
+        let nentries = self.reader.word(keys.wrapping_add(24))?;
+        if nentries > MAX_ENTRIES {
+            return Err(malformed("dict keys", keys, "more entries than any dict read"));
+        }
+        let found = if values != 0 {
+            self.words(values.wrapping_add(self.layout.dict_values_header), nentries)?
+        } else {
+            let (entry_size, value_at) = self.entry_shape(keys)?;
+            let entries = self.words(self.entries_at(keys)?, nentries * entry_size / 8)?;
+            entries.chunks_exact((entry_size / 8) as usize).map(|e| e[(value_at / 8) as usize]).collect()
+        };
+        Ok(found.into_iter().filter(|&v| v != 0).collect())
     }
 
     /// Where a keys object's entries start.

@@ -1,4 +1,5 @@
-//! Where the asyncio objects `dump` reads keep their fields, per minor version. The C Task is
+//! Where the objects `dump` reads through `sys.modules` (asyncio's tasks, threading's threads)
+//! keep their fields, per minor version. The C Task is
 //! private to `Modules/_asynciomodule.c`, so no header gives its layout: these were found by
 //! `tools/cpython-layouts/asyncio_probe.py` inside each version (pyenv 3.12.1 and 3.13.0,
 //! Debian's 3.13, 3.14 and 3.15), and every object read is checked against its type.
@@ -17,8 +18,8 @@ pub enum StackTop {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskList {
     /// 3.12/3.13: `asyncio.tasks._scheduled_tasks` (a WeakSet) and `_eager_tasks` (a set),
-    /// reached from `sys.modules` (`interp->imports.modules`).
-    ModuleSets { interp_modules: u64 },
+    /// reached from `sys.modules`.
+    ModuleSets,
     /// 3.14+: each C task is linked through `task_node` into its thread's list
     /// (`_PyThreadStateImpl.asyncio_tasks_head`).
     PerThread { task_node: u64, thread_head: u64 },
@@ -36,7 +37,7 @@ pub enum ManagedDict {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AsyncioLayout {
+pub struct ModulesLayout {
     pub task_callback0: u64,
     pub task_callbacks: u64,
     pub task_fut_waiter: u64,
@@ -52,6 +53,8 @@ pub struct AsyncioLayout {
     pub frame_localsplus: u64,
     pub stack_top: StackTop,
     pub tasks: TaskList,
+    /// `interp->imports.modules` (`sys.modules`), where ember knows it (3.12 and 3.13).
+    pub interp_modules: Option<u64>,
     pub managed_dict: ManagedDict,
     /// Bytes before a split dict's values array (`PyDictValues`' header).
     pub dict_values_header: u64,
@@ -60,8 +63,8 @@ pub struct AsyncioLayout {
 }
 
 /// The layout of Python `3.minor`, if ember knows it.
-pub fn for_minor(minor: u32) -> Option<AsyncioLayout> {
-    let base = AsyncioLayout {
+pub fn for_minor(minor: u32) -> Option<ModulesLayout> {
+    let base = ModulesLayout {
         task_callback0: 24,
         task_callbacks: 32,
         task_fut_waiter: 128,
@@ -73,35 +76,37 @@ pub fn for_minor(minor: u32) -> Option<AsyncioLayout> {
         state_awaiting: -1,
         frame_localsplus: 72,
         stack_top: StackTop::Count { at: 64 },
-        tasks: TaskList::ModuleSets { interp_modules: 944 },
+        tasks: TaskList::ModuleSets,
+        interp_modules: Some(944),
         managed_dict: ManagedDict::DictOrValues,
         dict_values_header: 0,
         type_cached_keys: 880,
     };
-    let from_3_13 = AsyncioLayout {
+    let from_3_13 = ModulesLayout {
         task_fut_waiter: 112,
         task_coro: 120,
         task_name: 128,
         state_created: -3,
-        tasks: TaskList::ModuleSets { interp_modules: 7656 },
+        interp_modules: Some(7656),
         managed_dict: ManagedDict::DictOrInline,
         dict_values_header: 8,
         ..base.clone()
     };
-    let from_3_14 = AsyncioLayout {
+    let from_3_14 = ModulesLayout {
         task_fut_waiter: 120,
         task_coro: 128,
         task_name: 136,
         frame_localsplus: 80,
         stack_top: StackTop::Pointer { at: 64, below: 1 },
         tasks: TaskList::PerThread { task_node: 152, thread_head: 880 },
+        interp_modules: None,
         ..from_3_13.clone()
     };
     match minor {
         12 => Some(base),
         13 => Some(from_3_13),
         14 => Some(from_3_14),
-        15 => Some(AsyncioLayout {
+        15 => Some(ModulesLayout {
             state_created: 0,
             state_awaiting: 2,
             stack_top: StackTop::Pointer { at: 64, below: 2 },

@@ -2,30 +2,23 @@
 //! 3.14, but for 3.12+: each task's name, coroutine stack, what it awaits, and the task that
 //! waits for it (TaskGroup, gather, wait, or a plain `await task`).
 
-mod containers;
-mod coro;
-mod layout;
-mod tree;
-
 use std::collections::{HashMap, HashSet};
 
-pub use containers::BuiltinTypes;
-use containers::Containers;
-use coro::CoroState;
-use layout::{AsyncioLayout, TaskList};
-
-use super::layout::Layout;
-use super::objects::{ObjectError, ObjectReader};
-use super::walk::{self, PyFrame};
+use super::containers::{BuiltinTypes, Containers};
+use super::coro::{self, CoroState};
+use super::layout::{self, ModulesLayout, TaskList};
+use super::{list, module_globals, tree};
+use crate::interp::layout::Layout;
+use crate::interp::objects::{ObjectError, ObjectReader};
+use crate::interp::walk::{self, PyFrame};
 
 /// More tasks than any program keeps: the rest are left out, and said to be.
 const MAX_TASKS: usize = 100_000;
-const MAX_LIST: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TasksError {
     #[error("ember does not know where Python {0} keeps asyncio's tasks")]
-    UnknownLayout(super::PyVersion),
+    UnknownLayout(crate::interp::PyVersion),
     #[error("the interpreter does not export {0}, which proves what the task objects are")]
     NoType(&'static str),
     #[error("reading the tasks failed: {0}")]
@@ -112,16 +105,8 @@ fn task_addresses(c: &Containers, layout: &Layout, runtime: u64) -> Result<Vec<u
     let mut seen = HashSet::new();
     for interp in list(c, runtime.wrapping_add(layout.interpreters_head), layout.interp_next)? {
         match c.layout.tasks {
-            TaskList::ModuleSets { interp_modules } => {
-                let modules = c.reader.word(interp.wrapping_add(interp_modules))?;
-                if modules == 0 {
-                    continue;
-                }
-                let Some(module) = c.dict_get(modules, "asyncio.tasks")? else { continue };
-                if !c.is(module, c.types.module) {
-                    continue;
-                }
-                let globals = c.reader.word(module.wrapping_add(16))?;
+            TaskList::ModuleSets => {
+                let Some(globals) = module_globals(c, interp, "asyncio.tasks")? else { continue };
                 if let Some(weak_set) = c.dict_get(globals, "_scheduled_tasks")? {
                     if let Some(data) = c.attribute(weak_set, "data")? {
                         for weakref in c.set_items(data)? {
@@ -140,7 +125,7 @@ fn task_addresses(c: &Containers, layout: &Layout, runtime: u64) -> Result<Vec<u
                     let head = thread.wrapping_add(thread_head);
                     let mut node = c.reader.word(head)?;
                     let mut nodes = HashSet::new();
-                    while node != head && node != 0 && nodes.len() < MAX_LIST && nodes.insert(node) {
+                    while node != head && node != 0 && nodes.len() < super::MAX_LIST && nodes.insert(node) {
                         out.push(node.wrapping_sub(task_node));
                         node = c.reader.word(node)?;
                     }
@@ -153,17 +138,6 @@ fn task_addresses(c: &Containers, layout: &Layout, runtime: u64) -> Result<Vec<u
     Ok(out)
 }
 
-/// The nodes of a NULL-ended linked list whose first pointer is at `head`.
-fn list(c: &Containers, head: u64, next: u64) -> Result<Vec<u64>, ObjectError> {
-    let mut out = Vec::new();
-    let mut node = c.reader.word(head)?;
-    while node != 0 && out.len() < MAX_LIST && !out.contains(&node) {
-        out.push(node);
-        node = c.reader.word(node.wrapping_add(next))?;
-    }
-    Ok(out)
-}
-
 /// One task's fields, or `None` if the object is not a C task (a pure-Python Task subclass
 /// laid out otherwise is left out).
 fn read_task(
@@ -171,7 +145,7 @@ fn read_task(
     task_types: &mut HashMap<u64, bool>,
     addr: u64,
 ) -> Result<Option<TaskRecord>, ObjectError> {
-    let l: &AsyncioLayout = c.layout;
+    let l: &ModulesLayout = c.layout;
     let ty = c.type_of(addr)?;
     if !*task_types.entry(ty).or_insert_with(|| c.derives_from(ty, "_asyncio.Task")) {
         return Ok(None);
@@ -234,8 +208,8 @@ mod tests {
     #[test]
     fn every_supported_minor_has_a_layout() {
         for minor in 12..=15 {
-            assert!(super::layout::for_minor(minor).is_some(), "3.{minor}");
+            assert!(crate::interp::modules::layout::for_minor(minor).is_some(), "3.{minor}");
         }
-        assert!(super::layout::for_minor(16).is_none());
+        assert!(crate::interp::modules::layout::for_minor(16).is_none());
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::TaskRecord;
+use super::tasks::TaskRecord;
 
 /// Each record's parent, by address; a tie that would make a loop is dropped.
 pub fn parents(records: &[TaskRecord]) -> Vec<Option<u64>> {
