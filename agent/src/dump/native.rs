@@ -66,9 +66,9 @@ fn nix_pid(tid: Tid) -> nix::unistd::Pid {
     nix::unistd::Pid::from_raw(tid.0 as i32)
 }
 
-/// Stops every thread of `pid`, takes its registers and stack, runs `while_stopped` (the
-/// interpreter's read, so both show one moment), and lets them go. Also says how long the
-/// process was stopped.
+/// Stops every thread of `pid`, takes its registers and stack, runs `read` (the interpreter's
+/// read, so both show one moment), and lets them go. Also says how long the process was
+/// stopped.
 pub fn while_stopped<T>(pid: Pid, read: impl FnOnce() -> T) -> Result<(Vec<Taken>, T, Duration), NativeError> {
     if !cfg!(target_arch = "x86_64") {
         return Err(NativeError::Architecture);

@@ -75,7 +75,7 @@ pub fn anchor(
         return Err(Refusal::CallersChanged);
     }
     let header = frame_header_len(layout) as u64;
-    let copy_end = sample.sp + sample.stack.len() as u64;
+    let copy_end = sample.sp.saturating_add(sample.stack.len() as u64);
     let in_copy = |f: &ChainFrame| {
         f.owner >= FIRST_SHIM_OWNER
             && f.addr >= sample.sp
@@ -139,7 +139,7 @@ pub fn lines_of_calls(
     mut extras_of: impl FnMut(u64) -> Vec<u64>,
 ) -> Vec<Option<u32>> {
     let header = frame_header_len(layout) as u64;
-    let copy_end = sp + stack.len() as u64;
+    let copy_end = sp.saturating_add(stack.len() as u64);
     let mut low = sp;
     calls
         .iter()
@@ -147,7 +147,9 @@ pub fn lines_of_calls(
             let window = low..call.sp;
             low = call.sp;
             let in_window = |f: &&ChainFrame| {
-                f.owner >= FIRST_SHIM_OWNER && window.contains(&f.addr) && f.addr + header <= copy_end
+                f.owner >= FIRST_SHIM_OWNER
+                    && window.contains(&f.addr)
+                    && f.addr.checked_add(header).is_some_and(|end| end <= copy_end)
             };
             let at = chain.iter().enumerate().filter(|(_, f)| in_window(f)).max_by_key(|(_, f)| f.addr)?.0;
             let shim = &chain[at];

@@ -17,14 +17,14 @@ pub fn line_of(table: &[u8], first_line: i32, unit: u64) -> Option<u32> {
         let has_line = match code {
             15 => false,
             14 => {
-                line += reader.svarint()?;
+                line = line.checked_add(reader.svarint()?)?;
                 reader.varint()?; // end line delta
                 reader.varint()?; // column + 1
                 reader.varint()?; // end column + 1
                 true
             }
             13 => {
-                line += reader.svarint()?;
+                line = line.checked_add(reader.svarint()?)?;
                 true
             }
             10..=12 => {
@@ -88,6 +88,28 @@ mod tests {
 
     /// `def f():\n    a = 1\n    b = 2` compiled by 3.12: RESUME on line 1, then two lines.
     /// Entries hand-built in each of the forms the compiler writes.
+    /// A hostile table's line deltas sum past any integer: no line, and no panic.
+    #[test]
+    fn line_deltas_that_overflow_give_no_line() {
+        let mut delta = Vec::new();
+        let mut raw: u64 = 0x7fff_ffff_ffff_fffe; // +(2^62 - 1)
+        loop {
+            let low = (raw & 63) as u8;
+            raw >>= 6;
+            delta.push(if raw == 0 { low } else { low | 64 });
+            if raw == 0 {
+                break;
+            }
+        }
+        let mut table = Vec::new();
+        for _ in 0..3 {
+            table.push(0x80 | (13 << 3)); // no-column form, 1 unit
+            table.extend_from_slice(&delta);
+        }
+        assert_eq!(line_of(&table, 1, 0), u32::try_from((1i64 << 62) as u64).ok());
+        assert_eq!(line_of(&table, 1, 2), None);
+    }
+
     #[test]
     fn reads_each_entry_form() {
         let table = [

@@ -178,7 +178,7 @@ impl ObjectReader {
     pub fn view(&self, addr: u64, len: usize) -> Result<View, ObjectError> {
         let start = addr - addr % BLOCK;
         let from = (addr - start) as usize;
-        if from + len <= BLOCK as usize {
+        if len <= BLOCK as usize - from {
             let block = self.block(start).ok_or(ObjectError::Unreadable { addr, len })?;
             return Ok(View::Block(block, from..from + len));
         }
@@ -198,7 +198,7 @@ impl ObjectReader {
         while at < end {
             let start = at - at % BLOCK;
             let block = self.block(start).ok_or(unreadable.clone())?;
-            let upto = end.min(start + BLOCK);
+            let upto = end.min(start.saturating_add(BLOCK));
             out.extend_from_slice(&block[(at - start) as usize..(upto - start) as usize]);
             at = upto;
         }
@@ -252,7 +252,7 @@ impl ObjectReader {
         }
         // A non-ASCII compact string's characters follow PyCompactUnicodeObject, which adds
         // utf8_length and utf8 to the ASCII header.
-        let data = addr + l.unicode_ascii_size + if ascii { 0 } else { 16 };
+        let data = addr.wrapping_add(l.unicode_ascii_size + if ascii { 0 } else { 16 });
         let bytes = match kind {
             1 | 2 | 4 => self.bytes_at(data, (length * u64::from(kind)) as usize)?,
             _ => return Err(malformed("unknown kind")),
@@ -274,7 +274,7 @@ impl ObjectReader {
         if size > max {
             return Err(ObjectError::Malformed { what: "bytes", addr, why: "larger than a location table" });
         }
-        self.bytes_at(addr + l.bytes_data, size as usize)
+        self.bytes_at(addr.wrapping_add(l.bytes_data), size as usize)
     }
 
     /// The code object at `addr`, from the cache when the object there is still the one read.
@@ -311,7 +311,7 @@ impl ObjectReader {
     /// its perf trampoline once the trampoline has run it. Read each time, as slots are filled
     /// after the code object is made.
     pub fn code_extras(&self, code_addr: u64) -> Result<Vec<u64>, ObjectError> {
-        let extra = self.word(code_addr + self.layout.code_extra)?;
+        let extra = self.word(code_addr.wrapping_add(self.layout.code_extra))?;
         if extra == 0 {
             return Ok(Vec::new());
         }
@@ -319,7 +319,7 @@ impl ObjectReader {
         if size > MAX_CODE_EXTRAS {
             return Err(ObjectError::Malformed { what: "co_extra", addr: extra, why: "more slots than CPython gives" });
         }
-        let bytes = self.bytes_at(extra + 8, size as usize * 8)?;
+        let bytes = self.bytes_at(extra.wrapping_add(8), size as usize * 8)?;
         Ok(bytes.chunks_exact(8).map(|w| word_in(w, 0)).collect())
     }
 }

@@ -66,11 +66,11 @@ pub enum WalkEnd {
 pub fn threads(reader: &mut ObjectReader, runtime: u64) -> Result<Vec<PyThread>, ObjectError> {
     let layout = reader.layout().clone();
     let mut out = Vec::new();
-    let mut interp = reader.word(runtime + layout.interpreters_head)?;
+    let mut interp = reader.word(runtime.wrapping_add(layout.interpreters_head))?;
     let mut seen_interps = HashSet::new();
     while interp != 0 && seen_interps.len() < MAX_INTERPRETERS && seen_interps.insert(interp) {
         let holder = gil_holder(reader, interp)?;
-        let mut tstate = reader.word(interp + layout.interp_threads_head)?;
+        let mut tstate = reader.word(interp.wrapping_add(layout.interp_threads_head))?;
         let mut seen_threads = HashSet::new();
         while tstate != 0 && seen_threads.len() < MAX_THREADS && seen_threads.insert(tstate) {
             let head = reader.bytes_at(tstate, thread_header_len(&layout))?;
@@ -100,7 +100,7 @@ pub fn threads(reader: &mut ObjectReader, runtime: u64) -> Result<Vec<PyThread>,
             });
             tstate = word_in(&head, layout.thread_next as usize);
         }
-        interp = reader.word(interp + layout.interp_next)?;
+        interp = reader.word(interp.wrapping_add(layout.interp_next))?;
     }
     Ok(out)
 }
@@ -119,14 +119,14 @@ fn gil_holder(reader: &ObjectReader, interp: u64) -> Result<Option<u64>, ObjectE
     let (gil, locked, last_holder) = match reader.layout().gil {
         GilLayout::Inline { locked, last_holder } => (interp, locked, last_holder),
         GilLayout::Pointer { ceval_gil, locked, last_holder } => {
-            (reader.word(interp + ceval_gil)?, locked, last_holder)
+            (reader.word(interp.wrapping_add(ceval_gil))?, locked, last_holder)
         }
     };
     if gil == 0 {
         return Ok(None);
     }
-    let is_locked = reader.bytes_at(gil + locked, 4)?.iter().any(|&b| b != 0);
-    Ok(is_locked.then_some(reader.word(gil + last_holder)?))
+    let is_locked = reader.bytes_at(gil.wrapping_add(locked), 4)?.iter().any(|&b| b != 0);
+    Ok(is_locked.then_some(reader.word(gil.wrapping_add(last_holder))?))
 }
 
 /// One frame of the chain as it sits in memory: a Python frame, or an entry shim (which lives
@@ -186,7 +186,7 @@ fn python_frame(reader: &mut ObjectReader, bytes: &[u8]) -> Result<(PyFrame, u64
     let layout = reader.layout();
     // 3.14+ keeps the code as a tagged stack reference: the low bits are flags.
     let code_addr = word_in(bytes, layout.frame_code as usize) & !7;
-    let first_instruction = code_addr + layout.code_adaptive;
+    let first_instruction = code_addr.wrapping_add(layout.code_adaptive);
     let instr = word_in(bytes, layout.frame_instr as usize);
     let unit = instr.checked_sub(first_instruction).map(|offset| offset / 2);
     let code = reader.code(code_addr)?;
@@ -233,10 +233,10 @@ pub fn frame_header_len(layout: &super::layout::Layout) -> usize {
 /// `None` if the interpreter has no such thread.
 pub fn innermost_of(reader: &ObjectReader, runtime: u64, native_id: u64) -> Result<Option<u64>, ObjectError> {
     let layout = reader.layout().clone();
-    let mut interp = reader.word(runtime + layout.interpreters_head)?;
+    let mut interp = reader.word(runtime.wrapping_add(layout.interpreters_head))?;
     let mut seen = HashSet::new();
     while interp != 0 && seen.len() < MAX_INTERPRETERS + MAX_THREADS && seen.insert(interp) {
-        let mut tstate = reader.word(interp + layout.interp_threads_head)?;
+        let mut tstate = reader.word(interp.wrapping_add(layout.interp_threads_head))?;
         while tstate != 0 && seen.len() < MAX_INTERPRETERS + MAX_THREADS && seen.insert(tstate) {
             let head = reader.bytes_at(tstate, thread_header_len(&layout))?;
             if word_in(&head, layout.thread_native_id as usize) == native_id {
@@ -244,7 +244,7 @@ pub fn innermost_of(reader: &ObjectReader, runtime: u64, native_id: u64) -> Resu
             }
             tstate = word_in(&head, layout.thread_next as usize);
         }
-        interp = reader.word(interp + layout.interp_next)?;
+        interp = reader.word(interp.wrapping_add(layout.interp_next))?;
     }
     Ok(None)
 }
@@ -254,7 +254,7 @@ fn current_frame(reader: &ObjectReader, thread_head: &[u8]) -> Result<u64, Objec
         CurrentFrame::Direct(at) => Ok(word_in(thread_head, at as usize)),
         CurrentFrame::ViaCFrame { cframe, current_frame } => match word_in(thread_head, cframe as usize) {
             0 => Ok(0),
-            cframe => reader.word(cframe + current_frame),
+            cframe => reader.word(cframe.wrapping_add(current_frame)),
         },
     }
 }

@@ -1,31 +1,29 @@
 //! Everything ember tracks about one target process: its threads, its executable
 //! mappings (with their unwind modules) and its perf map.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use framehop::Unwinder;
 
 use super::access::{LiveTarget, TargetAccess};
-use super::code::{CodeFacts, ProcessCode};
+use super::code::CodeFacts;
 use super::ids::{NsPid, Pid, Tid};
 use super::procfs;
 use super::python::{self, Runtime};
 use super::target_file::Owner;
 use crate::intern::{Interner, StrId};
-use crate::interp::{JoinOutcome, Slot};
-use crate::perf::SampleEvent;
+use crate::interp::Slot;
 use crate::symbolize::perf_map::{MapLocation, PerfMapReader, PerfMapTable};
-use crate::unwind::stack::{RawFrame, UnwoundStack};
 use crate::unwind::{
-    unwind_stack, ElfCache, ElfImage, FileIdentity, ImageId, NativeUnwinder, StackCompleter, StackEnd, TrampolineKind,
-    UnwindCache,
+    ElfCache, ElfImage, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache,
 };
 
 #[path = "state_join.rs"]
 mod join;
-pub use join::Join;
+#[path = "state_unwind.rs"]
+mod sample;
+pub use sample::SampleUnwind;
 
 /// How much code at an entry point counts as the entry code: ld.so's `_start` calls
 /// `_dl_start`, then `_dl_init`, and jumps to the program within its first 64 bytes.
@@ -111,32 +109,6 @@ pub struct ProcessState {
     /// before each batch of events: the lines it wrote since are unread, so its map is polled
     /// before each of its samples until the next batch.
     pub(crate) new_in_batch: bool,
-}
-
-/// One sample unwound, completed and turned into frame keys.
-#[derive(Debug, Clone)]
-pub struct SampleUnwind {
-    /// Leaf first, including frames taken from an earlier stack.
-    pub frames: Vec<RawFrame>,
-    /// How the walk over this sample's own stack copy ended.
-    pub end: StackEnd,
-    /// The earlier stack of the thread whose outer frames completed this one.
-    pub completed_from: Option<Arc<[RawFrame]>>,
-    /// Bytes at the start of the stack copy the walk read.
-    pub stack_read: usize,
-    /// Frames of code without unwind info whose caller was found.
-    pub without_cfi: usize,
-    /// The join with the interpreter's frames, for a truncated stack of a readable process.
-    pub joined: Option<Join>,
-}
-
-impl SampleUnwind {
-    /// Whether the stack reaches its root, by itself or completed.
-    pub fn is_whole(&self) -> bool {
-        self.end == StackEnd::Complete
-            || self.completed_from.is_some()
-            || self.joined.as_ref().is_some_and(Join::succeeded)
-    }
 }
 
 impl std::fmt::Debug for ProcessState {
@@ -332,17 +304,6 @@ impl ProcessState {
         Ok(())
     }
 
-    /// Whether `addr` is in the code at an image's entry point: the dynamic loader's `_start`
-    /// (or a program's), which has no caller and, in ld.so, no CFI to say so.
-    /// A walk that failed in a process's entry code (ld.so's `_start`, which has no CFI, while
-    /// the loader runs before the program) with the copy reaching the top of the stack: that
-    /// frame is the root, so the stack is complete, not cut.
-    fn ends_in_entry_code(&self, unwound: &UnwoundStack, stack_filled: bool) -> bool {
-        let outermost = unwound.frames.len().checked_sub(1);
-        let root = outermost.and_then(|i| unwound.frames.get(i).map(|f| f.lookup_addr(i == 0)));
-        matches!(unwound.end, StackEnd::Failed(_)) && !stack_filled && root.is_some_and(|addr| self.is_entry_code(addr))
-    }
-
     pub fn is_entry_code(&self, addr: u64) -> bool {
         self.entry_code.range(..=addr).next_back().is_some_and(|(_, &end)| addr < end)
     }
@@ -478,123 +439,5 @@ impl ProcessState {
         let from = usize::try_from(start - arena_start).ok()?;
         let to = from.checked_add(usize::try_from(len).ok()?)?;
         self.arena(arena_start, arena_end)?.get(from..to).map(<[u8]>::to_vec)
-    }
-
-    /// Unwinds one sample of this process, completes it from the thread's earlier stacks if
-    /// the walk stopped short, and appends its frame keys (root last) to `keys`.
-    pub fn unwind_sample(
-        &mut self,
-        sample: &SampleEvent,
-        strings: &mut Interner,
-        keys: &mut Vec<FrameKey>,
-    ) -> SampleUnwind {
-        let tid = sample.tid;
-        let early = self.read_first(sample);
-        let mut consulted = std::mem::take(&mut self.consulted);
-        consulted.clear();
-        let code = ProcessCode {
-            mappings: &self.mappings,
-            perf_map: &self.perf_map,
-            consulted: RefCell::new(consulted),
-            facts: RefCell::new(std::mem::take(&mut self.code_facts)),
-        };
-        let mut unwound =
-            unwind_stack(&self.unwinder, &mut self.cache, &code, sample.regs, &sample.stack, sample.stack_filled);
-        self.consulted = code.consulted.into_inner();
-        self.code_facts = code.facts.into_inner();
-        if self.ends_in_entry_code(&unwound, sample.stack_filled) {
-            unwound.end = StackEnd::Complete;
-        }
-        let mut frames = unwound.frames;
-        let own = frames.len();
-        let lines = if self.lines { self.python_lines(sample, &frames, own, early.as_ref()) } else { Vec::new() };
-        let mut completed_from = None;
-        let mut joined = match unwound.end {
-            StackEnd::Truncated => self.join_with_interpreter(sample, &frames, early),
-            _ => None,
-        };
-        match unwound.end {
-            StackEnd::Complete => self.completer.remember(tid, &frames),
-            StackEnd::Truncated | StackEnd::Failed(_) => {
-                // Completed either way, so the history later completions start from stays deep.
-                // Frames read from the interpreter beat frames inferred from history; where
-                // both give the same Python frames, the completion is shown, as it also has the
-                // native frames between and outside them (unless lines were asked for, which
-                // only the read has).
-                let mut completed = frames.clone();
-                let from = self.completer.complete(tid, &mut completed);
-                if from.is_some() {
-                    self.completer.remember(tid, &completed);
-                }
-                let show_completion = match joined.as_mut() {
-                    Some(join) if join.succeeded() => {
-                        let agree =
-                            from.is_some() && !self.lines && self.same_python_frames(&completed[own..], join, strings);
-                        if agree {
-                            join.confirmed_completion = true;
-                        }
-                        agree
-                    }
-                    _ => true,
-                };
-                if show_completion {
-                    (frames, completed_from) = (completed, from);
-                }
-            }
-        }
-        let outcome = SampleUnwind {
-            frames,
-            end: unwound.end,
-            completed_from,
-            stack_read: unwound.stack_read,
-            without_cfi: unwound.without_cfi,
-            joined,
-        };
-        keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
-        let mut lines = lines.into_iter().peekable();
-        for (i, frame) in outcome.frames.iter().enumerate() {
-            let key = self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings);
-            match (key, lines.next_if(|(at, _)| *at == i)) {
-                (FrameKey::MapSymbol(name), Some((_, line))) => keys.push(FrameKey::PythonLine { name, line }),
-                (key, _) => keys.push(key),
-            }
-        }
-        if let Some(Join { outcome: JoinOutcome::Joined(outer), confirmed_completion: false, .. }) = &outcome.joined {
-            for f in outer.iter() {
-                let name = self.python_names.of(f, strings);
-                keys.push(match f.line().filter(|_| self.lines) {
-                    Some(line) => FrameKey::PythonLine { name, line },
-                    None => FrameKey::MapSymbol(name),
-                });
-            }
-        }
-        if !outcome.is_whole() || keys.is_empty() {
-            keys.push(FrameKey::Truncated);
-        }
-        outcome
-    }
-
-    /// The code addresses the last [`unwind_sample`](Self::unwind_sample) asked about: return
-    /// addresses checked (scan candidates too) and, one past, the addresses whose unwind info
-    /// it looked up.
-    pub(crate) fn consulted(&self) -> &[u64] {
-        &self.consulted
-    }
-
-    /// Classifies an address of this process.
-    pub fn frame_key(&self, addr: u64, lookup_addr: u64, strings: &mut Interner) -> FrameKey {
-        if let Some((_, entry)) = self.perf_map.lookup(addr) {
-            return FrameKey::MapSymbol(entry.name);
-        }
-        match self.mapping_at(lookup_addr) {
-            Some((start, m)) => match &m.image {
-                Some(image) => FrameKey::Native { image: image.id, file_offset: lookup_addr - start + m.pgoff },
-                None => {
-                    let region = if m.path.is_empty() || m.path.starts_with("//anon") { "[anon]" } else { &m.path };
-                    FrameKey::Unknown { region: strings.intern(region), addr }
-                }
-            },
-            None => FrameKey::Unknown { region: strings.intern("[unknown]"), addr },
-        }
     }
 }
