@@ -23,54 +23,92 @@ pub struct TaskDump {
     pub children: Vec<TaskDump>,
 }
 
+/// Deepest nesting kept: a task deeper than this is shown as a root of its own, so printing,
+/// serializing and dropping the tree never recurse further (a chain of awaits can be as long
+/// as a target makes it).
+const MAX_DEPTH: usize = 64;
+
 /// The tasks with no parent, each holding its children; siblings by name, then id.
 pub fn tree(tasks: Vec<AsyncTask>) -> Vec<TaskDump> {
     let names: HashMap<u64, String> = tasks.iter().map(|t| (t.id, t.name.clone())).collect();
-    let mut children: HashMap<Option<u64>, Vec<TaskDump>> = HashMap::new();
-    let mut parent_of = HashMap::new();
-    for task in tasks {
-        let parent = task.parent.filter(|p| names.contains_key(p));
-        parent_of.insert(task.id, parent);
-        let (awaiting, awaiting_task) = match &task.awaiting {
-            Awaiting::Task(id) => (format!("task {}", names.get(id).map_or("?", String::as_str)), Some(*id)),
-            Awaiting::Object(type_name) => (type_name.clone(), None),
-            Awaiting::Running => ("running".into(), None),
-            Awaiting::NotStarted => ("not started".into(), None),
-        };
-        let node = TaskDump {
-            id: task.id,
-            name: task.name,
-            awaiting,
-            awaiting_task,
-            coroutine_stack: task.frames.iter().map(FrameDump::from).collect(),
-            children: Vec::new(),
-        };
-        children.entry(parent).or_default().push(node);
-    }
-    // Attach deepest first: a node is complete once every task below it has been attached.
-    let depth = |mut id: u64| {
-        let mut n = 0usize;
-        while let Some(Some(up)) = parent_of.get(&id) {
-            id = *up;
-            n += 1;
-            if n > parent_of.len() {
-                break;
-            }
-        }
-        n
-    };
-    let mut parents: Vec<u64> = children.keys().filter_map(|p| *p).collect();
-    parents.sort_by_key(|&p| std::cmp::Reverse(depth(p)));
-    for parent in parents {
-        let Some(mut kids) = children.remove(&Some(parent)) else { continue };
-        sort(&mut kids);
-        if let Some(node) = children.values_mut().flatten().find(|n| n.id == parent) {
-            node.children = kids;
+    let mut parent_of: HashMap<u64, Option<u64>> =
+        tasks.iter().map(|t| (t.id, t.parent.filter(|p| names.contains_key(p) && *p != t.id))).collect();
+    let depth = depths(&mut parent_of);
+    let mut nodes: HashMap<u64, TaskDump> = tasks.into_iter().map(|task| (task.id, node(task, &names))).collect();
+    // Deepest first: a node is complete once every task below it has been attached.
+    let mut order: Vec<u64> = nodes.keys().copied().collect();
+    order.sort_by_key(|id| std::cmp::Reverse(depth.get(id).copied().unwrap_or(0)));
+    for id in order {
+        let Some(Some(parent)) = parent_of.get(&id).copied() else { continue };
+        let Some(mut child) = nodes.remove(&id) else { continue };
+        sort(&mut child.children);
+        if let Some(up) = nodes.get_mut(&parent) {
+            up.children.push(child);
         }
     }
-    let mut roots = children.remove(&None).unwrap_or_default();
+    let mut roots: Vec<TaskDump> = nodes.into_values().collect();
+    for root in &mut roots {
+        sort(&mut root.children);
+    }
     sort(&mut roots);
     roots
+}
+
+/// Each task's depth under its root; a link that would nest a task deeper than [`MAX_DEPTH`],
+/// or close a loop, is cut (the task becomes a root).
+fn depths(parent_of: &mut HashMap<u64, Option<u64>>) -> HashMap<u64, usize> {
+    let mut depth: HashMap<u64, usize> = HashMap::new();
+    let ids: Vec<u64> = parent_of.keys().copied().collect();
+    for start in ids {
+        // Up to a task whose depth is known, or a root; then back down, assigning depths.
+        let mut path = vec![start];
+        let mut on_path = std::collections::HashSet::from([start]);
+        while let Some(Some(up)) = parent_of.get(path.last().unwrap_or(&start)).copied() {
+            if depth.contains_key(&up) {
+                break;
+            }
+            if !on_path.insert(up) {
+                // A loop: cut it at the task that closes it.
+                let closing = *path.last().unwrap_or(&start);
+                parent_of.insert(closing, None);
+                break;
+            }
+            path.push(up);
+        }
+        for id in path.into_iter().rev() {
+            if depth.contains_key(&id) {
+                continue;
+            }
+            let above = parent_of.get(&id).copied().flatten().and_then(|p| depth.get(&p).copied());
+            let d = match above {
+                Some(d) if d < MAX_DEPTH => d + 1,
+                Some(_) => {
+                    parent_of.insert(id, None);
+                    0
+                }
+                None => 0,
+            };
+            depth.insert(id, d);
+        }
+    }
+    depth
+}
+
+fn node(task: AsyncTask, names: &HashMap<u64, String>) -> TaskDump {
+    let (awaiting, awaiting_task) = match &task.awaiting {
+        Awaiting::Task(id) => (format!("task {}", names.get(id).map_or("?", String::as_str)), Some(*id)),
+        Awaiting::Object(type_name) => (type_name.clone(), None),
+        Awaiting::Running => ("running".into(), None),
+        Awaiting::NotStarted => ("not started".into(), None),
+    };
+    TaskDump {
+        id: task.id,
+        name: task.name,
+        awaiting,
+        awaiting_task,
+        coroutine_stack: task.frames.iter().map(FrameDump::from).collect(),
+        children: Vec::new(),
+    }
 }
 
 fn sort(nodes: &mut [TaskDump]) {
@@ -107,5 +145,28 @@ mod tests {
         assert_eq!(shape(&roots), "main[outer-a[inner-1,inner-2],outer-b],orphan");
         assert_eq!(roots[0].awaiting, "task outer-a");
         assert_eq!(roots[0].awaiting_task, Some(3));
+    }
+
+    /// A chain of awaits as long as a target likes, and a loop: the tree is cut into pieces no
+    /// deeper than MAX_DEPTH, and built without recursion.
+    #[test]
+    fn long_chains_are_cut_and_loops_broken() {
+        let n = 100_000u64;
+        let mut tasks: Vec<AsyncTask> =
+            (0..n).map(|i| task(i + 1, &format!("t{i}"), (i > 0).then_some(i), Awaiting::Running)).collect();
+        tasks.push(task(n + 1, "a", Some(n + 2), Awaiting::Running));
+        tasks.push(task(n + 2, "b", Some(n + 1), Awaiting::Running));
+        let roots = tree(tasks);
+        let mut deepest = 0;
+        let mut stack: Vec<(&TaskDump, usize)> = roots.iter().map(|r| (r, 0)).collect();
+        let mut count = 0;
+        while let Some((node, d)) = stack.pop() {
+            count += 1;
+            deepest = deepest.max(d);
+            stack.extend(node.children.iter().map(|c| (c, d + 1)));
+        }
+        assert_eq!(count, n as usize + 2, "every task once");
+        assert!(deepest <= MAX_DEPTH, "{deepest}");
+        assert!(roots.len() >= (n as usize) / (MAX_DEPTH + 1), "{} roots", roots.len());
     }
 }

@@ -288,7 +288,8 @@ fn a_process_that_is_not_python_gets_a_clear_error() {
 }
 
 /// A program that passes for CPython 3.13 and lies (`hostile_runtime.c`): looping thread and
-/// frame lists, a terabyte-long name, an offset no build publishes, two versions. Each dump must
+/// frame lists, a terabyte-long name, an offset no build publishes, two versions, a code pointer
+/// whose fields lie past the end of the address space. Each dump must
 /// end within seconds with a marked stack or an error that says why.
 #[test]
 fn a_process_that_lies_about_its_interpreter_gets_marked_stacks_or_errors() {
@@ -306,6 +307,7 @@ fn a_process_that_lies_about_its_interpreter_gets_marked_stacks_or_errors() {
         ("huge", Ok("longer than any name")),
         ("offsets", Err("an offset larger than 64 KiB")),
         ("version", Err("disagrees with itself")),
+        ("wild", Ok("could not be read further")),
     ];
     for (mode, want) in expected {
         let target = Target::spawn(Command::new(&exe).arg(mode));

@@ -14,17 +14,20 @@ pub use containers::BuiltinTypes;
 pub use tasks::{tasks, AsyncTask, Awaiting, TasksError};
 pub use threading::thread_names;
 
+use std::collections::HashSet;
+
 use crate::interp::objects::ObjectError;
 use containers::Containers;
 
 /// Longest linked list followed: far more interpreters, threads or tasks than any process has.
 const MAX_LIST: usize = 1 << 20;
 
-/// The nodes of a NULL-ended linked list whose first pointer is at `head`.
+/// The nodes of a NULL-ended linked list whose first pointer is at `head`, up to a loop.
 fn list(c: &Containers, head: u64, next: u64) -> Result<Vec<u64>, ObjectError> {
     let mut out = Vec::new();
+    let mut seen = HashSet::new();
     let mut node = c.reader.word(head)?;
-    while node != 0 && out.len() < MAX_LIST && !out.contains(&node) {
+    while node != 0 && out.len() < MAX_LIST && seen.insert(node) {
         out.push(node);
         node = c.reader.word(node.wrapping_add(next))?;
     }

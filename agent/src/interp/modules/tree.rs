@@ -29,18 +29,29 @@ pub fn parents(records: &[TaskRecord]) -> Vec<Option<u64>> {
             found.map(|&i| records[i].addr).filter(|&p| p != r.addr)
         })
         .collect();
-    // Break loops (a target changing under the read, or a hostile one): walk up from each.
+    // Break loops (a target changing under the read, or a hostile one): follow each chain up
+    // once, marking what it passed; meeting the chain being followed again closes a loop.
+    const NEW: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut state = vec![NEW; records.len()];
+    let mut path = Vec::new();
     for start in 0..records.len() {
         let mut at = start;
-        for _ in 0..records.len() {
+        while state[at] == NEW {
+            state[at] = ON_PATH;
+            path.push(at);
             match parents[at].and_then(|p| by_addr.get(&p)) {
-                Some(&up) if up == start => {
-                    parents[start] = None;
+                Some(&up) if state[up] == ON_PATH => {
+                    parents[at] = None;
                     break;
                 }
                 Some(&up) => at = up,
                 None => break,
             }
+        }
+        for i in path.drain(..) {
+            state[i] = DONE;
         }
     }
     parents
