@@ -53,7 +53,7 @@ pub struct DumpArgs {
     #[arg(long)]
     pub json: bool,
     /// Native frames too, with the Python frames in place of the interpreter calls that run
-    /// them. Stops the process for a moment (ptrace, usually under a millisecond) to take each
+    /// them. Stops the process for a moment (ptrace, a few milliseconds at most) to take each
     /// thread's registers and stack; without it nothing is stopped.
     #[arg(long)]
     pub native: bool,
