@@ -63,17 +63,19 @@ fn depths(parent_of: &mut HashMap<u64, Option<u64>>) -> HashMap<u64, usize> {
         // Up to a task whose depth is known, or a root; then back down, assigning depths.
         let mut path = vec![start];
         let mut on_path = std::collections::HashSet::from([start]);
-        while let Some(Some(up)) = parent_of.get(path.last().unwrap_or(&start)).copied() {
+        let mut at = start;
+        while let Some(Some(up)) = parent_of.get(&at).copied() {
             if depth.contains_key(&up) {
                 break;
             }
             if !on_path.insert(up) {
-                // A loop: cut it at the task that closes it.
-                let closing = *path.last().unwrap_or(&start);
-                parent_of.insert(closing, None);
+                // A loop (interp's tree breaks them; a dump does not rely on it): cut it at
+                // the task that closes it.
+                parent_of.insert(at, None);
                 break;
             }
             path.push(up);
+            at = up;
         }
         for id in path.into_iter().rev() {
             if depth.contains_key(&id) {

@@ -206,8 +206,11 @@ impl ObjectReader {
     }
 
     fn block(&self, start: u64) -> Option<Arc<[u8]>> {
-        if self.touched.borrow().len() < MAX_TOUCHED {
-            self.touched.borrow_mut().insert(start);
+        {
+            let mut touched = self.touched.borrow_mut();
+            if touched.len() < MAX_TOUCHED {
+                touched.insert(start);
+            }
         }
         let mut blocks = self.blocks.borrow_mut();
         if let Some(known) = blocks.get(start) {
