@@ -145,13 +145,22 @@ impl ProcessState {
         Some(Join { outcome, latency_ns: Some(latency_ns), confirmed_completion: false })
     }
 
-    /// Whether completed frames (those after the sample's own) name the same Python functions,
-    /// in order, as a join read them.
-    pub(super) fn same_python_frames(&self, completed: &[RawFrame], join: &Join, strings: &mut Interner) -> bool {
+    /// Whether completed frames (those after the sample's own, then the Python frames read
+    /// beyond them for the stack they came from) name the same Python functions, in order, as
+    /// a join read them.
+    pub(super) fn same_python_frames(
+        &self,
+        completed: &[RawFrame],
+        beyond: Option<&[PyFrame]>,
+        join: &Join,
+        strings: &mut Interner,
+    ) -> bool {
         let JoinOutcome::Joined(read) = &join.outcome else { return false };
+        let mut name = |f: &PyFrame| strings.intern(&format!("py::{}:{}", f.code.qualname, f.code.filename));
+        let beyond: Vec<StrId> = beyond.unwrap_or_default().iter().map(&mut name).collect();
         let named = completed.iter().filter_map(|f| self.perf_map.lookup(f.addr).map(|(_, entry)| entry.name));
-        let read_names = read.iter().map(|f| strings.intern(&format!("py::{}:{}", f.code.qualname, f.code.filename)));
-        named.eq(read_names)
+        let read_names: Vec<StrId> = read.iter().map(&mut name).collect();
+        named.chain(beyond).eq(read_names)
     }
 
     /// Forgets a thread that exited.

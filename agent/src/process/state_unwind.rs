@@ -2,7 +2,6 @@
 //! thread's earlier stacks or the interpreter's frames (`state_join.rs`), and the frame keys.
 
 use std::cell::RefCell;
-use std::sync::Arc;
 
 use super::join::Join;
 use super::{FrameKey, ProcessState};
@@ -11,7 +10,7 @@ use crate::interp::JoinOutcome;
 use crate::perf::SampleEvent;
 use crate::process::code::ProcessCode;
 use crate::unwind::stack::{RawFrame, UnwoundStack};
-use crate::unwind::{unwind_stack, StackEnd};
+use crate::unwind::{unwind_stack, Reference, StackEnd};
 
 /// One sample unwound, completed and turned into frame keys.
 #[derive(Debug, Clone)]
@@ -21,7 +20,7 @@ pub struct SampleUnwind {
     /// How the walk over this sample's own stack copy ended.
     pub end: StackEnd,
     /// The earlier stack of the thread whose outer frames completed this one.
-    pub completed_from: Option<Arc<[RawFrame]>>,
+    pub completed_from: Option<Reference>,
     /// Bytes at the start of the stack copy the walk read.
     pub stack_read: usize,
     /// Frames of code without unwind info whose caller was found.
@@ -85,7 +84,7 @@ impl ProcessState {
             _ => None,
         };
         match unwound.end {
-            StackEnd::Complete => self.completer.remember(tid, &frames),
+            StackEnd::Complete => self.completer.remember(tid, &frames, None),
             StackEnd::Truncated | StackEnd::Failed(_) => {
                 // Completed either way, so the history later completions start from stays deep.
                 // Frames read from the interpreter beat frames inferred from history; where
@@ -94,16 +93,25 @@ impl ProcessState {
                 // only the read has).
                 let mut completed = frames.clone();
                 let from = self.completer.complete(tid, &mut completed);
-                if from.is_some() {
-                    self.completer.remember(tid, &completed);
+                let read = joined.as_ref().and_then(|j| match &j.outcome {
+                    JoinOutcome::Joined(outer) => Some(outer.clone()),
+                    _ => None,
+                });
+                let agree = match (&from, &joined) {
+                    (Some(from), Some(join)) if join.succeeded() && !self.lines => {
+                        self.same_python_frames(&completed[own..], from.beyond.as_deref(), join, strings)
+                    }
+                    _ => false,
+                };
+                match (&from, read) {
+                    (Some(from), None) => self.completer.remember(tid, &completed, from.beyond.clone()),
+                    (Some(from), Some(_)) if agree => self.completer.remember(tid, &completed, from.beyond.clone()),
+                    (_, Some(outer)) => self.completer.remember(tid, &frames, Some(outer)),
+                    (None, None) => {}
                 }
                 let show_completion = match joined.as_mut() {
                     Some(join) if join.succeeded() => {
-                        let agree =
-                            from.is_some() && !self.lines && self.same_python_frames(&completed[own..], join, strings);
-                        if agree {
-                            join.confirmed_completion = true;
-                        }
+                        join.confirmed_completion = agree;
                         agree
                     }
                     _ => true,
@@ -130,7 +138,11 @@ impl ProcessState {
                 (key, _) => keys.push(key),
             }
         }
-        if let Some(Join { outcome: JoinOutcome::Joined(outer), confirmed_completion: false, .. }) = &outcome.joined {
+        let beyond = match &outcome.joined {
+            Some(Join { outcome: JoinOutcome::Joined(outer), confirmed_completion: false, .. }) => Some(outer),
+            _ => outcome.completed_from.as_ref().and_then(|from| from.beyond.as_ref()),
+        };
+        if let Some(outer) = beyond {
             for f in outer.iter() {
                 let name = self.python_names.of(f, strings);
                 keys.push(match f.line().filter(|_| self.lines) {

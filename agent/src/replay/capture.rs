@@ -170,7 +170,7 @@ impl Capture {
             mappings: Vec::new(),
             perf_map: Vec::new(),
             memory: Vec::new(),
-            history: unwound.completed_from.as_ref().map(|h| h.iter().map(|f| [f.addr, f.sp]).collect()),
+            history: unwound.completed_from.as_ref().map(|h| h.frames.iter().map(|f| [f.addr, f.sp]).collect()),
             expected: Expected {
                 end: end_text(unwound.end),
                 completed: unwound.completed_from.is_some(),

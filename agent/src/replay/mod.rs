@@ -47,7 +47,7 @@ pub fn replay(case: &Arc<Case>) -> Vec<Expected> {
         state.add_perf_map_lines(&lines, &mut strings, &mut elf);
         if let Some(history) = &sample.history {
             let frames: Vec<RawFrame> = history.iter().map(|&[addr, sp]| RawFrame { addr, sp }).collect();
-            state.completer.remember(Tid(sample.tid), &frames);
+            state.completer.remember(Tid(sample.tid), &frames, None);
         }
         let event = SampleEvent {
             pid: Pid(sample.pid),

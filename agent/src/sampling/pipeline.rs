@@ -235,7 +235,8 @@ impl Pipeline {
         }
         // A replay case holds no interpreter memory: a stack with frames read from it could not
         // be replayed as found.
-        let from_memory = unwound.joined.as_ref().is_some_and(|j| j.succeeded() && !j.confirmed_completion);
+        let from_memory = unwound.joined.as_ref().is_some_and(|j| j.succeeded() && !j.confirmed_completion)
+            || unwound.completed_from.as_ref().is_some_and(|from| from.beyond.is_some());
         if let Some(capture) = capture.as_mut().filter(|_| !from_memory && !state.lines) {
             capture.offer(state, &sample, &unwound, keys, &profile.strings, elf);
         }

@@ -6,11 +6,16 @@
 //! address and stack pointer as a frame of an earlier complete sample of the same thread,
 //! both are the same activation, and the earlier sample's frames beyond it are the missing
 //! part.
+//!
+//! A stack cut short that was joined with the interpreter's frames (`interp`) is remembered
+//! with those Python frames beyond its copy, so a later sample of the same activation whose
+//! own read came too late (the thread had moved on) is completed as deep.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::stack::RawFrame;
+use crate::interp::PyFrame;
 use crate::process::ids::Tid;
 
 /// How many complete stacks to remember per thread.
@@ -21,28 +26,36 @@ const REFERENCES_PER_THREAD: usize = 16;
 /// stack pointer, and splice in another depth's callers.
 const CHECKED_FRAMES: usize = 16;
 
+/// A stack remembered whole: its native frames, leaf first, and the Python frames read from
+/// the interpreter beyond them when its copy was cut short (innermost first).
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub frames: Arc<[RawFrame]>,
+    pub beyond: Option<Arc<[PyFrame]>>,
+}
+
 #[derive(Debug, Default)]
 pub struct StackCompleter {
-    references: HashMap<Tid, VecDeque<Arc<[RawFrame]>>>,
+    references: HashMap<Tid, VecDeque<Reference>>,
 }
 
 impl StackCompleter {
-    /// Remembers a complete (or completed) stack, newest first.
-    pub fn remember(&mut self, tid: Tid, frames: &[RawFrame]) {
+    /// Remembers a whole stack, newest first: complete, completed, or joined (`beyond`).
+    pub fn remember(&mut self, tid: Tid, frames: &[RawFrame], beyond: Option<Arc<[PyFrame]>>) {
         let refs = self.references.entry(tid).or_default();
-        refs.push_front(Arc::from(frames));
+        refs.push_front(Reference { frames: Arc::from(frames), beyond });
         refs.truncate(REFERENCES_PER_THREAD);
     }
 
     /// Extends a truncated stack (leaf first) with the outer frames of a remembered stack of
     /// the same thread. Returns the remembered stack it took them from, if it found a frame
-    /// both agree on.
-    pub fn complete(&self, tid: Tid, frames: &mut Vec<RawFrame>) -> Option<Arc<[RawFrame]>> {
+    /// both agree on; its `beyond` frames, if any, follow the extended stack.
+    pub fn complete(&self, tid: Tid, frames: &mut Vec<RawFrame>) -> Option<Reference> {
         let last = frames.last().copied()?;
         for reference in self.references.get(&tid)? {
-            let Some(at) = reference.iter().position(|f| *f == last) else { continue };
-            if same_activation(frames, &reference[..=at]) {
-                frames.extend_from_slice(&reference[at + 1..]);
+            let Some(at) = reference.frames.iter().position(|f| *f == last) else { continue };
+            if same_activation(frames, &reference.frames[..=at]) {
+                frames.extend_from_slice(&reference.frames[at + 1..]);
                 return Some(reference.clone());
             }
         }
@@ -77,7 +90,7 @@ mod tests {
         let mut c = StackCompleter::default();
         let tid = Tid(7);
         // A complete stack: leaf .. root.
-        c.remember(tid, &[f(0x98, 50), f(0x20, 200), f(0x30, 300), f(0x40, 400)]);
+        c.remember(tid, &[f(0x98, 50), f(0x20, 200), f(0x30, 300), f(0x40, 400)], None);
         // A deeper sample, cut off after reaching the frame (0x20, 200).
         let mut truncated = vec![f(0x99, 10), f(0x98, 50), f(0x20, 200)];
         assert!(c.complete(tid, &mut truncated).is_some());
@@ -87,7 +100,7 @@ mod tests {
     #[test]
     fn same_address_at_another_depth_does_not_match() {
         let mut c = StackCompleter::default();
-        c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
+        c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)], None);
         let mut truncated = vec![f(0x99, 10), f(0x20, 250)];
         assert!(c.complete(Tid(1), &mut truncated).is_none());
         assert_eq!(truncated.len(), 2);
@@ -98,7 +111,7 @@ mod tests {
         let mut c = StackCompleter::default();
         // Another activation happens to return to the same address at the same stack pointer:
         // its callee, called from the same site, sits elsewhere.
-        c.remember(Tid(1), &[f(0x10, 100), f(0x55, 140), f(0x20, 200), f(0x40, 400)]);
+        c.remember(Tid(1), &[f(0x10, 100), f(0x55, 140), f(0x20, 200), f(0x40, 400)], None);
         let mut truncated = vec![f(0x99, 10), f(0x55, 150), f(0x20, 200)];
         assert!(c.complete(Tid(1), &mut truncated).is_none());
         let mut truncated = vec![f(0x10, 100), f(0x55, 140), f(0x20, 200)];
@@ -110,7 +123,7 @@ mod tests {
     #[test]
     fn other_threads_are_never_used() {
         let mut c = StackCompleter::default();
-        c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)]);
+        c.remember(Tid(1), &[f(0x20, 200), f(0x40, 400)], None);
         let mut truncated = vec![f(0x20, 200)];
         assert!(c.complete(Tid(2), &mut truncated).is_none());
     }
@@ -119,12 +132,31 @@ mod tests {
     fn chains_through_completed_stacks() {
         let mut c = StackCompleter::default();
         let tid = Tid(3);
-        c.remember(tid, &[f(5, 1), f(2, 20), f(3, 30)]);
+        c.remember(tid, &[f(5, 1), f(2, 20), f(3, 30)], None);
         let mut middle = vec![f(8, 0), f(5, 1), f(2, 20)];
         assert!(c.complete(tid, &mut middle).is_some());
-        c.remember(tid, &middle);
+        c.remember(tid, &middle, None);
         let mut deep = vec![f(9, 0), f(8, 0), f(5, 1)];
         assert!(c.complete(tid, &mut deep).is_some());
         assert_eq!(deep, vec![f(9, 0), f(8, 0), f(5, 1), f(2, 20), f(3, 30)]);
+    }
+
+    #[test]
+    fn a_joined_stack_completes_later_samples_with_the_python_frames_read_beyond_it() {
+        use crate::interp::CodeInfo;
+        let mut c = StackCompleter::default();
+        let tid = Tid(4);
+        let beyond: Arc<[PyFrame]> = Arc::from(vec![
+            PyFrame { code: CodeInfo::named("caller"), unit: None },
+            PyFrame { code: CodeInfo::named("<module>"), unit: None },
+        ]);
+        // Cut at (0x30, 300); the interpreter's frames beyond it were read.
+        c.remember(tid, &[f(0x98, 50), f(0x20, 200), f(0x30, 300)], Some(beyond.clone()));
+        // A deeper sample of the same activation, cut at (0x20, 200): the read came too late.
+        let mut truncated = vec![f(0x99, 10), f(0x98, 50), f(0x20, 200)];
+        let from = c.complete(tid, &mut truncated).expect("completed");
+        assert_eq!(truncated, vec![f(0x99, 10), f(0x98, 50), f(0x20, 200), f(0x30, 300)]);
+        let names: Vec<&str> = from.beyond.iter().flat_map(|b| b.iter()).map(|f| f.code.qualname.as_str()).collect();
+        assert_eq!(names, ["caller", "<module>"]);
     }
 }

@@ -11,7 +11,7 @@ pub(crate) mod prologue;
 pub(crate) mod stack;
 pub(crate) mod trampoline;
 
-pub(crate) use completion::StackCompleter;
+pub(crate) use completion::{Reference, StackCompleter};
 pub use elf::{ElfCache, ElfError, ElfImage, FileIdentity, ImageId};
 pub(crate) use stack::{unwind_stack, NativeUnwinder, StackEnd, UnwindCache};
 pub(crate) use trampoline::TrampolineKind;
