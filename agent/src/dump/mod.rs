@@ -8,7 +8,7 @@ mod text;
 
 use serde::Serialize;
 
-use crate::interp::{AttachError, Interpreter, ObjectError, PyFrame, WalkEnd};
+use crate::interp::{AttachError, Interpreter, ObjectError, PyFrame, PyThread, WalkEnd};
 use crate::process::{procfs, Pid, ProcessState, Tid};
 use crate::unwind::ElfCache;
 
@@ -44,7 +44,6 @@ pub struct Dump {
     pub interpreter: String,
     /// Whether the process was stopped while read: only with `--native`, to take each thread's
     /// registers and stack (memory reads race with the process, and each object is checked).
-    /// is checked instead).
     pub stopped: bool,
     /// For how long, from stopping the first thread to letting the last go.
     pub stopped_for_us: Option<u64>,
@@ -66,6 +65,9 @@ pub struct ThreadDump {
     /// The id the interpreter recorded, in the target's own PID namespace.
     pub native_id: u64,
     pub name: Option<String>,
+    /// Whether the interpreter has a state for the thread; `false` for a thread that never ran
+    /// Python (listed with `--native` only).
+    pub python: bool,
     pub holds_gil: bool,
     /// Innermost first.
     pub frames: Vec<FrameDump>,
@@ -146,12 +148,30 @@ pub fn read(pid: Pid, native: bool) -> Result<Dump, DumpError> {
                 tid: tid.map(|t| t.0),
                 native_id: t.native_id,
                 name: python_names.get(&t.native_id).cloned().or_else(|| tid.and_then(|tid| procfs::comm(pid, tid))),
+                python: true,
                 holds_gil: t.holds_gil,
                 frames: frames.unwrap_or_else(|| t.frames.iter().map(FrameDump::from).collect()),
                 incomplete: incomplete(&t.end),
             }
         })
         .collect();
+    // With `--native`, the threads that never ran Python too (a C library's worker can be what
+    // a stuck process waits for).
+    let native_only: Vec<Tid> =
+        taken.iter().map(|t| t.tid).filter(|tid| !threads.iter().any(|d| d.tid == Some(tid.0))).collect();
+    for tid in native_only {
+        let native_id = host_tids.iter().find(|(_, host)| *host == tid).map_or(0, |(ns, _)| u64::from(*ns));
+        let none = PyThread { native_id, holds_gil: false, frames: Vec::new(), end: WalkEnd::Root, shims: Vec::new() };
+        threads.push(ThreadDump {
+            tid: Some(tid.0),
+            native_id,
+            name: procfs::comm(pid, tid),
+            python: false,
+            holds_gil: false,
+            frames: native::merge(&mut process, &mut elf, &taken, &none, Some(tid)).unwrap_or_default(),
+            incomplete: None,
+        });
+    }
     // The main thread first, then by id, rather than CPython's newest-first list.
     threads.sort_by_key(|t| (t.tid != Some(pid.0), t.tid, t.native_id));
     let (tasks, tasks_error, tasks_at_once) = match interpreter.tasks() {

@@ -40,7 +40,7 @@ pub enum NativeError {
 
 /// One thread as taken while stopped.
 pub struct Taken {
-    tid: Tid,
+    pub(super) tid: Tid,
     regs: UserRegs,
     stack: Vec<u8>,
     /// The stack goes on beyond what was read.

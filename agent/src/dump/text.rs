@@ -25,8 +25,9 @@ pub fn write(out: &mut impl Write, dump: &Dump) -> io::Result<()> {
         };
         let name = thread.name.as_deref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
         let gil = if thread.holds_gil { " (holds the GIL)" } else { "" };
-        writeln!(out, "Thread {id}{name}{gil}")?;
-        if thread.frames.is_empty() && thread.incomplete.is_none() {
+        let native = if thread.python { "" } else { " (native: no Python state)" };
+        writeln!(out, "Thread {id}{name}{gil}{native}")?;
+        if thread.frames.is_empty() && thread.incomplete.is_none() && thread.python {
             writeln!(out, "    (no Python frames)")?;
         }
         for frame in &thread.frames {
@@ -109,6 +110,7 @@ mod tests {
                     tid: Some(42),
                     native_id: 42,
                     name: Some("python3".into()),
+                    python: true,
                     holds_gil: true,
                     frames: vec![frame("spin", Some(12)), frame("<module>", None)],
                     incomplete: None,
@@ -117,6 +119,7 @@ mod tests {
                     tid: Some(1043),
                     native_id: 7,
                     name: None,
+                    python: true,
                     holds_gil: false,
                     frames: vec![],
                     incomplete: Some("deeper than 100000 frames".into()),

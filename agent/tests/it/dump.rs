@@ -55,8 +55,14 @@ fn frames(thread: &Value) -> Vec<(String, Option<u64>)> {
     frames.iter().map(|f| (f["function"].as_str().unwrap_or("?").to_string(), f["line"].as_u64())).collect()
 }
 
-fn all_spinning(dump: &Value) -> bool {
+/// The threads that run Python (`dump --native` also lists the others).
+fn python_threads(dump: &Value) -> Vec<Value> {
     let threads = dump["threads"].as_array().cloned().unwrap_or_default();
+    threads.into_iter().filter(|t| t["python"] == true).collect()
+}
+
+fn all_spinning(dump: &Value) -> bool {
+    let threads = python_threads(dump);
     threads.len() == 3 && threads.iter().all(|t| frames(t).first().is_some_and(|(f, _)| f == "spin"))
 }
 
@@ -70,6 +76,7 @@ fn check_threads(mut python: Command, depth: usize, version_prefix: &str) {
     assert!(dump["python"].as_str().is_some_and(|v| v.starts_with(version_prefix)), "{}", dump["python"]);
     assert_eq!(dump["stopped"], false);
     let threads = dump["threads"].as_array().expect("threads");
+    assert!(threads.iter().all(|t| t["python"] == true), "a thread without Python listed: {threads:?}");
     let spin_lines = [Some(line_of("spin-loop")), Some(line_of("spin-body"))];
     let mut workers = Vec::new();
     for thread in threads {
@@ -159,7 +166,13 @@ fn check_native(mut python: Command, version_prefix: &str) {
     assert_eq!(dump["stopped"], true);
     let stopped_us = dump["stopped_for_us"].as_u64().expect("how long it was stopped");
     assert!(stopped_us < 1_000_000, "stopped for {stopped_us} µs");
-    for thread in dump["threads"].as_array().expect("threads") {
+    // faulthandler's watchdog, which never ran Python: listed with its native frames only.
+    let threads = dump["threads"].as_array().expect("threads");
+    let native_only: Vec<&Value> = threads.iter().filter(|t| t["python"] == false).collect();
+    assert_eq!(native_only.len(), 1, "{threads:#?}");
+    let watchdog = native_only[0]["frames"].as_array().cloned().unwrap_or_default();
+    assert!(!watchdog.is_empty() && watchdog.iter().all(|f| f["native"] == true), "{watchdog:#?}");
+    for thread in python_threads(&dump).iter() {
         let frames = thread["frames"].as_array().cloned().unwrap_or_default();
         let function = |f: &Value| f["function"].as_str().unwrap_or("?").to_string();
         let python: Vec<String> = frames.iter().filter(|f| f["native"] == false).map(function).collect();
