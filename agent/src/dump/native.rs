@@ -27,11 +27,12 @@ const STACK_BYTES: u64 = 65_528;
 #[derive(Debug, thiserror::Error)]
 pub enum NativeError {
     #[error(
-        "cannot stop thread {tid} with ptrace ({source}); `dump --native` needs CAP_SYS_PTRACE or the \
-         target's user, and ptrace allowed by kernel.yama.ptrace_scope and seccomp (without --native, \
-         dump reads memory only and stops nothing)"
+        "cannot stop thread {tid} with ptrace ({cause}); `dump --native` needs CAP_SYS_PTRACE or the \
+         target's user, ptrace allowed by kernel.yama.ptrace_scope and seccomp, and no other tracer \
+         (gdb, strace, py-spy) attached (without --native, dump reads memory only and stops nothing)"
     )]
-    Seize { tid: u32, source: nix::Error },
+    // `cause`, not `source`: the message says it, and a chain printed whole would say it twice.
+    Seize { tid: u32, cause: nix::Error },
     #[error("thread {0} did not stop within {STOP_DEADLINE:?}; the process was let go without a native dump")]
     NoStop(u32),
     #[error("`dump --native` reads x86-64 registers; this agent was built for another architecture")]
@@ -81,7 +82,7 @@ pub fn while_stopped<T>(pid: Pid, read: impl FnOnce() -> T) -> Result<(Vec<Taken
             Ok(()) => stopped.tids.push((tid, None)),
             // It exited since it was listed.
             Err(nix::Error::ESRCH) => continue,
-            Err(source) => return Err(NativeError::Seize { tid: tid.0, source }),
+            Err(cause) => return Err(NativeError::Seize { tid: tid.0, cause }),
         }
         if ptrace::interrupt(nix_pid(tid)).is_err() {
             stopped.tids.pop();

@@ -344,3 +344,50 @@ fn a_process_that_lies_about_its_interpreter_gets_marked_stacks_or_errors() {
         }
     }
 }
+
+/// The state letter of `/proc/PID/stat` (R, S, T, t, ...).
+fn process_state(pid: u32) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the target lives");
+    stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()).unwrap_or("?").to_string()
+}
+
+fn wait_for_state(pid: u32, states: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !states.contains(&process_state(pid).as_str()) {
+        assert!(Instant::now() < deadline, "process {pid} never reached {states:?}: {}", process_state(pid));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `dump --native` leaves a target run by another user as it found it: one stopped by SIGSTOP
+/// is dumped and stays stopped (and runs again on SIGCONT); one another tracer holds is refused
+/// with the reason, and stays with that tracer.
+#[test]
+fn dump_native_leaves_a_stopped_or_traced_target_as_it_found_it() {
+    let _serial = serial();
+    let debian = debian_python("3.13", "dump_threads.py");
+    let mut nobody = Command::new("chroot");
+    nobody.arg("--userspec=65534:65534").args(debian.get_args());
+    let target = Target::spawn(&mut nobody);
+    target.wait_for("ready", Duration::from_secs(30));
+    let pid = target.pid();
+    let nix_pid = nix::unistd::Pid::from_raw(pid as i32);
+
+    nix::sys::signal::kill(nix_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    wait_for_state(pid, &["T"]);
+    let stopped = dump_with(pid, &["--native"]).expect("a stopped process is dumped");
+    assert_eq!(python_threads(&stopped).len(), 3, "{stopped:#}");
+    assert_eq!(process_state(pid), "T", "the dump let a stopped process run");
+    nix::sys::signal::kill(nix_pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+    wait_for_state(pid, &["R", "S"]);
+
+    // This test's thread becomes the main thread's tracer, as a debugger would.
+    nix::sys::ptrace::seize(nix_pid, nix::sys::ptrace::Options::empty()).expect("seize");
+    let refused = dump_with(pid, &["--native"]).expect_err("a traced process is refused");
+    assert!(refused.contains("no other tracer"), "{refused}");
+    assert_eq!(refused.matches("EPERM").count(), 1, "the cause said once: {refused}");
+    let tracer = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let tracer = tracer.lines().find(|l| l.starts_with("TracerPid:")).unwrap_or_default().to_string();
+    assert_eq!(tracer.split_whitespace().nth(1), Some(nix::unistd::gettid().to_string().as_str()), "{tracer}");
+    assert!(dump(pid).is_ok(), "without --native nothing is stopped, so a traced process is read");
+}
