@@ -92,6 +92,12 @@ pub struct SamplingArgs {
     /// sample; without the reads it is completed from the thread's earlier samples.
     #[arg(long)]
     pub no_interpreter_reads: bool,
+    /// Leave attached targets as they are. By default ember asks a Python 3.14+ target started
+    /// without the perf trampoline to turn it on (PEP 768 remote execution: the target runs
+    /// `sys.activate_stack_trampoline("perf")` itself); without it such a target gets native
+    /// stacks and the Python frames ember can read from memory.
+    #[arg(long)]
+    pub no_activate: bool,
     /// Ring buffer per CPU, in KiB.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
     pub ring_kib: u64,
@@ -119,6 +125,7 @@ impl SamplingArgs {
             ring_bytes: (self.ring_kib * 1024) as usize,
             read_interpreter: !self.no_interpreter_reads,
             lines: false,
+            activate: !self.no_activate,
         }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! The pipeline, one module per stage (see ARCHITECTURE.md):
 //! [`perf`] → [`process`] → [`unwind`] → [`symbolize`] → [`aggregate`] → [`export`].
-//! [`sampling`] runs it; [`record`] and [`stream`] are the front ends that drive it.
+//! [`sampling`] runs it; [`record`] and [`stream`] are the front ends that drive it. An attached
+//! target started without the perf trampoline gets it turned on first ([`activate`]).
 
+pub(crate) mod activate;
 pub(crate) mod aggregate;
 pub mod cli;
 pub mod dump;

@@ -158,6 +158,21 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Every line the target prints from now until it exits.
+    pub fn remaining_lines(&self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => out.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return out,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("target still printing after {timeout:?}: {out:?}"),
+            }
+        }
+    }
+}
+
 impl Drop for Target {
     fn drop(&mut self) {
         let _ = self.child.kill();

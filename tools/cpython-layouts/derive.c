@@ -12,6 +12,9 @@
 #include "internal/pycore_interp.h"
 #include "internal/pycore_frame.h"
 #include "internal/pycore_code.h"
+#if PY_VERSION_HEX >= 0x030e0000
+#include "internal/pycore_ceval.h"
+#endif
 
 #define P(name, expr) printf("%s %zu\n", name, (size_t)(expr))
 
@@ -74,6 +77,16 @@ int main(void) {
     AT("unicode.state", unicode_object.state);
     AT("unicode.length", unicode_object.length);
     AT("unicode.ascii_size", unicode_object.asciiobject_size);
+#if PY_VERSION_HEX >= 0x030e0000
+    /* PEP 768 remote execution (record --pid turns the trampoline on through it). */
+    AT("debugger.eval_breaker", debugger_support.eval_breaker);
+    AT("debugger.remote_support", debugger_support.remote_debugger_support);
+    AT("debugger.enabled", debugger_support.remote_debugging_enabled);
+    AT("debugger.pending_call", debugger_support.debugger_pending_call);
+    AT("debugger.script_path", debugger_support.debugger_script_path);
+    AT("debugger.script_path_size", debugger_support.debugger_script_path_size);
+    P("debugger.please_stop_bit", _PY_EVAL_PLEASE_STOP_BIT);
+#endif
 #endif
     /* Not published, and the same in every default (GIL) build so far; checked here. */
     P("code.extra_before_adaptive", offsetof(PyCodeObject, co_code_adaptive) - offsetof(PyCodeObject, co_extra));

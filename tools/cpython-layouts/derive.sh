@@ -6,5 +6,7 @@ set -euo pipefail
 include=$1
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-cc -I "$include" -I "$include/internal" -o "$out/derive" "$(dirname "$0")/derive.c"
+# -idirafter: Debian's python3.x/pyconfig.h includes <x86_64-linux-gnu/python3.x/pyconfig.h>,
+# found next to the include directory, after the host's own headers.
+cc -I "$include" -I "$include/internal" -idirafter "$(dirname "$include")" -o "$out/derive" "$(dirname "$0")/derive.c"
 "$out/derive"

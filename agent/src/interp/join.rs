@@ -52,45 +52,70 @@ pub enum Refusal {
     ChangedWhileRead,
     /// The callers' part of the stack is not what the copy holds.
     CallersChanged,
+    /// (Outer frames of a whole stack) an eval call outside the sampled one keeps its entry
+    /// shim in the copy, but the chain's shim there differs.
+    OuterShimChanged,
 }
 
-/// The index in `chain` of the sampled call's shim: the frames after it are the callers of
-/// the sample's outermost trampoline call, innermost first.
+/// How much of the callers' stack must be as the copy holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallersCheck {
+    /// All of it, byte for byte: the sampled call itself is still running.
+    Bytes,
+    /// Every eval call's entry shim in it: the calls outside the sampled one are the sampled
+    /// ones, while the sampled call may have been left and made again in the same place (a
+    /// whole stack's outer frames, which the copy holds every shim of).
+    Shims,
+}
+
+/// Where in `chain` the callers of the sample's outermost trampoline call begin: its Python
+/// frames from there on are those callers, innermost first.
 ///
 /// `callers_now` is the stack from the trampoline's frame to the end of the copy as read with
-/// the chain: the callers' C frames, which cannot change while the sampled call runs. They
-/// must be the bytes the copy holds, or the call was left and another one made in its place.
+/// the chain: the callers' C frames, which cannot change while the sampled call runs. Under
+/// [`CallersCheck::Bytes`] they must be the bytes the copy holds, or the call was left and
+/// another one made in its place; the sampled call's own shim must be there too, entering the
+/// trampoline's code. Under [`CallersCheck::Shims`] only the eval calls outside the sampled one
+/// are checked: at least one, and every one whose shim the copy holds, as the copy holds it.
 pub fn anchor(
     chain: &[ChainFrame],
     end: &WalkEnd,
     layout: &Layout,
     sample: CutSample<'_>,
     callers_now: &[u8],
+    check: CallersCheck,
     extras_of: impl FnOnce(u64) -> Vec<u64>,
 ) -> Result<usize, Refusal> {
     if *end != WalkEnd::Root {
         return Err(Refusal::ChainIncomplete);
     }
+    let header = frame_header_len(layout) as u64;
+    let copy_end = sample.sp.saturating_add(sample.stack.len() as u64);
+    let fits = |f: &ChainFrame| f.addr.checked_add(header).is_some_and(|end| end <= copy_end);
+    if check == CallersCheck::Shims {
+        let outer = |f: &ChainFrame| f.owner >= FIRST_SHIM_OWNER && f.addr >= sample.trampoline_sp && fits(f);
+        let first_outer = chain.iter().position(outer).ok_or(Refusal::OuterShimChanged)?;
+        if !chain.iter().filter(|f| outer(f)).all(|shim| copied_shim_is(sample, layout, shim)) {
+            return Err(Refusal::OuterShimChanged);
+        }
+        // The frames from the last shim before the outer calls' (a call inside the sampled
+        // one's place) on. Shims after them need not be on this stack (3.15 keeps the
+        // outermost in the thread state).
+        let inner = chain[..first_outer].iter().rposition(|f| f.owner >= FIRST_SHIM_OWNER);
+        return Ok(inner.map_or(0, |i| i + 1));
+    }
     if sample.callers() != Some(callers_now) {
         return Err(Refusal::CallersChanged);
     }
-    let header = frame_header_len(layout) as u64;
-    let copy_end = sample.sp.saturating_add(sample.stack.len() as u64);
-    let in_copy = |f: &ChainFrame| {
-        f.owner >= FIRST_SHIM_OWNER
-            && f.addr >= sample.sp
-            && f.addr < sample.trampoline_sp
-            && f.addr.checked_add(header).is_some_and(|end| end <= copy_end)
-    };
+    let in_copy =
+        |f: &ChainFrame| f.owner >= FIRST_SHIM_OWNER && f.addr >= sample.sp && f.addr < sample.trampoline_sp && fits(f);
     let (at, shim) = chain
         .iter()
         .enumerate()
         .filter(|(_, f)| in_copy(f))
         .max_by_key(|(_, f)| f.addr)
         .ok_or(Refusal::NoShimInCopy)?;
-    let copied = &sample.stack[(shim.addr - sample.sp) as usize..];
-    let copied_owner = copied.get(layout.frame_owner as usize).copied();
-    if word_in(copied, layout.frame_previous as usize) != shim.previous || copied_owner != Some(shim.owner) {
+    if !copied_shim_is(sample, layout, shim) {
         return Err(Refusal::ShimChanged);
     }
     let entered = at.checked_sub(1).and_then(|i| chain.get(i)).filter(|f| f.python.is_some());
@@ -98,7 +123,17 @@ pub fn anchor(
     if !extras_of(entered.code_addr).contains(&sample.trampoline) {
         return Err(Refusal::OtherCode);
     }
-    Ok(at)
+    Ok(at + 1)
+}
+
+/// Whether the copy holds `shim` as the chain read it: the same `previous` and owner at its
+/// address.
+fn copied_shim_is(sample: CutSample<'_>, layout: &Layout, shim: &ChainFrame) -> bool {
+    let Some(copied) = shim.addr.checked_sub(sample.sp).and_then(|at| sample.stack.get(at as usize..)) else {
+        return false;
+    };
+    word_in(copied, layout.frame_previous as usize) == shim.previous
+        && copied.get(layout.frame_owner as usize) == Some(&shim.owner)
 }
 
 /// The Python frames outside the sample's outermost trampoline, innermost first.
@@ -110,8 +145,9 @@ pub fn outer_frames(
     sample: CutSample<'_>,
     extras_of: impl FnOnce(u64) -> Vec<u64>,
 ) -> Result<Vec<PyFrame>, Refusal> {
-    let at = anchor(chain, end, layout, sample, sample.callers().unwrap_or_default(), extras_of)?;
-    Ok(chain[at + 1..].iter().filter_map(|f| f.python.clone()).collect())
+    let callers = sample.callers().unwrap_or_default();
+    let from = anchor(chain, end, layout, sample, callers, CallersCheck::Bytes, extras_of)?;
+    Ok(chain[from..].iter().filter_map(|f| f.python.clone()).collect())
 }
 
 #[cfg(test)]

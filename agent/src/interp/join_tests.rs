@@ -105,10 +105,38 @@ fn callers_whose_stack_changed_are_not_stitched() {
     stack[0x950] = 7; // the callers' frames, above the trampoline at SP+0x900
     let now = copy(&chain);
     let cut = sample(&stack);
-    let joined = anchor(&chain, &WalkEnd::Root, &LAYOUT_3_12, cut, &now[0x900..], b_runs_under(0xb_7000));
+    let bytes = CallersCheck::Bytes;
+    let joined = anchor(&chain, &WalkEnd::Root, &LAYOUT_3_12, cut, &now[0x900..], bytes, b_runs_under(0xb_7000));
     assert_eq!(joined, Err(Refusal::CallersChanged));
-    let joined = anchor(&chain, &WalkEnd::Root, &LAYOUT_3_12, cut, &stack[0x900..], b_runs_under(0xb_7000));
-    assert_eq!(joined, Ok(3), "the shim of b's call");
+    let joined = anchor(&chain, &WalkEnd::Root, &LAYOUT_3_12, cut, &stack[0x900..], bytes, b_runs_under(0xb_7000));
+    assert_eq!(joined, Ok(4), "after the shim of b's call");
+}
+
+/// A whole stack's outer frames (c and main, in calls entered before the trampoline was on)
+/// whose sampled call (leaf's, trampoline at SP+0x200) was left and made again: checked by the
+/// shims of the calls outside it, all in the copy.
+#[test]
+fn a_whole_stack_s_outer_calls_are_checked_shim_by_shim() {
+    let mut chain = chain();
+    chain[5].addr = SP + 0xc00; // c's call's shim, now inside the copy
+    let stack = copy(&chain);
+    let whole = CutSample { sp: SP, stack: &stack, trampoline_sp: SP + 0x200, trampoline: 0xa_7000 };
+    let shims = CallersCheck::Shims;
+    let other_callers = vec![0u8; 0xe00];
+    let from = anchor(&chain, &WalkEnd::Root, &LAYOUT_3_12, whole, &other_callers, shims, |_| Vec::new());
+    assert_eq!(from, Ok(2), "after the sampled call's shim");
+    // The sampled call returned: its caller b runs, and is what lies outside it.
+    let returned = chain[2..].to_vec();
+    let from = anchor(&returned, &WalkEnd::Root, &LAYOUT_3_12, whole, &other_callers, shims, |_| Vec::new());
+    assert_eq!(from, Ok(0));
+    // An outer call's shim is not the one the copy holds.
+    let mut moved = chain.clone();
+    moved[5].previous = 0x1250;
+    let from = anchor(&moved, &WalkEnd::Root, &LAYOUT_3_12, whole, &other_callers, shims, |_| Vec::new());
+    assert_eq!(from, Err(Refusal::OuterShimChanged));
+    // No outer call's shim in the copy: nothing to check them by.
+    let from = anchor(&chain[..3], &WalkEnd::Root, &LAYOUT_3_12, whole, &other_callers, shims, |_| Vec::new());
+    assert_eq!(from, Err(Refusal::OuterShimChanged));
 }
 
 #[test]

@@ -71,7 +71,29 @@ pub struct Layout {
     pub unicode_state: u64,
     pub unicode_length: u64,
     pub unicode_ascii_size: u64,
+    /// PEP 768's remote execution (3.14+).
+    pub remote_debug: Option<RemoteDebugLayout>,
 }
+
+/// Where PEP 768's remote-execution fields are (3.14+, from the debug offsets): a debugger
+/// writes a script's path and a pending flag into a thread's state and sets a bit of its eval
+/// breaker; the thread runs the script at its next check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteDebugLayout {
+    /// `PyThreadState.eval_breaker`.
+    pub eval_breaker: u64,
+    /// `PyThreadState.remote_debugger_support`, the struct the next two are in.
+    pub support: u64,
+    pub pending_call: u64,
+    pub script_path: u64,
+    /// The room for the path, its NUL included.
+    pub script_path_size: u64,
+    /// `PyInterpreterState.config.remote_debug`: 0 when the target turned remote execution off.
+    pub enabled: u64,
+}
+
+/// The eval-breaker bit a remote-execution request sets (`_PY_EVAL_PLEASE_STOP_BIT`).
+pub const PLEASE_STOP_BIT: u64 = 1 << 5;
 
 /// How a thread's innermost frame is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +166,7 @@ pub const LAYOUT_3_12: Layout = Layout {
     unicode_state: 32,
     unicode_length: 16,
     unicode_ascii_size: 40,
+    remote_debug: None,
 };
 
 /// Where in `_Py_DebugOffsets` each offset sits, for one minor version.
@@ -176,6 +199,10 @@ pub struct Positions {
     pub unicode_state: usize,
     pub unicode_length: usize,
     pub unicode_ascii_size: usize,
+    /// The `debugger_support` block (3.14+): `eval_breaker`, `remote_debugger_support`,
+    /// `remote_debugging_enabled`, `debugger_pending_call`, `debugger_script_path`,
+    /// `debugger_script_path_size`, eight bytes each.
+    pub debugger_support: Option<usize>,
 }
 
 /// 3.13.0 and 3.13.18 (pyenv's, Debian's) agree.
@@ -207,6 +234,7 @@ pub const POSITIONS_3_13: Positions = Positions {
     unicode_state: 544,
     unicode_length: 552,
     unicode_ascii_size: 560,
+    debugger_support: None,
 };
 
 /// From Debian's 3.14.x headers.
@@ -238,6 +266,7 @@ pub const POSITIONS_3_14: Positions = Positions {
     unicode_state: 624,
     unicode_length: 632,
     unicode_ascii_size: 640,
+    debugger_support: Some(712),
 };
 
 /// From Debian's 3.15.x headers (final releases; the betas added fields).
@@ -269,6 +298,7 @@ pub const POSITIONS_3_15: Positions = Positions {
     unicode_state: 720,
     unicode_length: 728,
     unicode_ascii_size: 736,
+    debugger_support: Some(840),
 };
 
 /// The positions for a version, if ember knows its minor.
@@ -344,6 +374,14 @@ pub fn from_debug_offsets(bytes: &[u8]) -> Result<Layout, LayoutError> {
         unicode_state: word(at.unicode_state),
         unicode_length: word(at.unicode_length),
         unicode_ascii_size: word(at.unicode_ascii_size),
+        remote_debug: at.debugger_support.map(|d| RemoteDebugLayout {
+            eval_breaker: word(d),
+            support: word(d + 8),
+            enabled: word(d + 16),
+            pending_call: word(d + 24),
+            script_path: word(d + 32),
+            script_path_size: word(d + 40),
+        }),
     };
     layout.check().map(|()| layout)
 }
@@ -389,11 +427,23 @@ impl Layout {
             self.unicode_length,
             self.unicode_ascii_size,
         ];
-        if offsets.iter().any(|&o| o > MAX_FIELD_OFFSET) {
+        let remote = self.remote_debug.map_or([0; 5], |r| {
+            [
+                r.eval_breaker,
+                r.support.saturating_add(r.pending_call),
+                r.support.saturating_add(r.script_path),
+                r.enabled,
+                0,
+            ]
+        });
+        if offsets.iter().chain(&remote).any(|&o| o > MAX_FIELD_OFFSET) {
             return Err(LayoutError::Implausible(self.version, "an offset larger than 64 KiB"));
         }
         if self.ob_type != 8 || self.code_adaptive < 64 {
             return Err(LayoutError::Implausible(self.version, "object headers unlike any CPython's"));
+        }
+        if self.remote_debug.is_some_and(|r| !(64..=4096).contains(&r.script_path_size)) {
+            return Err(LayoutError::Implausible(self.version, "room for a remote script's path unlike any CPython's"));
         }
         Ok(())
     }

@@ -58,12 +58,9 @@ fn the_3_12_table_matches_the_headers() {
     assert_eq!(d["owner.generator"], 1);
 }
 
-/// The 3.13 positions are where the installed 3.13's headers put them.
-#[test]
-fn the_3_13_positions_match_the_headers() {
-    let d = derive(&include_dir(&ember_testkit::python_version("3.13"), "3.13"));
-    let p = POSITIONS_3_13;
-    let expected = [
+/// What `derive.sh` says a minor's debug offsets hold, by name, for `p`.
+fn positions_by_name(p: &Positions) -> Vec<(&'static str, usize)> {
+    vec![
         ("debug_offsets.size", p.size),
         ("at.free_threaded", p.free_threaded),
         ("at.runtime.interpreters_head", p.interpreters_head),
@@ -91,11 +88,37 @@ fn the_3_13_positions_match_the_headers() {
         ("at.unicode.state", p.unicode_state),
         ("at.unicode.length", p.unicode_length),
         ("at.unicode.ascii_size", p.unicode_ascii_size),
-    ];
-    for (name, value) in expected {
+    ]
+}
+
+/// The 3.13 positions are where the installed 3.13's headers put them.
+#[test]
+fn the_3_13_positions_match_the_headers() {
+    let d = derive(&include_dir(&ember_testkit::python_version("3.13"), "3.13"));
+    for (name, value) in positions_by_name(&POSITIONS_3_13) {
         assert_eq!(d.get(name), Some(&(value as u64)), "{name}");
     }
     assert_eq!(d["code.extra_before_adaptive"], 8, "co_extra right before the instructions");
+}
+
+/// The 3.14 and 3.15 positions, PEP 768's remote-execution fields among them, are where
+/// Debian's headers put them.
+#[test]
+fn the_3_14_and_3_15_positions_match_debian_s_headers() {
+    for (minor, positions) in [("3.14", POSITIONS_3_14), ("3.15", POSITIONS_3_15)] {
+        let include = ember_testkit::debian_root().join("usr/include").join(format!("python{minor}"));
+        let d = derive(&include);
+        for (name, value) in positions_by_name(&positions) {
+            assert_eq!(d.get(name), Some(&(value as u64)), "{minor} {name}");
+        }
+        let debugger = positions.debugger_support.expect("3.14+ publish the remote-debugger fields");
+        let fields = ["eval_breaker", "remote_support", "enabled", "pending_call", "script_path", "script_path_size"];
+        for (k, field) in fields.iter().enumerate() {
+            assert_eq!(d[&format!("at.debugger.{field}")], (debugger + 8 * k) as u64, "{minor} {field}");
+        }
+        assert_eq!(d["debugger.please_stop_bit"], PLEASE_STOP_BIT, "{minor}");
+        assert_eq!(d["code.extra_before_adaptive"], 8, "{minor}: co_extra right before the instructions");
+    }
 }
 
 /// A debug-offsets block as 3.13 lays it out, with the values 3.13.0 publishes.

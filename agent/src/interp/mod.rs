@@ -14,15 +14,18 @@ mod linetable;
 mod locate;
 mod modules;
 mod objects;
+mod remote_exec;
 mod walk;
 
 #[cfg(test)]
 mod fake;
 
-pub use join::{CutSample, Refusal, SampledCall};
+pub use join::{CallersCheck, CutSample, Refusal, SampledCall};
 pub use layout::{LayoutError, PyVersion};
 pub use modules::{AsyncTask, Awaiting, TasksError};
 pub use objects::{CodeInfo, ObjectError};
+pub use remote_exec::{RemoteExecError, Requested};
+
 pub use walk::{PyFrame, PyThread, WalkEnd, MAX_FRAMES};
 
 use std::collections::HashMap;
@@ -106,6 +109,12 @@ impl Interpreter {
         threads.map(|t| (t, at_once))
     }
 
+    /// Asks the target to run the script at `path` (as its file system names it), through
+    /// PEP 768's remote execution (3.14+).
+    pub fn remote_exec(&mut self, path: &str) -> Result<Requested, RemoteExecError> {
+        remote_exec::request(&mut self.reader, self.runtime, path)
+    }
+
     /// Every asyncio task, read at (nearly) one moment (see [`ObjectReader::at_once`]); the
     /// flag says whether it was.
     pub fn tasks(&mut self) -> Result<(Vec<AsyncTask>, bool), TasksError> {
@@ -123,16 +132,6 @@ impl Interpreter {
             tracing::debug!("reading threading's thread names failed: {e}");
             HashMap::new()
         })
-    }
-
-    /// Reads the chain of the thread `native_id` (its id in the target's namespace) now and
-    /// joins it with a sample whose copy was cut short (see [`join`]).
-    pub fn join(&mut self, native_id: u64, sample: CutSample<'_>) -> JoinOutcome {
-        let callers_len = sample.callers().map_or(0, <[u8]>::len);
-        match self.snapshot(native_id, sample.trampoline_sp, callers_len) {
-            Ok(snapshot) => self.join_snapshot(&snapshot, sample),
-            Err(outcome) => outcome,
-        }
     }
 
     /// Reads the chain of the thread `native_id` now, with the stack memory from `sp` for
@@ -162,7 +161,7 @@ impl Interpreter {
     }
 
     /// Joins a snapshot with the sample it was taken for (see [`join`]).
-    pub fn join_snapshot(&self, snapshot: &ChainSnapshot, sample: CutSample<'_>) -> JoinOutcome {
+    pub fn join_snapshot(&self, snapshot: &ChainSnapshot, sample: CutSample<'_>, check: CallersCheck) -> JoinOutcome {
         let callers_now = sample
             .trampoline_sp
             .checked_sub(snapshot.sp)
@@ -170,8 +169,8 @@ impl Interpreter {
             .unwrap_or_default();
         let reader = &self.reader;
         let extras = |code| reader.code_extras(code).unwrap_or_default();
-        match join::anchor(&snapshot.chain, &snapshot.end, reader.layout(), sample, callers_now, extras) {
-            Ok(at) => JoinOutcome::Joined(snapshot.chain[at + 1..].iter().filter_map(|f| f.python.clone()).collect()),
+        match join::anchor(&snapshot.chain, &snapshot.end, reader.layout(), sample, callers_now, check, extras) {
+            Ok(from) => JoinOutcome::Joined(OuterFrames::of(&snapshot.chain[from..])),
             Err(refusal) => JoinOutcome::Refused(refusal),
         }
     }
@@ -209,11 +208,40 @@ impl Interpreter {
     }
 }
 
-/// What a join of a cut-short sample with the interpreter's frames gave.
+/// Python frames read from memory, innermost first, each with the address of the entry shim of
+/// the eval call that runs it (0 for frames no shim follows): the shim sits on that call's C
+/// stack, which places the frame among a sample's native frames.
+#[derive(Debug, Clone)]
+pub struct OuterFrames {
+    pub frames: Arc<[PyFrame]>,
+    pub shims: Arc<[u64]>,
+}
+
+impl OuterFrames {
+    fn of(chain: &[walk::ChainFrame]) -> Self {
+        let (mut frames, mut shims) = (Vec::new(), Vec::new());
+        let mut unplaced = 0;
+        for f in chain {
+            match &f.python {
+                Some(python) => {
+                    frames.push(python.clone());
+                    shims.push(0);
+                }
+                None => {
+                    shims[unplaced..].iter_mut().for_each(|s| *s = f.addr);
+                    unplaced = shims.len();
+                }
+            }
+        }
+        OuterFrames { frames: frames.into(), shims: shims.into() }
+    }
+}
+
+/// What a join of a sample with the interpreter's frames gave.
 #[derive(Debug, Clone)]
 pub enum JoinOutcome {
-    /// The Python frames beyond the copy, innermost first.
-    Joined(Arc<[PyFrame]>),
+    /// The Python frames outside the sample's outermost trampoline call.
+    Joined(OuterFrames),
     /// The chain read no longer agrees with the sample: the thread had moved on.
     Refused(Refusal),
     /// The thread's chain could not be read (it exited, or a read failed).

@@ -108,6 +108,11 @@ impl ObjectReader {
         }
     }
 
+    /// The target, for the one write ember makes (see `remote_exec`).
+    pub fn access(&self) -> &dyn TargetAccess {
+        self.access.as_ref()
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

@@ -10,7 +10,7 @@ use super::objects::{word_in, CodeInfo, ObjectError, ObjectReader};
 
 /// More interpreters than any program makes: a longer list is a loop or garbage.
 const MAX_INTERPRETERS: usize = 256;
-const MAX_THREADS: usize = 16_384;
+pub(super) const MAX_THREADS: usize = 16_384;
 /// Deeper than `sys.setrecursionlimit` is ever set in practice (3.13's default C stack allows
 /// ~4,500 trampolined frames; an untrampolined 3.12 recursion can go deeper).
 pub const MAX_FRAMES: usize = 100_000;
@@ -115,7 +115,7 @@ fn thread_header_len(layout: &super::layout::Layout) -> usize {
 }
 
 /// The thread state holding the interpreter's GIL, if it is held.
-fn gil_holder(reader: &ObjectReader, interp: u64) -> Result<Option<u64>, ObjectError> {
+pub(super) fn gil_holder(reader: &ObjectReader, interp: u64) -> Result<Option<u64>, ObjectError> {
     let (gil, locked, last_holder) = match reader.layout().gil {
         GilLayout::Inline { locked, last_holder } => (interp, locked, last_holder),
         GilLayout::Pointer { ceval_gil, locked, last_holder } => {

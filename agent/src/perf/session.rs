@@ -31,6 +31,8 @@ pub struct SamplingConfig {
     pub read_interpreter: bool,
     /// Read them for every sample, for the line of each Python frame (`record --lines`).
     pub lines: bool,
+    /// Turn the perf trampoline on in attached targets started without it (`activate`).
+    pub activate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,8 +1,11 @@
-//! Reading the target's memory, to check that perf-map addresses really hold trampolines.
+//! Reading the target's memory (trampolines, the interpreter's frames) and, for PEP 768's
+//! remote-execution request only, writing it.
 
 use std::io::IoSliceMut;
 
-use nix::sys::uio::{process_vm_readv, RemoteIoVec};
+use std::io::IoSlice;
+
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 
 use super::ids::Pid;
 
@@ -15,6 +18,14 @@ pub fn read(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
         process_vm_readv(nix::unistd::Pid::from_raw(pid.0 as i32), &mut [IoSliceMut::new(&mut buf)], &remote).ok()?;
     buf.truncate(n);
     (n == len).then_some(buf)
+}
+
+/// Writes `bytes` at `addr` of process `pid`; whether all were written.
+pub fn write(pid: Pid, addr: u64, bytes: &[u8]) -> bool {
+    let Ok(base) = usize::try_from(addr) else { return false };
+    let remote = [RemoteIoVec { base, len: bytes.len() }];
+    let pid = nix::unistd::Pid::from_raw(pid.0 as i32);
+    process_vm_writev(pid, &[IoSlice::new(bytes)], &remote).is_ok_and(|n| n == bytes.len())
 }
 
 /// Most ranges in one `process_vm_readv` (the kernel's `UIO_MAXIOV`).
@@ -56,6 +67,15 @@ mod tests {
         let me = Pid(std::process::id());
         assert_eq!(read(me, value.as_ptr() as u64, 4), Some(vec![1, 2, 3, 4]));
         assert_eq!(read(me, 8, 4), None, "unmapped page");
+    }
+
+    #[test]
+    fn writes_own_memory() {
+        let mut value = [0u8; 4];
+        let me = Pid(std::process::id());
+        assert!(write(me, value.as_mut_ptr() as u64, &[5, 6, 7, 8]));
+        assert_eq!(std::hint::black_box(value), [5, 6, 7, 8]);
+        assert!(!write(me, 8, &[1]), "unmapped page");
     }
 
     #[test]

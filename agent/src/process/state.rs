@@ -109,6 +109,14 @@ pub struct ProcessState {
     /// before each batch of events: the lines it wrote since are unread, so its map is polled
     /// before each of its samples until the next batch.
     pub(crate) new_in_batch: bool,
+    /// Whether calls without a trampoline frame may run Python code (the trampoline was turned
+    /// on while they ran): every sample's Python frames outside its outermost trampoline call
+    /// are then read from memory.
+    pub(crate) names_untrampolined: bool,
+    /// A request to turn the trampoline on that the target has not answered yet (`activate`).
+    pub(crate) activation: Option<crate::activate::Activation>,
+    /// How long the target took to answer it, once it has.
+    pub(crate) activated_after: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ProcessState {
@@ -184,6 +192,9 @@ impl ProcessState {
             recent_joins: HashMap::new(),
             callers_hasher: Default::default(),
             new_in_batch: true,
+            names_untrampolined: false,
+            activation: None,
+            activated_after: None,
         }
     }
 
@@ -217,6 +228,9 @@ impl ProcessState {
 
     /// Forget the old address space after `exec`.
     pub fn exec(&mut self, elf: &mut ElfCache) {
+        if let Some(activation) = self.activation.take() {
+            activation.abandon();
+        }
         let pid = self.pid;
         let ns_pid = self.ns_pid;
         // exec may change uids (a setuid program).
@@ -370,6 +384,15 @@ impl ProcessState {
         };
         if added > 0 {
             self.verify_trampolines(elf);
+            if let Some(activation) = self.activation.take() {
+                let after = activation.done();
+                tracing::info!(
+                    "PID {}: perf trampoline on, {:.0} ms after ember asked",
+                    self.pid,
+                    after.as_secs_f64() * 1e3
+                );
+                self.activated_after = Some(after);
+            }
         }
         added
     }

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use super::{ProcessState, Tid};
 use crate::intern::{Interner, StrId};
-use crate::interp::{ChainSnapshot, CodeInfo, CutSample, Interpreter, JoinOutcome, PyFrame, SampledCall, Slot};
+use crate::interp::{
+    CallersCheck, ChainSnapshot, CodeInfo, CutSample, Interpreter, JoinOutcome, OuterFrames, PyFrame, Refusal,
+    SampledCall, Slot,
+};
 use crate::perf::SampleEvent;
 use crate::process::procfs;
 use crate::unwind::stack::RawFrame;
@@ -49,7 +52,7 @@ pub struct RecentJoin {
     /// The copy from the trampoline's frame to its end, by length and keyed hash: up to 64 KiB
     /// each, kept whole it would cost a process of many threads too much.
     callers: (usize, u64),
-    frames: Arc<[PyFrame]>,
+    frames: OuterFrames,
 }
 
 /// The length and hash (keyed per process, so a target cannot aim for a collision) of the
@@ -71,7 +74,7 @@ impl ProcessState {
     /// answered from its recent joins (a thread spinning deep down), where a read is wasted.
     pub(super) fn read_first(&mut self, sample: &SampleEvent) -> Option<EarlyRead> {
         let reused = self.recent_joins.get(&sample.tid).is_some_and(|t| t.last_reused);
-        if !(sample.stack_filled || self.lines) || reused || !self.reads_interpreter() {
+        if !(sample.stack_filled || self.lines || self.names_untrampolined) || reused || !self.reads_interpreter() {
             return None;
         }
         let sp = sample.regs?.sp;
@@ -88,13 +91,22 @@ impl ProcessState {
         sample: &SampleEvent,
         frames: &[RawFrame],
         early: Option<EarlyRead>,
+        whole: bool,
     ) -> Option<Join> {
-        let (trampoline_sp, trampoline) = frames
+        let sp = sample.regs?.sp;
+        let outermost_trampoline = frames
             .iter()
             .enumerate()
             .rev()
-            .find_map(|(i, f)| Some((f.sp, self.perf_map.trampoline_at(f.lookup_addr(i == 0))?.0)))?;
-        let sp = sample.regs?.sp;
+            .find_map(|(i, f)| Some((f.sp, self.perf_map.trampoline_at(f.lookup_addr(i == 0))?.0)));
+        // A whole stack with no trampoline at all runs Python only in calls entered before the
+        // trampoline was on: all of them lie outside the sample's own stack pointer.
+        let untrampolined = whole && self.names_untrampolined;
+        let (trampoline_sp, trampoline) = match outermost_trampoline {
+            Some(found) => found,
+            None if untrampolined => (sp, 0),
+            None => return None,
+        };
         if matches!(self.interpreter, Slot::NotTried) {
             self.interpreter = self.attach_interpreter();
         }
@@ -120,21 +132,52 @@ impl ProcessState {
         }
         // A first read that failed is tried again now; one that was refused is not, as the
         // thread had already left the sampled call.
-        let (outcome, latency_ns) = match early {
-            Some(EarlyRead { snapshot: Ok(snapshot), latency_ns }) => {
-                (interpreter.join_snapshot(&snapshot, cut), latency_ns)
-            }
+        let (snapshot, latency_ns) = match early {
+            Some(EarlyRead { snapshot: Ok(snapshot), latency_ns }) => (Ok(snapshot), latency_ns),
             _ => {
                 let latency_ns = monotonic_ns().saturating_sub(sample.time);
-                (interpreter.join(native_id, cut), latency_ns)
+                let len = cut.callers().map_or(0, <[u8]>::len);
+                (interpreter.snapshot(native_id, trampoline_sp, len), latency_ns)
             }
         };
+        // A whole stack's calls outside the sampled one (entered before the trampoline was on)
+        // are checked shim by shim when the sampled call itself was left and made again: its
+        // callers' frames hold per-call values. Their frames must then also be what the
+        // thread's previous read found, so a read on each side of the sample agrees.
+        let mut relaxed = false;
+        let mut outcome = match &snapshot {
+            Err(outcome) => outcome.clone(),
+            Ok(snapshot) if trampoline == 0 => {
+                relaxed = true;
+                interpreter.join_snapshot(snapshot, cut, CallersCheck::Shims)
+            }
+            Ok(snapshot) => match interpreter.join_snapshot(snapshot, cut, CallersCheck::Bytes) {
+                JoinOutcome::Refused(Refusal::CallersChanged) if untrampolined => {
+                    relaxed = true;
+                    interpreter.join_snapshot(snapshot, cut, CallersCheck::Shims)
+                }
+                other => other,
+            },
+        };
+        if let (true, JoinOutcome::Joined(read)) = (relaxed, &outcome) {
+            let bracketed = thread.recent.front().is_some_and(|last| {
+                last.frames.shims == read.shims
+                    && last.frames.frames.len() == read.frames.len()
+                    && last.frames.frames.iter().zip(read.frames.iter()).all(|(a, b)| Arc::ptr_eq(&a.code, &b.code))
+            });
+            if !bracketed {
+                outcome = JoinOutcome::Refused(Refusal::CallersChanged);
+            }
+            return Some(Join { outcome, latency_ns: Some(latency_ns), confirmed_completion: false });
+        }
         if let (JoinOutcome::Joined(frames), Some(callers)) = (&outcome, callers) {
             let same_frames = |r: &RecentJoin| {
-                r.frames.len() == frames.len()
+                r.frames.shims == frames.shims
+                    && r.frames.frames.len() == frames.frames.len()
                     && r.frames
+                        .frames
                         .iter()
-                        .zip(frames.iter())
+                        .zip(frames.frames.iter())
                         .all(|(a, b)| Arc::ptr_eq(&a.code, &b.code) && a.unit == b.unit)
             };
             let recent = &mut thread.recent;
@@ -155,7 +198,7 @@ impl ProcessState {
         join: &Join,
         strings: &mut Interner,
     ) -> bool {
-        let JoinOutcome::Joined(read) = &join.outcome else { return false };
+        let JoinOutcome::Joined(OuterFrames { frames: read, .. }) = &join.outcome else { return false };
         let mut name = |f: &PyFrame| strings.intern(&format!("py::{}:{}", f.code.qualname, f.code.filename));
         let beyond: Vec<StrId> = beyond.unwrap_or_default().iter().map(&mut name).collect();
         let named = completed.iter().filter_map(|f| self.perf_map.lookup(f.addr).map(|(_, entry)| entry.name));
@@ -168,6 +211,19 @@ impl ProcessState {
         self.completer.forget_thread(tid);
         self.recent_joins.remove(&tid);
         self.ns_tids.remove(&tid);
+    }
+
+    /// The process's interpreter reader, attached now if it was not tried yet; `Err` says why
+    /// there is none (the attach failure was logged when it was tried).
+    pub fn interpreter(&mut self) -> Result<&mut Interpreter, String> {
+        if matches!(self.interpreter, Slot::NotTried) {
+            self.interpreter = self.attach_interpreter();
+        }
+        match &mut self.interpreter {
+            Slot::Attached(interpreter) => Ok(interpreter),
+            _ if !self.runtime.has_perf_trampoline() => Err(format!("{} has no perf trampoline", self.runtime)),
+            _ => Err("it could not be read (see the warning above)".into()),
+        }
     }
 
     fn attach_interpreter(&self) -> Slot {

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use super::join::Join;
 use super::{FrameKey, ProcessState};
 use crate::intern::Interner;
-use crate::interp::JoinOutcome;
+use crate::interp::{JoinOutcome, PyFrame};
 use crate::perf::SampleEvent;
 use crate::process::code::ProcessCode;
 use crate::unwind::stack::{RawFrame, UnwoundStack};
@@ -32,9 +32,11 @@ pub struct SampleUnwind {
 impl SampleUnwind {
     /// Whether the stack reaches its root, by itself or completed.
     pub fn is_whole(&self) -> bool {
-        self.end == StackEnd::Complete
-            || self.completed_from.is_some()
-            || self.joined.as_ref().is_some_and(Join::succeeded)
+        let joined = self.joined.as_ref().is_some_and(Join::succeeded);
+        // A whole native stack whose Python frames outside its trampolines were asked for
+        // (the trampoline came on while they ran) and refused lacks them.
+        let refused = self.joined.as_ref().is_some_and(|j| matches!(j.outcome, JoinOutcome::Refused(_)));
+        (self.end == StackEnd::Complete && !refused) || self.completed_from.is_some() || joined
     }
 }
 
@@ -80,7 +82,9 @@ impl ProcessState {
         let lines = if self.lines { self.python_lines(sample, &frames, own, early.as_ref()) } else { Vec::new() };
         let mut completed_from = None;
         let mut joined = match unwound.end {
-            StackEnd::Truncated => self.join_with_interpreter(sample, &frames, early),
+            StackEnd::Truncated => self.join_with_interpreter(sample, &frames, early, false),
+            // Calls entered before the trampoline was on have no trampoline frame to name them.
+            StackEnd::Complete if self.names_untrampolined => self.join_with_interpreter(sample, &frames, early, true),
             _ => None,
         };
         match unwound.end {
@@ -94,7 +98,7 @@ impl ProcessState {
                 let mut completed = frames.clone();
                 let from = self.completer.complete(tid, &mut completed);
                 let read = joined.as_ref().and_then(|j| match &j.outcome {
-                    JoinOutcome::Joined(outer) => Some(outer.clone()),
+                    JoinOutcome::Joined(outer) => Some(outer.frames.clone()),
                     _ => None,
                 });
                 let agree = match (&from, &joined) {
@@ -131,30 +135,48 @@ impl ProcessState {
         };
         keys.extend(sample.kernel_chain.iter().map(|&a| FrameKey::Kernel(a)));
         let mut lines = lines.into_iter().peekable();
+        // Python frames read from memory: a join's go where their eval calls' entry shims are
+        // (before the native frame whose stack holds the shim), the rest after the last frame.
+        let (beyond, shims): (&[PyFrame], &[u64]) = match &outcome.joined {
+            Some(Join { outcome: JoinOutcome::Joined(outer), confirmed_completion: false, .. }) => {
+                (&outer.frames, &outer.shims)
+            }
+            _ => (outcome.completed_from.as_ref().and_then(|from| from.beyond.as_deref()).unwrap_or_default(), &[]),
+        };
+        let copy_end = sample.regs.map_or(0, |r| r.sp.saturating_add(sample.stack.len() as u64));
+        let mut placed = 0;
         for (i, frame) in outcome.frames.iter().enumerate() {
+            let caller_sp = match outcome.frames.get(i + 1) {
+                Some(caller) => caller.sp,
+                None if outcome.end == StackEnd::Complete => u64::MAX,
+                None => copy_end,
+            };
+            while placed < shims.len() && shims[placed] != 0 && shims[placed] < caller_sp {
+                keys.push(self.python_key(&beyond[placed], strings));
+                placed += 1;
+            }
             let key = self.frame_key(frame.addr, frame.lookup_addr(i == 0), strings);
             match (key, lines.next_if(|(at, _)| *at == i)) {
                 (FrameKey::MapSymbol(name), Some((_, line))) => keys.push(FrameKey::PythonLine { name, line }),
                 (key, _) => keys.push(key),
             }
         }
-        let beyond = match &outcome.joined {
-            Some(Join { outcome: JoinOutcome::Joined(outer), confirmed_completion: false, .. }) => Some(outer),
-            _ => outcome.completed_from.as_ref().and_then(|from| from.beyond.as_ref()),
-        };
-        if let Some(outer) = beyond {
-            for f in outer.iter() {
-                let name = self.python_names.of(f, strings);
-                keys.push(match f.line().filter(|_| self.lines) {
-                    Some(line) => FrameKey::PythonLine { name, line },
-                    None => FrameKey::MapSymbol(name),
-                });
-            }
+        for f in &beyond[placed..] {
+            keys.push(self.python_key(f, strings));
         }
         if !outcome.is_whole() || keys.is_empty() {
             keys.push(FrameKey::Truncated);
         }
         outcome
+    }
+
+    /// A Python frame read from memory, with its line under `--lines`.
+    fn python_key(&mut self, frame: &PyFrame, strings: &mut Interner) -> FrameKey {
+        let name = self.python_names.of(frame, strings);
+        match frame.line().filter(|_| self.lines) {
+            Some(line) => FrameKey::PythonLine { name, line },
+            None => FrameKey::MapSymbol(name),
+        }
     }
 
     /// The code addresses the last [`unwind_sample`](Self::unwind_sample) asked about: return

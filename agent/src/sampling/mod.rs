@@ -100,6 +100,7 @@ impl Engine {
         let mut pipeline = Pipeline::new(sampling.follow_children, keep);
         pipeline.read_interpreter = sampling.read_interpreter;
         pipeline.lines = sampling.lines;
+        pipeline.activate = sampling.activate;
         if tasks != TaskMode::Off {
             let streaming = keep == Keep::Windows;
             pipeline.tasks = Some(if streaming { TaskTracker::streaming() } else { TaskTracker::default() });
@@ -119,8 +120,8 @@ impl Engine {
     /// Starts sampling a process found after start-up.
     pub fn attach(&mut self, pid: Pid) -> Result<(), SamplingError> {
         self.session.attach_process(pid)?;
-        let state = self.pipeline.track(pid)?;
-        targets::warn_about_runtime(state);
+        self.pipeline.track(pid)?;
+        self.pipeline.activate_or_warn(pid);
         Ok(())
     }
 

@@ -34,6 +34,8 @@ pub struct Pipeline {
     pub read_interpreter: bool,
     /// Whether every Python frame gets its line (`record --lines`).
     pub lines: bool,
+    /// Whether attached targets without the trampoline are asked to turn it on.
+    pub activate: bool,
 }
 
 impl Pipeline {
@@ -51,6 +53,7 @@ impl Pipeline {
             capture: None,
             read_interpreter: true,
             lines: false,
+            activate: true,
         }
     }
 
@@ -120,6 +123,39 @@ impl Pipeline {
         for state in self.processes.values_mut() {
             state.poll_perf_map(&mut self.profile.strings, &mut self.elf);
             state.new_in_batch = false;
+            if let Some(after) = state.activated_after.take() {
+                self.stats.activations_done += 1;
+                self.stats.activation_slowest = self.stats.activation_slowest.max(Some(after));
+            }
+        }
+    }
+
+    /// Asks an attached process started without the perf trampoline to turn it on
+    /// (`activate`), or says why its Python frames will lack names.
+    pub fn activate_or_warn(&mut self, pid: Pid) {
+        let Some(state) = self.processes.get_mut(&pid) else { return };
+        let wants = state.runtime.has_perf_trampoline() && !state.perf_map_reader.has_own_map();
+        if !wants || !self.activate {
+            super::targets::warn_about_runtime(state);
+            return;
+        }
+        match crate::activate::activate(state) {
+            Ok(activation) => {
+                let when = if activation.requested.held_gil { "now" } else { "when that thread next runs Python" };
+                tracing::info!(
+                    "PID {pid}: asked its interpreter to turn the perf trampoline on (PEP 768 remote execution of \
+                     {}, in thread {}, {when}); --no-activate leaves it alone",
+                    activation.script_path,
+                    activation.requested.native_id,
+                );
+                self.stats.activations_asked += 1;
+                state.activation = Some(activation);
+                state.names_untrampolined = true;
+            }
+            Err(e) => {
+                tracing::warn!("PID {pid}: cannot turn its perf trampoline on: {e}");
+                super::targets::warn_about_runtime(state);
+            }
         }
     }
 
@@ -217,7 +253,17 @@ impl Pipeline {
             StackEnd::Failed(_) => stats.unwind_failures += 1,
         }
         stats.without_cfi += u64::from(unwound.without_cfi > 0);
-        if let Some(join) = &unwound.joined {
+        if let Some(join) = unwound.joined.as_ref().filter(|_| unwound.end == StackEnd::Complete) {
+            // Outer frames of a whole stack, entered before the trampoline was on.
+            match join.outcome {
+                JoinOutcome::Joined(_) => stats.outer_named += 1,
+                JoinOutcome::Refused(why) => {
+                    stats.outer_refused += 1;
+                    tracing::trace!(?why, "frames outside the trampolines not named");
+                }
+                JoinOutcome::Unreadable => {}
+            }
+        } else if let Some(join) = &unwound.joined {
             if let Some(latency) = join.latency_ns {
                 stats.read_latency.add(latency);
             }

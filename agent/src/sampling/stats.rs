@@ -30,6 +30,15 @@ pub struct Stats {
     pub join_unreadable: u64,
     /// How long after each sample its interpreter read began.
     pub read_latency: Latencies,
+    /// Attached processes ember asked to turn the perf trampoline on, those that did, and the
+    /// longest time from the request to the trampoline's first perf-map line.
+    pub activations_asked: u64,
+    pub activations_done: u64,
+    pub activation_slowest: Option<std::time::Duration>,
+    /// Whole stacks whose Python frames outside every trampoline call were read from memory,
+    /// and those whose read did not agree with the sample (marked `[truncated]`).
+    pub outer_named: u64,
+    pub outer_refused: u64,
 }
 
 /// A histogram of latencies in quarter-octave buckets of microseconds: percentiles within 19%.
@@ -125,6 +134,30 @@ impl Stats {
                 self.read_latency.percentile_ms(0.99),
                 self.join_moved_on,
                 self.join_unreadable,
+            );
+        }
+        if self.outer_named + self.outer_refused > 0 {
+            let _ = writeln!(
+                s,
+                "ember: stacks: {} whole stacks ({:.1}%) had the frames of calls made before the trampoline was on \
+                 read from memory; {} ({:.1}%) did not, as the thread had moved on, and are marked [truncated]",
+                self.outer_named,
+                percent(self.outer_named, self.samples),
+                self.outer_refused,
+                percent(self.outer_refused, self.samples),
+            );
+        }
+        if self.activations_asked > 0 {
+            let slowest = self
+                .activation_slowest
+                .map_or(String::new(), |d| format!(", the slowest {:.0} ms after it was asked", d.as_secs_f64() * 1e3));
+            let _ = writeln!(
+                s,
+                "ember: activation: asked {} attached process{} to turn its perf trampoline on (PEP 768 remote \
+                 execution); {} did{slowest}",
+                self.activations_asked,
+                if self.activations_asked == 1 { "" } else { "es" },
+                self.activations_done,
             );
         }
         let _ = write!(s, "ember: lost records: {}", self.lost_records);

@@ -62,8 +62,8 @@ pub fn start_targets(
                     PerfError::NoSuchProcess(_) => SamplingError::NoSuchProcess(pid.0),
                     other => SamplingError::Perf(other),
                 })?;
-                let state = pipeline.track(pid).map_err(|_| SamplingError::NoSuchProcess(pid.0))?;
-                warn_about_runtime(state);
+                pipeline.track(pid).map_err(|_| SamplingError::NoSuchProcess(pid.0))?;
+                pipeline.activate_or_warn(pid);
                 attach_existing_children(&children, session, pipeline)?;
             }
             let text = pids.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ");

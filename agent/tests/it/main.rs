@@ -9,6 +9,7 @@ mod dashboards;
 mod dump;
 mod hostile;
 mod properties;
+mod record_activate;
 mod record_deep;
 mod record_errors;
 mod record_fidelity;

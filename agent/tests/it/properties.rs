@@ -15,6 +15,7 @@ fn config(stack_bytes: u32) -> SamplingConfig {
         ring_bytes: 1 << 16,
         read_interpreter: true,
         lines: false,
+        activate: false,
     }
 }
 

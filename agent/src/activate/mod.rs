@@ -1,0 +1,105 @@
+//! Stage **activate**: turning the perf trampoline on in a Python process started without it,
+//! when ember attaches to it (`record --pid`, `stream --pid`). Without the trampoline the
+//! process's Python frames have no names in a native stack.
+//!
+//! CPython 3.14+ has PEP 768's remote execution: ember places a one-line script in the target's
+//! `/tmp` and asks the interpreter, through its own published offsets, to run it at its next
+//! safe point (`interp::remote_exec`). Nothing is stopped; the script is the target's own
+//! `sys.activate_stack_trampoline("perf")`, run by the target's interpreter. 3.12 and 3.13 have
+//! no such mechanism; they are left as they are, with advice.
+
+mod script;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::interp::{PyVersion, RemoteExecError, Requested};
+use crate::process::access::TargetAccess;
+use crate::process::{Pid, ProcessState};
+use script::{PlacedScript, ScriptError, ACTIVATE_TRAMPOLINE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("its interpreter cannot be read: {0}")]
+    NoInterpreter(String),
+    #[error(
+        "Python {0} has no remote execution (it came with 3.14), and ember does not inject code into \
+         3.12 or 3.13"
+    )]
+    NoRemoteExec(PyVersion),
+    #[error("PEP 768 remote execution failed: {0}")]
+    Remote(#[from] RemoteExecError),
+    #[error("cannot place the activation script: {0}")]
+    Script(#[from] ScriptError),
+}
+
+/// A request the target has been sent: its script stays in place until the target has run it
+/// (the target reads it when it gets to it, and reports a missing one on its stderr).
+#[derive(Debug)]
+pub struct Activation {
+    pub requested: Requested,
+    pub script_path: String,
+    pub asked_at: Instant,
+    pid: Pid,
+    /// `None` once the program asked is gone.
+    access: Option<Arc<dyn TargetAccess>>,
+    script: Option<PlacedScript>,
+}
+
+impl Activation {
+    /// How long the target took to turn the trampoline on, now that its perf map appeared.
+    pub fn done(mut self) -> Duration {
+        self.script.take();
+        self.asked_at.elapsed()
+    }
+}
+
+impl Activation {
+    /// The program that was asked is gone (it exec'd): the script goes, and nothing is written
+    /// to the memory of what runs now.
+    pub fn abandon(mut self) {
+        self.access = None;
+    }
+}
+
+impl Drop for Activation {
+    /// Withdraws a request the target has not taken up (its pending flag still set) before the
+    /// script goes, so the target never looks for a script that is gone.
+    fn drop(&mut self) {
+        let (Some(access), Some(_)) = (&self.access, &self.script) else { return };
+        let flag = self.requested.pending_flag;
+        let pending = access.read_memory(flag, 4).is_some_and(|b| b.iter().any(|&x| x != 0));
+        if pending && !access.write_memory(flag, &0i32.to_le_bytes()) {
+            // Could not withdraw it: leave the script, so the request still finds it.
+            if let Some(script) = self.script.take() {
+                tracing::warn!(
+                    "PID {}: its activation request could not be withdrawn; leaving {} in its /tmp",
+                    self.pid,
+                    script.target_path
+                );
+                std::mem::forget(script);
+            }
+        }
+    }
+}
+
+/// Asks the target to turn its perf trampoline on.
+pub fn activate(state: &mut ProcessState) -> Result<Activation, ActivateError> {
+    let pid = state.pid;
+    let access = state.access();
+    let interpreter = state.interpreter().map_err(ActivateError::NoInterpreter)?;
+    let version = interpreter.version();
+    if version.minor() < 14 {
+        return Err(ActivateError::NoRemoteExec(version));
+    }
+    let script = PlacedScript::place(pid, ACTIVATE_TRAMPOLINE)?;
+    let requested = interpreter.remote_exec(&script.target_path)?;
+    Ok(Activation {
+        requested,
+        script_path: script.target_path.clone(),
+        asked_at: Instant::now(),
+        pid,
+        access: Some(access),
+        script: Some(script),
+    })
+}

@@ -1,0 +1,106 @@
+//! Issue 14: `record --pid` on a Python process started the ordinary way, without the perf
+//! trampoline. On 3.14+ ember asks the interpreter to turn it on (PEP 768 remote execution) and
+//! names the frames entered before that from memory; the target's own output is unchanged.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `activate_work.py` under `python` (a command ending in the fixture), with its stderr kept.
+fn spawn_work(mut python: Command, stderr: &std::fs::File) -> Target {
+    let target = Target::spawn(python.arg("4").stderr(stderr.try_clone().expect("stderr file")));
+    target.wait_for("ready", Duration::from_secs(30));
+    target
+}
+
+fn record_pid(target: &Target, extra: &[&str]) -> (Folded, String) {
+    let pid = target.pid().to_string();
+    let out = run(ember().args(["record", "--rate", "199", "--pid", &pid]).args(extra));
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    (Folded::from_output(&out), err)
+}
+
+/// No `ember-activate-*` script left in the Debian root's /tmp.
+fn assert_no_script_left() {
+    let tmp = debian_root().join("tmp");
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .expect("the Debian root's /tmp")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| name.starts_with("ember-activate-"))
+        .collect();
+    assert!(left.is_empty(), "activation scripts left in {}: {left:?}", tmp.display());
+}
+
+/// The target printed exactly what it prints alone, and nothing on its stderr.
+fn assert_output_unchanged(target: &Target, stderr: &tempfile::NamedTempFile) {
+    assert_eq!(target.remaining_lines(Duration::from_secs(60)), ["done"]);
+    let err = std::fs::read_to_string(stderr.path()).expect("the target's stderr");
+    assert!(err.is_empty(), "the target wrote to its stderr: {err}");
+}
+
+fn check_activated(minor: &str) {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let target = spawn_work(debian_python(minor, "activate_work.py"), target_err.as_file());
+    let (folded, err) = record_pid(&target, &[]);
+    assert!(err.contains("asked its interpreter to turn the perf trampoline on"), "{err}");
+    assert!(err.contains("perf trampoline on,") && err.contains("1 did"), "{err}");
+    let working = |s: &[String]| has_frame(s, "work_a") || has_frame(s, "work_b");
+    let whole = |s: &[String]| {
+        let python: Vec<&str> = s.iter().map(|f| function(f)).filter(|f| !f.contains('[')).collect();
+        !s.iter().any(|f| f == "[truncated]")
+            && python.first() == Some(&"<module>")
+            && python.get(1) == Some(&"main")
+            && python.get(2).is_some_and(|f| f.starts_with("work_"))
+    };
+    let total = folded.count(working);
+    let good = folded.count(|s| working(s) && whole(s));
+    // 4 s of CPU at 199 Hz, less what ran before the trampoline came on.
+    assert!(total >= 500, "{minor}: only {total} samples in work_a/work_b\n{err}");
+    assert!(good as f64 >= 0.99 * total as f64, "{minor}: {good} of {total} whole\n{err}");
+    let a = folded.count(|s| has_frame(s, "work_a")) as f64 / total as f64;
+    assert!((a - 0.75).abs() <= 0.05, "{minor}: work_a has {:.1}% of the samples, spends 75%", a * 100.0);
+    assert_output_unchanged(&target, &target_err);
+    assert_no_script_left();
+}
+
+#[test]
+fn a_3_14_target_started_without_the_trampoline_gets_whole_stacks() {
+    check_activated("3.14");
+}
+
+#[test]
+fn a_3_15_target_started_without_the_trampoline_gets_whole_stacks() {
+    check_activated("3.15");
+}
+
+/// `--no-activate` leaves the target as it is: no request, no Python frames named by perf.
+#[test]
+fn no_activate_leaves_the_target_alone() {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let target = spawn_work(debian_python("3.14", "activate_work.py"), target_err.as_file());
+    let (folded, err) = record_pid(&target, &["--no-activate"]);
+    assert!(!err.contains("asked its interpreter"), "{err}");
+    assert!(err.contains("its perf trampoline is off"), "{err}");
+    assert_eq!(folded.count(|s| has_frame(s, "work_a")), 0, "{err}");
+    assert_output_unchanged(&target, &target_err);
+}
+
+/// A target that turned remote execution off: ember says so, writes nothing into it, and
+/// records what it can.
+#[test]
+fn a_target_with_remote_execution_off_is_told_apart() {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let mut python = debian_python("3.14", "activate_work.py");
+    python.env("PYTHON_DISABLE_REMOTE_DEBUG", "1");
+    let target = spawn_work(python, target_err.as_file());
+    let (_, err) = record_pid(&target, &[]);
+    assert!(err.contains("turned remote execution off (PYTHON_DISABLE_REMOTE_DEBUG"), "{err}");
+    assert!(!err.contains("asked its interpreter"), "{err}");
+    assert_output_unchanged(&target, &target_err);
+    assert_no_script_left();
+}
