@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::interp::{PyVersion, RemoteExecError, Requested};
 use crate::process::access::TargetAccess;
 use crate::process::{Pid, ProcessState};
-use script::{PlacedScript, ScriptError, ACTIVATE_TRAMPOLINE};
+use script::{activation_script, Placed, ScriptError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
@@ -39,11 +39,13 @@ pub enum ActivateError {
 pub struct Activation {
     pub requested: Requested,
     pub script_path: String,
+    /// Whether the script also starts the task monitor (if the program runs asyncio).
+    pub with_monitor: bool,
     pub asked_at: Instant,
     pid: Pid,
     /// `None` once the program asked is gone.
     access: Option<Arc<dyn TargetAccess>>,
-    script: Option<PlacedScript>,
+    script: Option<Placed>,
 }
 
 impl Activation {
@@ -75,7 +77,7 @@ impl Drop for Activation {
                 tracing::warn!(
                     "PID {}: its activation request could not be withdrawn; leaving {} in its /tmp",
                     self.pid,
-                    script.target_path
+                    self.script_path
                 );
                 std::mem::forget(script);
             }
@@ -83,8 +85,9 @@ impl Drop for Activation {
     }
 }
 
-/// Asks the target to turn its perf trampoline on.
-pub fn activate(state: &mut ProcessState) -> Result<Activation, ActivateError> {
+/// Asks the target to turn its perf trampoline on, and with `tasks` to start the asyncio task
+/// monitor first if it runs asyncio.
+pub fn activate(state: &mut ProcessState, tasks: bool) -> Result<Activation, ActivateError> {
     let pid = state.pid;
     let access = state.access();
     let interpreter = state.interpreter().map_err(ActivateError::NoInterpreter)?;
@@ -92,14 +95,17 @@ pub fn activate(state: &mut ProcessState) -> Result<Activation, ActivateError> {
     if version.minor() < 14 {
         return Err(ActivateError::NoRemoteExec(version));
     }
-    let script = PlacedScript::place(pid, ACTIVATE_TRAMPOLINE)?;
-    let requested = interpreter.remote_exec(&script.target_path)?;
+    let mut placed = Placed::in_tmp_of(pid)?;
+    let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
+    let script_path = placed.script("ember-activate", &activation_script(monitor_dir.as_deref()))?;
+    let requested = interpreter.remote_exec(&script_path)?;
     Ok(Activation {
         requested,
-        script_path: script.target_path.clone(),
+        script_path,
+        with_monitor: tasks,
         asked_at: Instant::now(),
         pid,
         access: Some(access),
-        script: Some(script),
+        script: Some(placed),
     })
 }

@@ -139,12 +139,15 @@ impl Pipeline {
             super::targets::warn_about_runtime(state);
             return;
         }
-        match crate::activate::activate(state) {
+        let tasks = self.tasks.is_some();
+        match crate::activate::activate(state, tasks) {
             Ok(activation) => {
                 let when = if activation.requested.held_gil { "now" } else { "when that thread next runs Python" };
+                let monitor =
+                    if activation.with_monitor { " and, if it runs asyncio, to start the task monitor" } else { "" };
                 tracing::info!(
-                    "PID {pid}: asked its interpreter to turn the perf trampoline on (PEP 768 remote execution of \
-                     {}, in thread {}, {when}); --no-activate leaves it alone",
+                    "PID {pid}: asked its interpreter to turn the perf trampoline on{monitor} (PEP 768 remote \
+                     execution of {}, in thread {}, {when}); --no-activate leaves it alone",
                     activation.script_path,
                     activation.requested.native_id,
                 );

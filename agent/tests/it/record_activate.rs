@@ -22,13 +22,13 @@ fn record_pid(target: &Target, extra: &[&str]) -> (Folded, String) {
     (Folded::from_output(&out), err)
 }
 
-/// No `ember-activate-*` script left in the Debian root's /tmp.
+/// No `ember-activate-*` script or `ember-monitor-*` directory left in the Debian root's /tmp.
 fn assert_no_script_left() {
     let tmp = debian_root().join("tmp");
     let left: Vec<String> = std::fs::read_dir(&tmp)
         .expect("the Debian root's /tmp")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|name| name.starts_with("ember-activate-"))
+        .filter(|name| name.starts_with("ember-activate-") || name.starts_with("ember-monitor-"))
         .collect();
     assert!(left.is_empty(), "activation scripts left in {}: {left:?}", tmp.display());
 }
@@ -103,4 +103,48 @@ fn a_target_with_remote_execution_off_is_told_apart() {
     assert!(!err.contains("asked its interpreter"), "{err}");
     assert_output_unchanged(&target, &target_err);
     assert_no_script_left();
+}
+
+/// An asyncio service started the ordinary way and attached: the same request starts the task
+/// monitor, so the trace has its request tasks' run slices and their samples.
+#[test]
+fn an_attached_asyncio_service_gets_its_request_tasks_traced() {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let mut python = debian_python("3.14", "asyncio_service.py");
+    let target = Target::spawn(python.arg("600").stderr(target_err.reopen().expect("stderr file")));
+    target.wait_for("ready", Duration::from_secs(30));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = dir.path().join("service.trace.json");
+    let pid = target.pid().to_string();
+    let out = run(ember().args(["record", "--rate", "199", "--pid", &pid, "-o"]).arg(&trace));
+    let err = stderr(&out);
+    assert!(out.status.success() && err.contains("to start the task monitor"), "{err}");
+    let events = trace_events(&trace);
+    let request_slices =
+        events.iter().filter(|e| e["ph"] == "X" && e["cat"] == "task" && e["name"] == "request").count();
+    // 600 requests, less those served before the monitor started.
+    assert!(request_slices >= 300, "{request_slices} run slices of request tasks\n{err}");
+    let serving: Vec<_> = events
+        .iter()
+        .filter(|e| e["cat"] == "sample" && e["args"]["stack"].as_str().is_some_and(|s| s.contains("serve_one (")))
+        .collect();
+    let in_request = serving.iter().filter(|e| e["args"]["task"] == "request").count();
+    assert!(serving.len() >= 100, "only {} samples in serve_one\n{err}", serving.len());
+    assert!(
+        in_request * 100 >= serving.len() * 95,
+        "{in_request} of {} serve_one samples in a request task",
+        serving.len()
+    );
+    assert_output_unchanged(&target, &target_err);
+    assert_no_script_left();
+}
+
+fn trace_events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).expect("the trace");
+    let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    match value {
+        serde_json::Value::Array(events) => events,
+        other => other["traceEvents"].as_array().cloned().unwrap_or_default(),
+    }
 }

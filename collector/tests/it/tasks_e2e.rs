@@ -136,6 +136,36 @@ fn eager_tasks_are_split_from_their_parent() {
     check_tasks(&collector, "eager", sent);
 }
 
+/// An asyncio service started the ordinary way (Debian's 3.14, no monitor, no trampoline),
+/// attached by `stream --pid`: ember starts the task monitor in it (PEP 768), and the
+/// collector's timeline has its request tasks with their run slices and samples.
+#[test]
+fn an_attached_asyncio_service_has_its_request_tasks_in_the_timeline() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &[]);
+    let mut python = debian_python("3.14", "asyncio_service.py");
+    let target = Target::spawn(python.arg("600"));
+    target.wait_for("ready", std::time::Duration::from_secs(30));
+    let pid = target.pid().to_string();
+    let out = Running::start(&mut stream_cmd(&collector, &["--rate", "199", "--service", "svc", "--pid", &pid], &[]))
+        .finish();
+    let err = stderr(&out);
+    assert!(out.status.success() && err.contains("to start the task monitor"), "{err}");
+    let query = encode(r#"{service="svc"}"#);
+    let (status, body) = collector.get(&format!("/api/v1/timeline?from=now-1h&query={query}"));
+    assert_eq!(status, 200, "{body}");
+    let timeline = parse_json(&body);
+    let requests: Vec<_> =
+        timeline["tasks"].as_array().expect("tasks").iter().filter(|t| t["name"] == "request").cloned().collect();
+    assert!(requests.len() >= 300, "{} request tasks\n{err}", requests.len());
+    let finished = requests.iter().filter(|t| t["state"] == "finished").count();
+    assert!(finished * 10 >= requests.len() * 9, "{finished} of {} finished", requests.len());
+    assert!(requests.iter().all(|t| t["slices"].as_array().is_some_and(|s| !s.is_empty())));
+    let sampled: u64 = requests.iter().map(|t| t["samples"].as_u64().unwrap_or(0)).sum();
+    assert!(sampled >= 100, "{sampled} samples in request tasks");
+}
+
 #[test]
 fn timeline_requests_are_checked() {
     let dir = tempfile::tempdir().expect("tempdir");
