@@ -60,7 +60,16 @@ impl TargetAccess for LiveTarget {
         // links; else the mapped file itself (needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE).
         target_file::open_mapped_path(pid, path).or_else(|first| {
             let exact = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
-            target_file::open_magic_link(&exact).map_err(|_| ElfError::Target { path: path.into(), source: first })
+            target_file::open_magic_link(&exact)
+                .or_else(|_| {
+                    // A target chroot'ed inside ember's root: the maps name the file as ember
+                    // sees it. Taken only if it is the file mapped (device and inode).
+                    let maps = procfs::maps(pid).map_err(|_| target_file::TargetFileError::Missing)?;
+                    let mapped = maps.iter().find(|m| m.start == start && m.end == end && m.path == path);
+                    let dev_inode = mapped.and_then(|m| m.dev_inode).ok_or(target_file::TargetFileError::Missing)?;
+                    target_file::open_mapped_here(path, dev_inode)
+                })
+                .map_err(|_| ElfError::Target { path: path.into(), source: first })
         })
     }
 

@@ -80,6 +80,26 @@ pub fn open_mapped_path(pid: Pid, path: &str) -> Result<File, TargetFileError> {
     open_in_root(pid, &components, &Owner::Anyone)
 }
 
+/// Opens `path`, as `/proc/PID/maps` printed it, in ember's own root, if it is the very file
+/// mapped there (`dev_inode`: major, minor, inode): a target chroot'ed inside ember's root has
+/// its maps printed relative to ember's root, which its own root does not hold.
+pub fn open_mapped_here(path: &str, dev_inode: (u32, u32, u64)) -> Result<File, TargetFileError> {
+    use std::os::unix::fs::MetadataExt;
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    if components.is_empty() || components.contains(&"..") {
+        return Err(TargetFileError::Missing);
+    }
+    let root: OwnedFd = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let file = open_beneath(root, &components, &Owner::Anyone)?;
+    let meta = file.metadata().map_err(TargetFileError::Io)?;
+    let dev = meta.dev();
+    let here = (nix::sys::stat::major(dev) as u32, nix::sys::stat::minor(dev) as u32, meta.ino());
+    if here != dev_inode {
+        return Err(TargetFileError::Missing);
+    }
+    Ok(file)
+}
+
 /// Walks `components` from the directory `dir` without following any link, then checks the
 /// file. Split from [`open_in_root`] so tests can run it on their own directories.
 pub fn open_beneath(mut dir: OwnedFd, components: &[&str], owner: &Owner) -> Result<File, TargetFileError> {

@@ -148,3 +148,35 @@ fn trace_events(path: &std::path::Path) -> Vec<serde_json::Value> {
         other => other["traceEvents"].as_array().cloned().unwrap_or_default(),
     }
 }
+
+/// A target owned by an unprivileged user, attached by that same user (no capabilities;
+/// `perf_event_paranoid` 2 lets a user sample their own processes): activated, and whole. The
+/// target is chroot'ed inside ember's root, so its maps name files as ember sees them.
+#[test]
+fn a_user_activates_their_own_process() {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let debian = debian_python("3.14", "activate_work.py");
+    let mut nobody = Command::new("chroot");
+    nobody.arg("--userspec=65534:65534").args(debian.get_args());
+    let target = spawn_work(nobody, target_err.as_file());
+    let pid = target.pid().to_string();
+    let mut agent = Command::new("setpriv");
+    agent.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--inh-caps=-all"]);
+    agent.arg(env!("CARGO_BIN_EXE_ember-agent")).args(["record", "--rate", "199", "--pid", &pid]);
+    let out = run(&mut agent);
+    let err = stderr(&out);
+    assert!(out.status.success() && err.contains("perf trampoline on,"), "{err}");
+    let folded = Folded::from_output(&out);
+    let working = |s: &[String]| has_frame(s, "work_a") || has_frame(s, "work_b");
+    let whole = |s: &[String]| function(&s[0]) == "<module>" && has_frame(s, "main");
+    // Unprivileged, perf samples user mode only: the spin's thread_time() system calls (about
+    // half its time) are not sampled.
+    let total = folded.count(working);
+    // The 99% bar is the tests above; here, with a third of their samples, that a user can
+    // activate and join at all (one or two refused reads are 0.5-1% of ~200).
+    assert!(total >= 150, "only {total} samples in work_a/work_b\n{err}");
+    assert!(folded.count(|s| working(s) && whole(s)) as f64 >= 0.97 * total as f64, "{err}");
+    assert_output_unchanged(&target, &target_err);
+    assert_no_script_left();
+}
