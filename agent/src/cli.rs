@@ -98,6 +98,12 @@ pub struct SamplingArgs {
     /// stacks and the Python frames ember can read from memory.
     #[arg(long)]
     pub no_activate: bool,
+    /// Sample by reading each running thread's Python frames from the interpreter's memory
+    /// (`process_vm_readv`, as py-spy does) instead of with perf events: no native frames. What
+    /// ember does by itself when perf events are refused (perf_event_paranoid 3 or more, a
+    /// seccomp profile without perf_event_open, no CAP_PERFMON).
+    #[arg(long)]
+    pub memory_only: bool,
     /// Ring buffer per CPU, in KiB.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(8..=1_048_576))]
     pub ring_kib: u64,
@@ -126,6 +132,7 @@ impl SamplingArgs {
             read_interpreter: !self.no_interpreter_reads,
             lines: false,
             activate: !self.no_activate,
+            memory_only: self.memory_only,
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct SamplingConfig {
     pub lines: bool,
     /// Turn the perf trampoline on in attached targets started without it (`activate`).
     pub activate: bool,
+    /// Sample by reading the interpreter's frames from memory instead of with perf events
+    /// (`--memory-only`); also what ember falls back to when perf events are refused.
+    pub memory_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +103,9 @@ pub struct SamplingSession {
     decoder: Option<Decoder>,
     /// Kernel-mode samples are excluded because the kernel refused them.
     pub user_only: bool,
+    /// No perf events: threads are sampled by reading their Python frames from memory
+    /// (`--memory-only`, or perf events were refused). Attaching only records the threads.
+    pub memory_only: bool,
     stats: DrainStats,
 }
 
@@ -112,6 +118,7 @@ impl std::fmt::Debug for SamplingSession {
 impl SamplingSession {
     pub fn new(config: SamplingConfig) -> Result<Self, PerfError> {
         let cpus = procfs::online_cpus()?;
+        let memory_only = config.memory_only;
         Ok(Self {
             config,
             cpus,
@@ -120,6 +127,7 @@ impl SamplingSession {
             owners: HashMap::new(),
             decoder: None,
             user_only: false,
+            memory_only,
             stats: DrainStats::default(),
         })
     }
@@ -166,9 +174,29 @@ impl SamplingSession {
         if self.attached.contains(&tid) {
             return Ok(());
         }
+        if self.memory_only {
+            self.attached.insert(tid);
+            return Ok(());
+        }
         let cpus = self.cpus.clone();
         for cpu in cpus {
-            let counter = self.open(tid, cpu, enable_on_exec)?;
+            let counter = match self.open(tid, cpu, enable_on_exec) {
+                // Refused outright (perf_event_paranoid 3+, a seccomp profile, no
+                // CAP_PERFMON): the interpreter's memory can still be read.
+                Err(refused @ (PerfError::PermissionDenied { .. } | PerfError::Unsupported(_)))
+                    if self.rings.is_empty() =>
+                {
+                    tracing::warn!(
+                        "perf_event_open was refused ({refused}); sampling Python frames from the interpreter's \
+                         memory instead, {} times a second per running thread: no native frames",
+                        self.config.rate_hz
+                    );
+                    self.memory_only = true;
+                    self.attached.insert(tid);
+                    return Ok(());
+                }
+                other => other?,
+            };
             if self.decoder.is_none() {
                 self.decoder = Some(Decoder::new(counter.config().clone(), self.config.stack_bytes as usize));
             }

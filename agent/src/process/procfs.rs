@@ -52,6 +52,12 @@ fn stat_after_comm(stat: &str) -> Option<&str> {
 }
 
 /// The state letter from `/proc/PID/stat`.
+/// The scheduler state of one thread (`R` running or runnable, `S` sleeping, ...).
+pub fn thread_state(pid: Pid, tid: Tid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat_state(&stat)
+}
+
 pub fn stat_state(stat: &str) -> Option<char> {
     stat_after_comm(stat)?.chars().next()
 }

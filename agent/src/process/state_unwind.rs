@@ -171,7 +171,7 @@ impl ProcessState {
     }
 
     /// A Python frame read from memory, with its line under `--lines`.
-    fn python_key(&mut self, frame: &PyFrame, strings: &mut Interner) -> FrameKey {
+    pub(crate) fn python_key(&mut self, frame: &PyFrame, strings: &mut Interner) -> FrameKey {
         let name = self.python_names.of(frame, strings);
         match frame.line().filter(|_| self.lines) {
             Some(line) => FrameKey::PythonLine { name, line },

@@ -6,6 +6,7 @@
 //! What happens to unwound samples is the front end's choice ([`Keep`]): whole-profile
 //! counts for `record`, timed windows handed out at each flush for `stream`.
 
+mod memory;
 pub(crate) mod pipeline;
 pub(crate) mod stats;
 pub(crate) mod targets;
@@ -44,6 +45,11 @@ pub enum SamplingError {
     Procfs(#[from] procfs::ProcfsError),
     #[error("cannot install the Ctrl-C handler: {0}")]
     Signals(std::io::Error),
+    #[error(
+        "sampling from memory (--memory-only, or perf events refused) reads a running interpreter: start \
+         the program, then attach with --pid"
+    )]
+    MemoryLaunch,
 }
 
 /// SIGINT and SIGTERM, as flags the loop checks every tick.
@@ -85,6 +91,13 @@ pub struct Engine {
     started: Started,
     /// How the launched command ended, once it has.
     pub child_exit: Option<ChildExit>,
+    rate_hz: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock perf samples are stamped with.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
 }
 
 impl Engine {
@@ -97,6 +110,7 @@ impl Engine {
         targets: Option<&Targets>,
     ) -> Result<Self, SamplingError> {
         let mut session = SamplingSession::new(sampling.clone())?;
+        let rate_hz = sampling.rate_hz;
         let mut pipeline = Pipeline::new(sampling.follow_children, keep);
         pipeline.read_interpreter = sampling.read_interpreter;
         pipeline.lines = sampling.lines;
@@ -110,7 +124,7 @@ impl Engine {
             Some(t) => targets::start_targets(t, &mut session, &mut pipeline, bootstrap.as_ref())?,
             None => Started { pids: Vec::new(), launched: None, text: "all Python 3.12+ processes".into() },
         };
-        Ok(Self { session, pipeline, events: Vec::new(), bootstrap, started, child_exit: None })
+        Ok(Self { session, pipeline, events: Vec::new(), bootstrap, started, child_exit: None, rate_hz })
     }
 
     pub fn started(&self) -> &Started {
@@ -121,7 +135,9 @@ impl Engine {
     pub fn attach(&mut self, pid: Pid) -> Result<(), SamplingError> {
         self.session.attach_process(pid)?;
         self.pipeline.track(pid)?;
-        self.pipeline.activate_or_warn(pid);
+        if !self.session.memory_only {
+            self.pipeline.activate_or_warn(pid);
+        }
         Ok(())
     }
 
@@ -135,8 +151,19 @@ impl Engine {
     ) -> StopReason {
         let started = Instant::now();
         let mut next_tick = started + TICK;
+        let period = Duration::from_nanos(1_000_000_000 / self.rate_hz.max(1));
+        let mut next_sample = started;
         loop {
-            self.session.wait(next_tick.saturating_duration_since(Instant::now()));
+            let memory = self.session.memory_only;
+            let wake = if memory { next_tick.min(next_sample) } else { next_tick };
+            self.session.wait(wake.saturating_duration_since(Instant::now()));
+            if memory && Instant::now() >= next_sample {
+                self.pipeline.sample_from_memory(monotonic_ns());
+                // Intervals drawn from 0.5-1.5 periods: a fixed one aliases with a program that
+                // repeats at a multiple of it. A round that ran late is not made up for.
+                let interval = period.mul_f64(rand::random_range(0.5..1.5));
+                next_sample = (next_sample + interval).max(Instant::now());
+            }
             self.process_batch();
             let now = Instant::now();
             if now < next_tick {

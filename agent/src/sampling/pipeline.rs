@@ -16,7 +16,7 @@ use super::stats::Stats;
 
 #[derive(Debug)]
 pub struct Pipeline {
-    processes: HashMap<Pid, ProcessState>,
+    pub(super) processes: HashMap<Pid, ProcessState>,
     pub elf: ElfCache,
     pub profile: Profile,
     pub stats: Stats,
@@ -24,7 +24,7 @@ pub struct Pipeline {
     /// Launched commands not tracked yet, with what their PID's perf map held before they
     /// started (stale lines of an earlier process).
     launched: HashMap<Pid, Option<StaleMap>>,
-    threads_seen: HashSet<(Pid, Tid)>,
+    pub(super) threads_seen: HashSet<(Pid, Tid)>,
     keys: Vec<FrameKey>,
     /// asyncio task timelines, when the task monitor runs in the targets.
     pub tasks: Option<TaskTracker>,

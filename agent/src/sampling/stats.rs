@@ -39,6 +39,10 @@ pub struct Stats {
     /// and those whose read did not agree with the sample (marked `[truncated]`).
     pub outer_named: u64,
     pub outer_refused: u64,
+    /// Samples taken by reading the interpreter's memory (no perf events), and rounds in
+    /// which a process's threads could not be read.
+    pub memory_samples: u64,
+    pub memory_unreadable: u64,
 }
 
 /// A histogram of latencies in quarter-octave buckets of microseconds: percentiles within 19%.
@@ -145,6 +149,14 @@ impl Stats {
                 percent(self.outer_named, self.samples),
                 self.outer_refused,
                 percent(self.outer_refused, self.samples),
+            );
+        }
+        if self.memory_samples + self.memory_unreadable > 0 {
+            let _ = writeln!(
+                s,
+                "ember: stacks: {} samples read from the interpreter's memory, without perf events: Python frames \
+                 only, of threads the kernel had running; {} reads of a process failed",
+                self.memory_samples, self.memory_unreadable,
             );
         }
         if self.activations_asked > 0 {

@@ -63,7 +63,10 @@ pub fn start_targets(
                     other => SamplingError::Perf(other),
                 })?;
                 pipeline.track(pid).map_err(|_| SamplingError::NoSuchProcess(pid.0))?;
-                pipeline.activate_or_warn(pid);
+                // Memory samples need no trampoline.
+                if !session.memory_only {
+                    pipeline.activate_or_warn(pid);
+                }
                 attach_existing_children(&children, session, pipeline)?;
             }
             let text = pids.iter().map(|&p| describe(p)).collect::<Vec<_>>().join(", ");
@@ -92,6 +95,10 @@ pub fn start_targets(
             if let Err(e) = session.attach_thread(crate::process::Tid(child.pid.0), true) {
                 child.abort();
                 return Err(e.into());
+            }
+            if session.memory_only {
+                child.abort();
+                return Err(SamplingError::MemoryLaunch);
             }
             let pid = child.release()?;
             Ok(Started { pids: vec![pid], launched: Some(pid), text: format!("{} (PID {pid})", command.join(" ")) })

@@ -14,6 +14,7 @@ mod record_deep;
 mod record_errors;
 mod record_fidelity;
 mod record_lines;
+mod record_memory;
 mod record_outputs;
 mod record_stacks;
 mod record_targets;

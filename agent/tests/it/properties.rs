@@ -16,6 +16,7 @@ fn config(stack_bytes: u32) -> SamplingConfig {
         read_interpreter: true,
         lines: false,
         activate: false,
+        memory_only: false,
     }
 }
 
