@@ -33,6 +33,9 @@ const RECENT_JOINS: usize = 32;
 pub struct ThreadJoins {
     recent: VecDeque<RecentJoin>,
     last_reused: bool,
+    /// The frames outside the sampled call the thread's last read found, whether it joined
+    /// or not: what a read shim by shim must agree with.
+    last_outer: Option<OuterFrames>,
 }
 
 /// The thread's chain read right after a cut sample arrived, before the sample was walked:
@@ -159,11 +162,15 @@ impl ProcessState {
                 other => other,
             },
         };
+        let last_outer = match &outcome {
+            JoinOutcome::Joined(read) => thread.last_outer.replace(read.clone()),
+            _ => thread.last_outer.clone(),
+        };
         if let (true, JoinOutcome::Joined(read)) = (relaxed, &outcome) {
-            let bracketed = thread.recent.front().is_some_and(|last| {
-                last.frames.shims == read.shims
-                    && last.frames.frames.len() == read.frames.len()
-                    && last.frames.frames.iter().zip(read.frames.iter()).all(|(a, b)| Arc::ptr_eq(&a.code, &b.code))
+            let bracketed = last_outer.is_some_and(|last| {
+                last.shims == read.shims
+                    && last.frames.len() == read.frames.len()
+                    && last.frames.iter().zip(read.frames.iter()).all(|(a, b)| Arc::ptr_eq(&a.code, &b.code))
             });
             if !bracketed {
                 outcome = JoinOutcome::Refused(Refusal::CallersChanged);
