@@ -165,7 +165,7 @@ impl Stats {
                 .map_or(String::new(), |d| format!(", the slowest {:.0} ms after it was asked", d.as_secs_f64() * 1e3));
             let _ = writeln!(
                 s,
-                "ember: activation: asked {} attached process{} to turn its perf trampoline on (PEP 768 remote \
+                "ember: activation: asked {} attached process{} to turn the perf trampoline on (PEP 768 remote \
                  execution); {} did{slowest}",
                 self.activations_asked,
                 if self.activations_asked == 1 { "" } else { "es" },

@@ -124,6 +124,10 @@ fn attach_existing_children(
         }
         if pipeline.track(child).is_ok() {
             tracing::info!("following {}, which already ran", describe(child));
+            // Each pre-forked worker has its own interpreter to turn the trampoline on in.
+            if !session.memory_only {
+                pipeline.activate_or_warn(child);
+            }
         }
     }
     Ok(())

@@ -180,3 +180,25 @@ fn a_user_activates_their_own_process() {
     assert_output_unchanged(&target, &target_err);
     assert_no_script_left();
 }
+
+/// `--subprocesses --pid MASTER` on a pre-fork program started the ordinary way: each worker
+/// that already runs has its own interpreter activated; the master, waiting in `waitpid`, never
+/// takes its request up, which is withdrawn at the end.
+#[test]
+fn pre_forked_workers_are_each_activated() {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let mut python = debian_python("3.14", "activate_fork.py");
+    let target = Target::spawn(python.arg("2").stderr(target_err.reopen().expect("stderr file")));
+    target.wait_for("ready", Duration::from_secs(30));
+    let (folded, err) = record_pid(&target, &["--subprocesses"]);
+    assert_eq!(err.matches("asked its interpreter").count(), 3, "the master and two workers\n{err}");
+    assert_eq!(err.matches("perf trampoline on,").count(), 2, "the workers\n{err}");
+    let working = |s: &[String]| has_frame(s, "work");
+    let whole = |s: &[String]| has_frame(s, "<module>") && has_frame(s, "serve") && !has_frame(s, "[truncated]");
+    let total = folded.count(working);
+    assert!(total >= 400, "only {total} samples in work\n{err}");
+    assert!(folded.count(|s| working(s) && whole(s)) as f64 >= 0.99 * total as f64, "{err}");
+    assert_output_unchanged(&target, &target_err);
+    assert_no_script_left();
+}
