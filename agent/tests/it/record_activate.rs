@@ -7,11 +7,17 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// `activate_work.py` under `python` (a command ending in the fixture), with its stderr kept.
-fn spawn_work(mut python: Command, stderr: &std::fs::File) -> Target {
-    let target = Target::spawn(python.arg("4").stderr(stderr.try_clone().expect("stderr file")));
+/// `python` (a command ending in a fixture) with `arg`, its stderr kept in `stderr`, once it
+/// has printed `ready`.
+fn spawn_ready(mut python: Command, arg: &str, stderr: &std::fs::File) -> Target {
+    let target = Target::spawn(python.arg(arg).stderr(stderr.try_clone().expect("stderr file")));
     target.wait_for("ready", Duration::from_secs(30));
     target
+}
+
+/// `activate_work.py` under `python`, with its stderr kept.
+fn spawn_work(python: Command, stderr: &std::fs::File) -> Target {
+    spawn_ready(python, "4", stderr)
 }
 
 fn record_pid(target: &Target, extra: &[&str]) -> (Folded, String) {
@@ -111,9 +117,7 @@ fn a_target_with_remote_execution_off_is_told_apart() {
 fn an_attached_asyncio_service_gets_its_request_tasks_traced() {
     let _serial = serial();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
-    let mut python = debian_python("3.14", "asyncio_service.py");
-    let target = Target::spawn(python.arg("600").stderr(target_err.reopen().expect("stderr file")));
-    target.wait_for("ready", Duration::from_secs(30));
+    let target = spawn_ready(debian_python("3.14", "asyncio_service.py"), "600", target_err.as_file());
     let dir = tempfile::tempdir().expect("temp dir");
     let trace = dir.path().join("service.trace.json");
     let pid = target.pid().to_string();
@@ -188,9 +192,7 @@ fn a_user_activates_their_own_process() {
 fn pre_forked_workers_are_each_activated() {
     let _serial = serial();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
-    let mut python = debian_python("3.14", "activate_fork.py");
-    let target = Target::spawn(python.arg("2").stderr(target_err.reopen().expect("stderr file")));
-    target.wait_for("ready", Duration::from_secs(30));
+    let target = spawn_ready(debian_python("3.14", "activate_fork.py"), "2", target_err.as_file());
     let (folded, err) = record_pid(&target, &["--subprocesses"]);
     assert_eq!(err.matches("asked its interpreter").count(), 3, "the master and two workers\n{err}");
     assert_eq!(err.matches("perf trampoline on,").count(), 2, "the workers\n{err}");
