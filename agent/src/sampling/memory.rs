@@ -25,7 +25,13 @@ impl Pipeline {
             return;
         }
         let threads = match state.interpreter().map(|interpreter| interpreter.threads()) {
-            Ok(Ok((threads, _))) => threads,
+            Ok(Ok((threads, true))) => threads,
+            // The threads kept changing while read: no stack of this round is known to be one
+            // moment's, so none is taken.
+            Ok(Ok((_, false))) => {
+                self.stats.memory_unreadable += 1;
+                return;
+            }
             Ok(Err(e)) => {
                 self.stats.memory_unreadable += 1;
                 tracing::debug!(%pid, "reading the threads failed: {e}");

@@ -155,7 +155,7 @@ impl Stats {
             let _ = writeln!(
                 s,
                 "ember: stacks: {} samples read from the interpreter's memory, without perf events: Python frames \
-                 only, of threads the kernel had running; {} reads of a process failed",
+                 only, of threads the kernel had running; {} rounds skipped for a process that could not be read at one moment",
                 self.memory_samples, self.memory_unreadable,
             );
         }
