@@ -2,7 +2,7 @@
 //! when ember attaches to it (`record --pid`, `stream --pid`). Without the trampoline the
 //! process's Python frames have no names in a native stack.
 //!
-//! CPython 3.14+ has PEP 768's remote execution: ember places a one-line script in the target's
+//! CPython 3.14+ has PEP 768's remote execution: ember places a short script in the target's
 //! `/tmp` and asks the interpreter, through its own published offsets, to run it at its next
 //! safe point (`interp::remote_exec`). Nothing is stopped; the script is the target's own
 //! `sys.activate_stack_trampoline("perf")`, run by the target's interpreter. 3.12 and 3.13 have
@@ -49,14 +49,19 @@ pub struct Activation {
 }
 
 impl Activation {
+    /// Whether the target has taken the request up (it clears the pending flag before it reads
+    /// the script): until then the script must stay, even if a perf map appeared meanwhile.
+    pub fn taken_up(&self) -> bool {
+        let flag = self.requested.pending_flag;
+        self.access.as_ref().is_some_and(|a| a.read_memory(flag, 4).is_some_and(|b| b.iter().all(|&x| x == 0)))
+    }
+
     /// How long the target took to turn the trampoline on, now that its perf map appeared.
     pub fn done(mut self) -> Duration {
         self.script.take();
         self.asked_at.elapsed()
     }
-}
 
-impl Activation {
     /// The program that was asked is gone (it exec'd): the script goes, and nothing is written
     /// to the memory of what runs now.
     pub fn abandon(mut self) {

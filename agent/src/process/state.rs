@@ -384,7 +384,7 @@ impl ProcessState {
         };
         if added > 0 {
             self.verify_trampolines(elf);
-            if let Some(activation) = self.activation.take() {
+            if let Some(activation) = self.activation.take_if(|a| a.taken_up()) {
                 let after = activation.done();
                 tracing::info!(
                     "PID {}: perf trampoline on, {:.0} ms after ember asked",
