@@ -10,11 +10,10 @@
 
 mod script;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::interp::{PyVersion, RemoteExecError, Requested};
-use crate::process::access::TargetAccess;
+use crate::interp::{AddressSpace, PyVersion, RemoteExecError, Requested};
+use crate::process::memory::ProcMem;
 use crate::process::{Pid, ProcessState};
 use script::{activation_script, Placed, ScriptError};
 
@@ -31,10 +30,13 @@ pub enum ActivateError {
     Remote(#[from] RemoteExecError),
     #[error("cannot place the activation script: {0}")]
     Script(#[from] ScriptError),
+    #[error("cannot open its memory (/proc/PID/mem needs what ptrace needs): {0}")]
+    Memory(std::io::Error),
 }
 
-/// A request the target has been sent: its script stays in place until the target has run it
-/// (the target reads it when it gets to it, and reports a missing one on its stderr).
+/// A request the target has been sent: what ember placed stays until the target has taken the
+/// request up (the target reads the script when it gets to it, and reports a missing one on its
+/// stderr).
 #[derive(Debug)]
 pub struct Activation {
     pub requested: Requested,
@@ -43,9 +45,9 @@ pub struct Activation {
     pub with_monitor: bool,
     pub asked_at: Instant,
     pid: Pid,
-    /// `None` once the program asked is gone.
-    access: Option<Arc<dyn TargetAccess>>,
-    script: Option<Placed>,
+    /// The address space the request was written into; `None` once the program asked is gone.
+    memory: Option<ProcMem>,
+    placed: Option<Placed>,
 }
 
 impl Activation {
@@ -53,64 +55,72 @@ impl Activation {
     /// the script): until then the script must stay, even if a perf map appeared meanwhile.
     pub fn taken_up(&self) -> bool {
         let flag = self.requested.pending_flag;
-        self.access.as_ref().is_some_and(|a| a.read_memory(flag, 4).is_some_and(|b| b.iter().all(|&x| x == 0)))
+        self.memory.as_ref().is_some_and(|m| m.read(flag, 4).is_some_and(|b| b.iter().all(|&x| x == 0)))
     }
 
     /// How long the target took to turn the trampoline on, now that its perf map appeared.
     pub fn done(mut self) -> Duration {
-        self.script.take();
+        self.placed.take();
         self.asked_at.elapsed()
     }
 
-    /// The program that was asked is gone (it exec'd): the script goes, and nothing is written
-    /// to the memory of what runs now.
+    /// The program that was asked is gone (it exec'd): what was placed goes, and nothing is
+    /// written to what runs now (its address space is another one anyway).
     pub fn abandon(mut self) {
-        self.access = None;
+        self.memory = None;
     }
 }
 
 impl Drop for Activation {
-    /// Withdraws a request the target has not taken up (its pending flag still set) before the
-    /// script goes, so the target never looks for a script that is gone.
+    /// Withdraws a request the target has not taken up before what was placed goes, so the
+    /// target never looks for a script that is gone. One it has taken up (the flag is clear:
+    /// it may be reading the script right now) keeps its files, which is said.
     fn drop(&mut self) {
-        let (Some(access), Some(_)) = (&self.access, &self.script) else { return };
-        let flag = self.requested.pending_flag;
-        let pending = access.read_memory(flag, 4).is_some_and(|b| b.iter().any(|&x| x != 0));
-        if pending && !access.write_memory(flag, &0i32.to_le_bytes()) {
-            // Could not withdraw it: leave the script, so the request still finds it.
-            if let Some(script) = self.script.take() {
+        let (Some(memory), Some(_)) = (&self.memory, &self.placed) else { return };
+        let pending = memory.read(self.requested.pending_flag, 4).is_some_and(|b| b.iter().any(|&x| x != 0));
+        if pending && !remote_exec_withdraw(&self.requested, memory) {
+            if let Some(placed) = self.placed.take() {
                 tracing::warn!(
                     "PID {}: its activation request could not be withdrawn; leaving {} in its /tmp",
                     self.pid,
                     self.script_path
                 );
-                std::mem::forget(script);
+                std::mem::forget(placed);
             }
         }
     }
 }
 
+fn remote_exec_withdraw(requested: &Requested, memory: &ProcMem) -> bool {
+    crate::interp::withdraw_remote_exec(requested, memory)
+}
+
 /// Asks the target to turn its perf trampoline on, and with `tasks` to start the asyncio task
-/// monitor first if it runs asyncio.
+/// monitor first if it runs asyncio. Everything that can be checked by reading is checked
+/// before anything is placed or written.
 pub fn activate(state: &mut ProcessState, tasks: bool) -> Result<Activation, ActivateError> {
     let pid = state.pid;
-    let access = state.access();
+    // Opened before the interpreter is read, so the request goes into the address space that
+    // was read, or nowhere.
+    let memory = ProcMem::open(pid).map_err(ActivateError::Memory)?;
     let interpreter = state.interpreter().map_err(ActivateError::NoInterpreter)?;
     let version = interpreter.version();
     if version.minor() < 14 {
         return Err(ActivateError::NoRemoteExec(version));
     }
+    // "/tmp/ember-activate-" + 16 hex digits + ".py"
+    let prepared = interpreter.prepare_remote_exec("/tmp/ember-activate-0000000000000000.py".len())?;
     let mut placed = Placed::in_tmp_of(pid)?;
     let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
     let script_path = placed.script("ember-activate", &activation_script(monitor_dir.as_deref()))?;
-    let requested = interpreter.remote_exec(&script_path)?;
+    let requested = crate::interp::send_remote_exec(&prepared, &memory, &script_path)?;
     Ok(Activation {
         requested,
         script_path,
         with_monitor: tasks,
         asked_at: Instant::now(),
         pid,
-        access: Some(access),
-        script: Some(placed),
+        memory: Some(memory),
+        placed: Some(placed),
     })
 }

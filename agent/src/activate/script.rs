@@ -51,79 +51,107 @@ pub enum ScriptError {
     Write { path: String, cause: std::io::Error },
 }
 
-/// Files and directories ember made in a target's `/tmp`, removed when dropped.
+/// Files and directories ember made in a target's `/tmp`, removed when dropped. Every one is
+/// made, opened and removed by a single name relative to the descriptor of the directory it is
+/// in (itself opened without following a link): a link put in place of one of ember's
+/// directories leads nowhere, as no path of more than one name is ever resolved.
 #[derive(Debug)]
 pub struct Placed {
-    tmp: OwnedFd,
+    /// `/tmp`, then each directory made, in order.
+    dirs: Vec<OwnedFd>,
     tmp_path: String,
-    /// Paths relative to `/tmp`, in the order made (removed in reverse), and whether each is a
-    /// directory.
-    made: Vec<(String, bool)>,
+    /// What was made, in order (removed in reverse): the index in `dirs` of the directory it
+    /// is in, its name, and for a directory its own index in `dirs`.
+    made: Vec<(usize, String, Option<usize>)>,
 }
+
+const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY.union(OFlag::O_NOFOLLOW).union(OFlag::O_RDONLY).union(OFlag::O_CLOEXEC);
 
 impl Placed {
     /// Opens process `pid`'s `/tmp` to place things in.
     pub fn in_tmp_of(pid: Pid) -> Result<Self, ScriptError> {
         let tmp_path = format!("/proc/{pid}/root/tmp");
-        let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-        let tmp = nix::fcntl::open(tmp_path.as_str(), flags, Mode::empty())
+        let tmp = nix::fcntl::open(tmp_path.as_str(), DIR_FLAGS, Mode::empty())
             .map_err(|cause| ScriptError::Directory { path: tmp_path.clone(), cause })?;
-        Ok(Placed { tmp, tmp_path, made: Vec::new() })
+        Ok(Placed { dirs: vec![tmp], tmp_path, made: Vec::new() })
     }
 
-    /// A new file `PREFIX-RANDOM.py` holding `text`; its path as the target sees it.
+    /// A new file `PREFIX-RANDOM.py` in `/tmp` holding `text`; its path as the target sees it.
     pub fn script(&mut self, prefix: &str, text: &str) -> Result<String, ScriptError> {
         let name = format!("{prefix}-{:016x}.py", rand::random::<u64>());
-        self.file(&name, text.as_bytes())?;
+        self.file(0, &name, text.as_bytes())?;
         Ok(format!("/tmp/{name}"))
     }
 
-    /// A new directory `ember-monitor-RANDOM` with the task monitor's package and native fast
-    /// path; its path as the target sees it.
+    /// A new directory `ember-monitor-RANDOM` in `/tmp` with the task monitor's package and
+    /// native fast path; its path as the target sees it.
     pub fn monitor(&mut self) -> Result<String, ScriptError> {
-        let dir = format!("ember-monitor-{:016x}", rand::random::<u64>());
-        self.dir(&dir)?;
-        for (name, source) in MONITOR_FILES {
-            if let Some((sub, _)) = name.rsplit_once('/') {
-                let sub = format!("{dir}/{sub}");
-                if !self.made.iter().any(|(made, _)| *made == sub) {
-                    self.dir(&sub)?;
+        let top_name = format!("ember-monitor-{:016x}", rand::random::<u64>());
+        let top = self.dir(0, &top_name)?;
+        let mut subdirs: Vec<(String, usize)> = Vec::new();
+        for (path, source) in MONITOR_FILES {
+            let (parent, name) = match path.rsplit_once('/') {
+                Some((sub, name)) => {
+                    let known = subdirs.iter().find(|(made, _)| made == sub).map(|(_, at)| *at);
+                    let at = match known {
+                        Some(at) => at,
+                        None => {
+                            // The package is one level deep; a deeper path would need a walk.
+                            let at = self.dir(top, sub)?;
+                            subdirs.push((sub.to_string(), at));
+                            at
+                        }
+                    };
+                    (at, name)
                 }
-            }
-            self.file(&format!("{dir}/{name}"), source.as_bytes())?;
+                None => (top, *path),
+            };
+            self.file(parent, name, source.as_bytes())?;
         }
-        self.file(&format!("{dir}/{ACCEL_FILE_NAME}"), ACCEL_LIBRARY)?;
-        Ok(format!("/tmp/{dir}"))
+        self.file(top, ACCEL_FILE_NAME, ACCEL_LIBRARY)?;
+        Ok(format!("/tmp/{top_name}"))
     }
 
-    fn dir(&mut self, path: &str) -> Result<(), ScriptError> {
-        mkdirat(&self.tmp, path, Mode::from_bits_truncate(0o755))
-            .map_err(|cause| ScriptError::Create { path: format!("{}/{path}", self.tmp_path), cause })?;
-        self.made.push((path.to_string(), true));
-        // mkdirat follows no link at the last component, and an earlier one is ours: made new.
-        let opened = openat(&self.tmp, path, OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY, Mode::empty());
-        let dir = opened.map_err(|cause| ScriptError::Create { path: path.into(), cause })?;
+    /// A new directory `name` in `self.dirs[parent]`; its index in `dirs`.
+    fn dir(&mut self, parent: usize, name: &str) -> Result<usize, ScriptError> {
+        let full = format!("{}/.../{name}", self.tmp_path);
+        if name.contains('/') {
+            return Err(ScriptError::Create { path: full, cause: nix::Error::EINVAL });
+        }
+        mkdirat(&self.dirs[parent], name, Mode::from_bits_truncate(0o700))
+            .map_err(|cause| ScriptError::Create { path: full.clone(), cause })?;
+        let index = self.dirs.len();
+        self.made.push((parent, name.to_string(), Some(index)));
+        let dir = openat(&self.dirs[parent], name, DIR_FLAGS, Mode::empty())
+            .map_err(|cause| ScriptError::Create { path: full.clone(), cause })?;
         // The target's user must read it whatever ember's umask.
-        fchmod(&dir, Mode::from_bits_truncate(0o755)).map_err(|cause| ScriptError::Create { path: path.into(), cause })
+        fchmod(&dir, Mode::from_bits_truncate(0o755)).map_err(|cause| ScriptError::Create { path: full, cause })?;
+        self.dirs.push(dir);
+        Ok(index)
     }
 
-    fn file(&mut self, path: &str, bytes: &[u8]) -> Result<(), ScriptError> {
-        let full = format!("{}/{path}", self.tmp_path);
+    /// A new file `name` in `self.dirs[parent]` holding `bytes`.
+    fn file(&mut self, parent: usize, name: &str, bytes: &[u8]) -> Result<(), ScriptError> {
+        let full = format!("{}/.../{name}", self.tmp_path);
+        if name.contains('/') {
+            return Err(ScriptError::Create { path: full, cause: nix::Error::EINVAL });
+        }
         let create = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(&self.tmp, path, create, Mode::from_bits_truncate(0o644))
+        let fd = openat(&self.dirs[parent], name, create, Mode::from_bits_truncate(0o600))
             .map_err(|cause| ScriptError::Create { path: full.clone(), cause })?;
-        self.made.push((path.to_string(), false));
-        fchmod(&fd, Mode::from_bits_truncate(0o644))
-            .map_err(|cause| ScriptError::Create { path: full.clone(), cause })?;
-        File::from(fd).write_all(bytes).map_err(|cause| ScriptError::Write { path: full, cause })
+        self.made.push((parent, name.to_string(), None));
+        let mut file = File::from(fd);
+        file.write_all(bytes).map_err(|cause| ScriptError::Write { path: full.clone(), cause })?;
+        // Readable by the target's user only once whole.
+        fchmod(&file, Mode::from_bits_truncate(0o644)).map_err(|cause| ScriptError::Create { path: full, cause })
     }
 }
 
 impl Drop for Placed {
     fn drop(&mut self) {
-        for (path, is_dir) in self.made.iter().rev() {
-            let how = if *is_dir { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
-            let _ = unlinkat(&self.tmp, path.as_str(), how);
+        for (parent, name, is_dir) in self.made.iter().rev() {
+            let how = if is_dir.is_some() { UnlinkatFlags::RemoveDir } else { UnlinkatFlags::NoRemoveDir };
+            let _ = unlinkat(&self.dirs[*parent], name.as_str(), how);
         }
     }
 }
@@ -151,6 +179,31 @@ mod tests {
         assert_ne!(PathBuf::from(other), script, "names are random");
         drop(placed);
         assert!(!script.exists() && !monitor.exists(), "removed when dropped");
+    }
+
+    /// The owner of the target's /tmp swaps ember's monitor directory for a link to a directory
+    /// with the same file names: removing what ember placed touches nothing through the link.
+    #[test]
+    fn a_directory_swapped_for_a_link_leads_nowhere() {
+        let me = Pid(std::process::id());
+        let decoy = tempfile::tempdir().expect("decoy dir");
+        std::fs::create_dir(decoy.path().join("ember_monitor")).expect("decoy package");
+        std::fs::write(decoy.path().join("ember_monitor/__init__.py"), "decoy").expect("decoy file");
+        std::fs::write(decoy.path().join(ACCEL_FILE_NAME), "decoy").expect("decoy file");
+        let mut placed = Placed::in_tmp_of(me).expect("the target's /tmp");
+        let monitor = PathBuf::from(placed.monitor().expect("the monitor"));
+        let moved = monitor.with_extension("moved");
+        std::fs::rename(&monitor, &moved).expect("moved away");
+        std::os::unix::fs::symlink(decoy.path(), &monitor).expect("a link in its place");
+        drop(placed);
+        assert_eq!(
+            std::fs::read_to_string(decoy.path().join("ember_monitor/__init__.py")).ok().as_deref(),
+            Some("decoy")
+        );
+        assert!(decoy.path().join(ACCEL_FILE_NAME).exists(), "nothing removed through the link");
+        assert!(!moved.join("ember_monitor/__init__.py").exists(), "ember's own files removed where they are");
+        let _ = std::fs::remove_file(&monitor);
+        let _ = std::fs::remove_dir_all(&moved);
     }
 
     #[test]

@@ -67,20 +67,26 @@ impl TargetAccess for FakeTarget {
         Some(out)
     }
 
-    /// Writes where reads succeed: a mapped page.
-    fn write_memory(&self, addr: u64, bytes: &[u8]) -> bool {
-        if self.read_memory(addr, bytes.len()).is_none() {
-            return false;
-        }
-        self.put(addr, bytes);
-        true
-    }
-
     fn open_mapped(&self, path: &str, _start: u64, _end: u64) -> Result<File, ElfError> {
         Err(ElfError::NotRegular { path: path.into() })
     }
 
     fn alive(&self) -> bool {
+        true
+    }
+}
+
+/// Writes where reads succeed (a mapped page), as a remote-execution request is written.
+impl super::remote_exec::AddressSpace for FakeTarget {
+    fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        self.read_memory(addr, len)
+    }
+
+    fn write(&self, addr: u64, bytes: &[u8]) -> bool {
+        if self.read_memory(addr, bytes.len()).is_none() {
+            return false;
+        }
+        self.put(addr, bytes);
         true
     }
 }

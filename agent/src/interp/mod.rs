@@ -24,7 +24,9 @@ pub use join::{CallersCheck, CutSample, Refusal, SampledCall};
 pub use layout::{LayoutError, PyVersion};
 pub use modules::{AsyncTask, Awaiting, TasksError};
 pub use objects::{CodeInfo, ObjectError};
-pub use remote_exec::{RemoteExecError, Requested};
+pub use remote_exec::{
+    send as send_remote_exec, withdraw as withdraw_remote_exec, AddressSpace, Prepared, RemoteExecError, Requested,
+};
 
 pub use walk::{PyFrame, PyThread, WalkEnd, MAX_FRAMES};
 
@@ -109,10 +111,10 @@ impl Interpreter {
         threads.map(|t| (t, at_once))
     }
 
-    /// Asks the target to run the script at `path` (as its file system names it), through
-    /// PEP 768's remote execution (3.14+).
-    pub fn remote_exec(&mut self, path: &str) -> Result<Requested, RemoteExecError> {
-        remote_exec::request(&mut self.reader, self.runtime, path)
+    /// Checks, reading only, that the target can be asked to run a script whose path is
+    /// `path_len` bytes long, through PEP 768's remote execution (3.14+).
+    pub fn prepare_remote_exec(&mut self, path_len: usize) -> Result<Prepared, RemoteExecError> {
+        remote_exec::prepare(&mut self.reader, self.runtime, path_len)
     }
 
     /// Every asyncio task, read at (nearly) one moment (see [`ObjectReader::at_once`]); the

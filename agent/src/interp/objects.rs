@@ -108,11 +108,6 @@ impl ObjectReader {
         }
     }
 
-    /// The target, for the one write ember makes (see `remote_exec`).
-    pub fn access(&self) -> &dyn TargetAccess {
-        self.access.as_ref()
-    }
-
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

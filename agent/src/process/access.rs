@@ -21,12 +21,6 @@ pub trait TargetAccess: Debug + Send + Sync {
     fn read_memory_at_once(&self, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
         ranges.iter().map(|&(addr, len)| self.read_memory(addr, len)).collect()
     }
-    /// Writes `bytes` into the target's memory at `addr`; whether all of them were written.
-    /// Only PEP 768's remote-execution request writes (`record --pid` turning the trampoline
-    /// on); a replay case cannot be written to.
-    fn write_memory(&self, _addr: u64, _bytes: &[u8]) -> bool {
-        false
-    }
     /// The file mapped at `start..end` under `path`.
     fn open_mapped(&self, path: &str, start: u64, end: u64) -> Result<File, ElfError>;
     /// Whether the target still runs (when not, perf-map lines are trusted by their size).
@@ -48,10 +42,6 @@ impl TargetAccess for LiveTarget {
 
     fn read_memory_at_once(&self, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
         memory::read_many(self.0, ranges)
-    }
-
-    fn write_memory(&self, addr: u64, bytes: &[u8]) -> bool {
-        memory::write(self.0, addr, bytes)
     }
 
     fn open_mapped(&self, path: &str, start: u64, end: u64) -> Result<File, ElfError> {

@@ -3,9 +3,9 @@
 
 use std::io::IoSliceMut;
 
-use std::io::IoSlice;
+use std::os::unix::fs::FileExt;
 
-use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
+use nix::sys::uio::{process_vm_readv, RemoteIoVec};
 
 use super::ids::Pid;
 
@@ -20,12 +20,28 @@ pub fn read(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
     (n == len).then_some(buf)
 }
 
-/// Writes `bytes` at `addr` of process `pid`; whether all were written.
-pub fn write(pid: Pid, addr: u64, bytes: &[u8]) -> bool {
-    let Ok(base) = usize::try_from(addr) else { return false };
-    let remote = [RemoteIoVec { base, len: bytes.len() }];
-    let pid = nix::unistd::Pid::from_raw(pid.0 as i32);
-    process_vm_writev(pid, &[IoSlice::new(bytes)], &remote).is_ok_and(|n| n == bytes.len())
+/// A process's address space through `/proc/PID/mem`, bound to the one it had when opened:
+/// after an exec, or once the PID names another process, reads and writes fail instead of
+/// reaching another program. What PEP 768's request is written through.
+#[derive(Debug)]
+pub struct ProcMem(std::fs::File);
+
+impl ProcMem {
+    pub fn open(pid: Pid) -> std::io::Result<Self> {
+        std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).map(ProcMem)
+    }
+}
+
+impl crate::interp::AddressSpace for ProcMem {
+    fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        self.0.read_exact_at(&mut buf, addr).ok()?;
+        Some(buf)
+    }
+
+    fn write(&self, addr: u64, bytes: &[u8]) -> bool {
+        self.0.write_all_at(bytes, addr).is_ok()
+    }
 }
 
 /// Most ranges in one `process_vm_readv` (the kernel's `UIO_MAXIOV`).
@@ -70,12 +86,14 @@ mod tests {
     }
 
     #[test]
-    fn writes_own_memory() {
+    fn reads_and_writes_own_address_space_through_proc_mem() {
+        use crate::interp::AddressSpace;
         let mut value = [0u8; 4];
-        let me = Pid(std::process::id());
-        assert!(write(me, value.as_mut_ptr() as u64, &[5, 6, 7, 8]));
+        let mem = ProcMem::open(Pid(std::process::id())).expect("/proc/self/mem");
+        assert!(mem.write(value.as_mut_ptr() as u64, &[5, 6, 7, 8]));
         assert_eq!(std::hint::black_box(value), [5, 6, 7, 8]);
-        assert!(!write(me, 8, &[1]), "unmapped page");
+        assert_eq!(mem.read(value.as_ptr() as u64, 2), Some(vec![5, 6]));
+        assert!(!mem.write(8, &[1]), "unmapped page");
     }
 
     #[test]

@@ -28,8 +28,9 @@ fn check_shares(folded: &Folded, err: &str) {
             && names.len() <= 4
     };
     let total = folded.count(working);
-    // 3 s of CPU at 100 Hz: 300, less the scheduler's and the reads' slack.
-    assert!(total >= 200, "only {total} samples in work_a/work_b\n{err}");
+    // 3 s of CPU at 400 Hz: 1,200, less the scheduler's and the reads' slack. (At 100 Hz, 300
+    // samples put a 75% share's 5-point bar at two standard deviations.)
+    assert!(total >= 600, "only {total} samples in work_a/work_b\n{err}");
     assert_eq!(folded.count(|s| working(s) && !whole(s)), 0, "every memory stack whole\n{err}");
     let a = folded.count(|s| has_frame(s, "work_a")) as f64 / total as f64;
     assert!((a - 0.75).abs() <= 0.05, "work_a has {:.1}% of the samples, spends 75%\n{err}", a * 100.0);
@@ -43,7 +44,7 @@ fn with_perf_events_refused_python_frames_are_sampled_from_memory() {
     let target = Target::spawn(python.arg(fixture("activate_work.py")).arg("3"));
     target.wait_for("ready", Duration::from_secs(30));
     let mut agent = Command::new(no_perf(dir.path()));
-    agent.arg(env!("CARGO_BIN_EXE_ember-agent")).args(["record", "--rate", "100", "--pid"]);
+    agent.arg(env!("CARGO_BIN_EXE_ember-agent")).args(["record", "--rate", "400", "--pid"]);
     let out = run(agent.arg(target.pid().to_string()));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -60,7 +61,7 @@ fn memory_only_reads_a_stripped_interpreter_and_asks_nothing_of_it() {
     let target = Target::spawn(debian_python("3.14", "activate_work.py").arg("3"));
     target.wait_for("ready", Duration::from_secs(30));
     let pid = target.pid().to_string();
-    let out = run(ember().args(["record", "--memory-only", "--rate", "100", "--pid", &pid]));
+    let out = run(ember().args(["record", "--memory-only", "--rate", "400", "--pid", &pid]));
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("asked its interpreter") && !err.contains("perf trampoline is off"), "{err}");
