@@ -27,8 +27,9 @@ pub enum RemoteExecError {
     #[error("reading the target's interpreter failed: {0}")]
     Read(#[from] ObjectError),
     #[error(
-        "cannot write into the target's memory at {addr:#x} (process_vm_writev needs what ptrace needs: \
-         root or CAP_SYS_PTRACE, or the target's user under kernel.yama.ptrace_scope 0 or 1)"
+        "cannot write the request into the target's memory at {addr:#x} through /proc/PID/mem (the \
+         program exec'd or exited since it was read, or ember lacks what ptrace needs: root or \
+         CAP_SYS_PTRACE, or the target's user under kernel.yama.ptrace_scope 0 or 1)"
     )]
     Write { addr: u64 },
 }
