@@ -132,7 +132,7 @@ pub fn read(pid: Pid, native: bool) -> Result<Dump, DumpError> {
     // 3.12/3.13 keep the names `threading` gives in Python only; 3.14+ also give the OS
     // their first 15 bytes, so threading's whole name is preferred where it can be read.
     let python_names = interpreter.thread_names();
-    let host_tids = host_tids(pid);
+    let host_tids = procfs::ns_tids(pid);
     if native {
         process.without_interpreter_reads();
     }
@@ -200,10 +200,4 @@ fn incomplete(end: &WalkEnd) -> Option<String> {
         WalkEnd::TooDeep => Some(format!("deeper than {} frames", crate::interp::MAX_FRAMES)),
         WalkEnd::Loop => Some("the frame chain loops back on itself (it changed while read, or is corrupt)".into()),
     }
-}
-
-/// Each thread's id in the target's PID namespace with its id in ours.
-fn host_tids(pid: Pid) -> Vec<(u32, Tid)> {
-    let tids = procfs::threads(pid).unwrap_or_default();
-    tids.into_iter().filter_map(|tid| Some((procfs::task_ns_tid(pid, tid)?, tid))).collect()
 }

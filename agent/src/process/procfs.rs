@@ -150,6 +150,18 @@ pub fn task_ns_tid(pid: Pid, tid: Tid) -> Option<u32> {
     parse_ns_pid(&status).map(|n| n.0)
 }
 
+/// Each thread of `pid` with its id in the process's own PID namespace.
+pub fn ns_tids(pid: Pid) -> Vec<(u32, Tid)> {
+    let tids = threads(pid).unwrap_or_default();
+    tids.into_iter().filter_map(|tid| Some((task_ns_tid(pid, tid)?, tid))).collect()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock perf samples are stamped with.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
+}
+
 pub fn exe(pid: Pid) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/exe")).ok()
 }

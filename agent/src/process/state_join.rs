@@ -83,7 +83,7 @@ impl ProcessState {
         let sp = sample.regs?.sp;
         let native_id = self.ns_tid(sample.tid);
         let Slot::Attached(interpreter) = &mut self.interpreter else { return None };
-        let latency_ns = monotonic_ns().saturating_sub(sample.time);
+        let latency_ns = procfs::monotonic_ns().saturating_sub(sample.time);
         Some(EarlyRead { snapshot: interpreter.snapshot(native_id, sp, sample.stack.len()), latency_ns })
     }
 
@@ -138,7 +138,7 @@ impl ProcessState {
         let (snapshot, latency_ns) = match early {
             Some(EarlyRead { snapshot: Ok(snapshot), latency_ns }) => (Ok(snapshot), latency_ns),
             _ => {
-                let latency_ns = monotonic_ns().saturating_sub(sample.time);
+                let latency_ns = procfs::monotonic_ns().saturating_sub(sample.time);
                 let len = cut.callers().map_or(0, <[u8]>::len);
                 (interpreter.snapshot(native_id, trampoline_sp, len), latency_ns)
             }
@@ -331,9 +331,4 @@ impl PythonNames {
         self.0.insert(key, (frame.code.clone(), id));
         id
     }
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
 }

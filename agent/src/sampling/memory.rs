@@ -69,14 +69,10 @@ impl Pipeline {
 /// The host thread id of a thread the interpreter knows by its id in the process's own PID
 /// namespace.
 fn host_tids(pid: Pid, ns_pid: u32) -> impl Fn(u64) -> Option<Tid> {
-    let map: Vec<(u64, Tid)> = if ns_pid == pid.0 {
-        Vec::new()
-    } else {
-        let tids = procfs::threads(pid).unwrap_or_default();
-        tids.into_iter().filter_map(|tid| Some((u64::from(procfs::task_ns_tid(pid, tid)?), tid))).collect()
-    };
+    // Read from /proc only for a process in a namespace of its own: this runs every round.
+    let map = if ns_pid == pid.0 { Vec::new() } else { procfs::ns_tids(pid) };
     move |native_id| match map.is_empty() {
         true => u32::try_from(native_id).ok().map(Tid),
-        false => map.iter().find(|(ns, _)| *ns == native_id).map(|(_, tid)| *tid),
+        false => map.iter().find(|(ns, _)| u64::from(*ns) == native_id).map(|(_, tid)| *tid),
     }
 }

@@ -94,12 +94,6 @@ pub struct Engine {
     rate_hz: u64,
 }
 
-/// CLOCK_MONOTONIC in nanoseconds, the clock perf samples are stamped with.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map_or(0, |t| (t.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec() as u64))
-}
-
 impl Engine {
     /// Opens the session and starts `targets` (none for `--all-python`, which attaches later
     /// through [`Engine::attach`]).
@@ -158,7 +152,7 @@ impl Engine {
             let wake = if memory { next_tick.min(next_sample) } else { next_tick };
             self.session.wait(wake.saturating_duration_since(Instant::now()));
             if memory && Instant::now() >= next_sample {
-                self.pipeline.sample_from_memory(monotonic_ns());
+                self.pipeline.sample_from_memory(procfs::monotonic_ns());
                 // Intervals drawn from 0.5-1.5 periods: a fixed one aliases with a program that
                 // repeats at a multiple of it. A round that ran late is not made up for.
                 let interval = period.mul_f64(rand::random_range(0.5..1.5));
