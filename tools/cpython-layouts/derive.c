@@ -88,6 +88,23 @@ int main(void) {
     P("debugger.please_stop_bit", _PY_EVAL_PLEASE_STOP_BIT);
 #endif
 #endif
+#if PY_VERSION_HEX < 0x030e0000
+    /* Not published: the main thread's pending calls (3.12/3.13 activation queues one). */
+#if PY_VERSION_HEX < 0x030d0000
+    P("pending.busy", offsetof(_PyRuntimeState, ceval.pending_mainthread.busy));
+    P("pending.lock", offsetof(_PyRuntimeState, ceval.pending_mainthread.lock));
+    P("pending.first", offsetof(_PyRuntimeState, ceval.pending_mainthread.first));
+    P("pending.last", offsetof(_PyRuntimeState, ceval.pending_mainthread.last));
+    P("interp.recursion_limit", offsetof(PyInterpreterState, ceval.recursion_limit));
+#else
+    P("pending.mutex", offsetof(_PyRuntimeState, ceval.pending_mainthread.mutex));
+    P("pending.npending", offsetof(_PyRuntimeState, ceval.pending_mainthread.npending));
+    P("pending.max", offsetof(_PyRuntimeState, ceval.pending_mainthread.max));
+    P("pending.maxloop", offsetof(_PyRuntimeState, ceval.pending_mainthread.maxloop));
+    P("pending.first", offsetof(_PyRuntimeState, ceval.pending_mainthread.first));
+    P("pending.next", offsetof(_PyRuntimeState, ceval.pending_mainthread.next));
+#endif
+#endif
     /* Not published, and the same in every default (GIL) build so far; checked here. */
     P("code.extra_before_adaptive", offsetof(PyCodeObject, co_code_adaptive) - offsetof(PyCodeObject, co_extra));
     P("owner.generator", FRAME_OWNED_BY_GENERATOR);

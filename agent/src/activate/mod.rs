@@ -6,26 +6,37 @@
 //! `/tmp` and asks the interpreter, through its own published offsets, to run it at its next
 //! safe point (`interp::remote_exec`). Nothing is stopped; the script is the target's own
 //! `sys.activate_stack_trampoline("perf")`, run by the target's interpreter. 3.12 and 3.13 have
-//! no such mechanism; they are left as they are, with advice.
+//! no such mechanism: the same script is queued as a pending call of the main thread, from a
+//! thread borrowed with ptrace for microseconds (`inject`, `hijack`).
 
+mod hijack;
+mod inject;
 mod script;
 
 use std::time::{Duration, Instant};
 
-use crate::interp::{AddressSpace, PyVersion, RemoteExecError, Requested};
+use crate::interp::{AddressSpace, ObjectError, RemoteExecError, Requested};
 use crate::process::memory::ProcMem;
 use crate::process::{Pid, ProcessState};
-use script::{activation_script, Placed, ScriptError};
+pub use hijack::settle;
+use inject::{InjectError, Plan, Queued};
+use script::{activation_script, pending_call_code, Placed, ScriptError};
+
+/// How long activation may hold up the pipeline while it looks for a safe moment (3.12/3.13).
+const INJECT_WAIT: Duration = Duration::from_secs(3);
+/// CPython's default recursion limit: a 3.12 target above it was raised by its program.
+const DEFAULT_RECURSION_LIMIT: i32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivateError {
     #[error("its interpreter cannot be read: {0}")]
     NoInterpreter(String),
-    #[error(
-        "Python {0} has no remote execution (it came with 3.14), and ember does not inject code into \
-         3.12 or 3.13"
-    )]
-    NoRemoteExec(PyVersion),
+    #[error("its pending-call queue cannot be read: {0}")]
+    Pending(ObjectError),
+    #[error("its interpreter ({0}) exports no Py_AddPendingCall or PyRun_SimpleString")]
+    NoFunctions(String),
+    #[error("queueing the activation as a pending call failed: {0}")]
+    Inject(#[from] InjectError),
     #[error("PEP 768 remote execution failed: {0}")]
     Remote(#[from] RemoteExecError),
     #[error("cannot place the activation script: {0}")]
@@ -39,23 +50,53 @@ pub enum ActivateError {
 /// stderr).
 #[derive(Debug)]
 pub struct Activation {
-    pub requested: Requested,
+    pub method: Method,
     pub script_path: String,
     /// Whether the script also starts the task monitor (if the program runs asyncio).
     pub with_monitor: bool,
     pub asked_at: Instant,
+    /// A 3.12 target's recursion limit, when its program raised it above the default.
+    pub raised_recursion_limit: Option<i32>,
     pid: Pid,
-    /// The address space the request was written into; `None` once the program asked is gone.
+    /// The address space a PEP 768 request was written into; `None` once the program asked is
+    /// gone, and for a pending call.
     memory: Option<ProcMem>,
     placed: Option<Placed>,
 }
 
+/// How the target was asked.
+#[derive(Debug)]
+pub enum Method {
+    /// PEP 768 remote execution (3.14+).
+    RemoteExec(Requested),
+    /// A pending call of the main thread, queued from a borrowed thread (3.12/3.13).
+    PendingCall(Queued),
+}
+
 impl Activation {
-    /// Whether the target has taken the request up (it clears the pending flag before it reads
-    /// the script): until then the script must stay, even if a perf map appeared meanwhile.
+    /// Whether the target has taken the request up: until then the script must stay, even if a
+    /// perf map appeared meanwhile. A PEP 768 request clears its pending flag before the script
+    /// is read; a pending call's script turns the trampoline on last, so its perf map says it.
     pub fn taken_up(&self) -> bool {
-        let flag = self.requested.pending_flag;
+        let Method::RemoteExec(requested) = &self.method else { return true };
+        let flag = requested.pending_flag;
         self.memory.as_ref().is_some_and(|m| m.read(flag, 4).is_some_and(|b| b.iter().all(|&x| x == 0)))
+    }
+
+    /// What was done to the target, for the one line that says so.
+    pub fn describe(&self) -> String {
+        match &self.method {
+            Method::RemoteExec(r) => {
+                let when = if r.held_gil { "now" } else { "when that thread next runs Python" };
+                format!("PEP 768 remote execution of {}, in thread {}, {when}", self.script_path, r.native_id)
+            }
+            Method::PendingCall(q) => format!(
+                "a pending call of its main thread running {}, queued from thread {} (stopped with ptrace for \
+                 microseconds, {} thread stop(s) to find the queue's lock free); it runs at the main thread's \
+                 next bytecode",
+                self.script_path, q.tid, q.attempts
+            ),
+        }
     }
 
     /// How long the target took to turn the trampoline on, now that its perf map appeared.
@@ -76,9 +117,11 @@ impl Drop for Activation {
     /// target never looks for a script that is gone. One it has taken up (the flag is clear:
     /// it may be reading the script right now) keeps its files, which is said.
     fn drop(&mut self) {
-        let (Some(memory), Some(_)) = (&self.memory, &self.placed) else { return };
-        let pending = memory.read(self.requested.pending_flag, 4).is_some_and(|b| b.iter().any(|&x| x != 0));
-        if pending && !remote_exec_withdraw(&self.requested, memory) {
+        let (Some(memory), Some(_), Method::RemoteExec(requested)) = (&self.memory, &self.placed, &self.method) else {
+            return;
+        };
+        let pending = memory.read(requested.pending_flag, 4).is_some_and(|b| b.iter().any(|&x| x != 0));
+        if pending && !remote_exec_withdraw(requested, memory) {
             if let Some(placed) = self.placed.take() {
                 tracing::warn!(
                     "PID {}: its activation request could not be withdrawn; leaving {} in its /tmp",
@@ -104,23 +147,57 @@ pub fn activate(state: &mut ProcessState, tasks: bool) -> Result<Activation, Act
     // was read, or nowhere.
     let memory = ProcMem::open(pid).map_err(ActivateError::Memory)?;
     let interpreter = state.interpreter().map_err(ActivateError::NoInterpreter)?;
-    let version = interpreter.version();
-    if version.minor() < 14 {
-        return Err(ActivateError::NoRemoteExec(version));
+    if interpreter.version().minor() < 14 {
+        return queue_pending_call(state, memory, tasks);
     }
     // "/tmp/ember-activate-" + 16 hex digits + ".py"
     let prepared = interpreter.prepare_remote_exec("/tmp/ember-activate-0000000000000000.py".len())?;
-    let mut placed = Placed::in_tmp_of(pid)?;
-    let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
-    let script_path = placed.script("ember-activate", &activation_script(monitor_dir.as_deref()))?;
+    let (placed, script_path) = place(pid, tasks)?;
     let requested = crate::interp::send_remote_exec(&prepared, &memory, &script_path)?;
     Ok(Activation {
-        requested,
+        method: Method::RemoteExec(requested),
         script_path,
         with_monitor: tasks,
         asked_at: Instant::now(),
+        raised_recursion_limit: None,
         pid,
         memory: Some(memory),
+        placed: Some(placed),
+    })
+}
+
+/// The activation script (and the task monitor's files, with `tasks`) in the target's `/tmp`.
+fn place(pid: Pid, tasks: bool) -> Result<(Placed, String), ScriptError> {
+    let mut placed = Placed::in_tmp_of(pid)?;
+    let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
+    let script_path = placed.script("ember-activate", &activation_script(monitor_dir.as_deref()))?;
+    Ok((placed, script_path))
+}
+
+/// 3.12/3.13: the script as a pending call of the main thread (`inject`).
+fn queue_pending_call(state: &mut ProcessState, memory: ProcMem, tasks: bool) -> Result<Activation, ActivateError> {
+    let pid = state.pid;
+    let interpreter = state.interpreter().map_err(ActivateError::NoInterpreter)?;
+    let lock = interpreter.pending_lock().map_err(ActivateError::Pending)?;
+    let recursion_limit = interpreter.recursion_limit().map_err(ActivateError::Pending)?;
+    let image = interpreter.image().to_string();
+    let [Some(add_pending_call), Some(run_simple_string)] =
+        crate::interp::functions(state, &image, ["Py_AddPendingCall", "PyRun_SimpleString"])
+    else {
+        return Err(ActivateError::NoFunctions(image));
+    };
+    let (placed, script_path) = place(pid, tasks)?;
+    let code = pending_call_code(&script_path);
+    let plan = Plan { pid, add_pending_call, run_simple_string, lock, code };
+    let queued = inject::queue(plan, memory, INJECT_WAIT)?;
+    Ok(Activation {
+        method: Method::PendingCall(queued),
+        script_path,
+        with_monitor: tasks,
+        asked_at: Instant::now(),
+        raised_recursion_limit: recursion_limit.filter(|&l| l > DEFAULT_RECURSION_LIMIT),
+        pid,
+        memory: None,
         placed: Some(placed),
     })
 }

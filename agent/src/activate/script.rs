@@ -41,6 +41,29 @@ pub fn activation_script(monitor_dir: Option<&str>) -> String {
     )
 }
 
+/// What 3.12/3.13 run as a pending call (`PyRun_SimpleString`, in `__main__`): the script at
+/// `script_path`, run in a namespace of its own so nothing of `__main__` changes. Nothing may
+/// escape it: a pending call that fails fails the bytecode the main thread was at. A
+/// KeyboardInterrupt that lands in it is handed back to the main thread; SystemExit goes on
+/// and exits, as it would have.
+pub fn pending_call_code(script_path: &str) -> String {
+    let body = format!(
+        "try:\n    \
+             with open({script_path:?}, 'rb') as f:\n        \
+                 code = compile(f.read(), {script_path:?}, 'exec')\n    \
+             exec(code, {{'__name__': '__ember_activate__'}})\n\
+         except KeyboardInterrupt:\n    \
+             import _thread\n    \
+             _thread.interrupt_main()\n\
+         except SystemExit:\n    \
+             raise\n\
+         except BaseException:\n    \
+             pass\n"
+    );
+    // Both are ASCII (ember's own names), so Rust's escapes are Python's.
+    format!("exec({body:?}, {{}})\n")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
     #[error("cannot open the target's /tmp ({path}) without following a link: {cause}")]
@@ -213,7 +236,7 @@ mod tests {
         assert!(script.find("activate_stack_trampoline").is_some_and(|t| t > monitor), "{script}");
         assert!(script.contains("if 'asyncio' in sys.modules:"), "{script}");
         assert!(!activation_script(None).contains("ember_monitor"));
-        for text in [script, activation_script(None)] {
+        for text in [script, activation_script(None), pending_call_code("/tmp/ember-activate-0.py")] {
             let check = "import sys; compile(sys.stdin.read(), 'activation', 'exec')";
             let mut python = std::process::Command::new(ember_testkit::python312())
                 .args(["-c", check])

@@ -56,6 +56,10 @@ fn the_3_12_table_matches_the_headers() {
     let CurrentFrame::ViaCFrame { cframe, current_frame } = l.current_frame else { panic!("3.12 has cframes") };
     assert_eq!((d["thread.cframe"], d["cframe.current_frame"]), (cframe, current_frame));
     assert_eq!(d["owner.generator"], 1);
+    for (name, after) in crate::interp::pending::shape(l.version) {
+        assert_eq!(d[name] - d["pending.busy"], after, "{name}");
+    }
+    assert_eq!(d["interp.recursion_limit"], crate::interp::pending::RECURSION_LIMIT_OFFSET_3_12);
 }
 
 /// What `derive.sh` says a minor's debug offsets hold, by name, for `p`.
@@ -99,6 +103,9 @@ fn the_3_13_positions_match_the_headers() {
         assert_eq!(d.get(name), Some(&(value as u64)), "{name}");
     }
     assert_eq!(d["code.extra_before_adaptive"], 8, "co_extra right before the instructions");
+    for (name, after) in crate::interp::pending::shape(PyVersion(0x030d_00f0)) {
+        assert_eq!(d[name] - d["pending.mutex"], after, "{name}");
+    }
 }
 
 /// The 3.14 and 3.15 positions, PEP 768's remote-execution fields among them, are where

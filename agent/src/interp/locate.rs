@@ -85,3 +85,12 @@ pub fn find(process: &ProcessState) -> Option<(Symbols, String)> {
     }
     None
 }
+
+/// The addresses of functions `names` in the image at `image_path` (the interpreter's, from
+/// [`find`]), as mapped in the process.
+pub fn functions<const N: usize>(process: &ProcessState, image_path: &str, names: [&str; N]) -> [Option<u64>; N] {
+    let Some((_, image, bias)) = process.mapped_images().find(|(_, image, _)| image.path == image_path) else {
+        return [None; N];
+    };
+    image.symbol_addresses(names).map(|a| a.map(|svma| svma.wrapping_add(bias)))
+}

@@ -14,6 +14,7 @@ mod linetable;
 mod locate;
 mod modules;
 mod objects;
+mod pending;
 mod remote_exec;
 mod walk;
 
@@ -22,8 +23,10 @@ mod fake;
 
 pub use join::{CallersCheck, CutSample, Refusal, SampledCall};
 pub use layout::{LayoutError, PyVersion};
+pub use locate::functions;
 pub use modules::{AsyncTask, Awaiting, TasksError};
 pub use objects::{CodeInfo, ObjectError};
+pub use pending::PendingLock;
 pub use remote_exec::{
     send as send_remote_exec, withdraw as withdraw_remote_exec, AddressSpace, Prepared, RemoteExecError, Requested,
 };
@@ -115,6 +118,16 @@ impl Interpreter {
     /// `path_len` bytes long, through PEP 768's remote execution (3.14+).
     pub fn prepare_remote_exec(&mut self, path_len: usize) -> Result<Prepared, RemoteExecError> {
         remote_exec::prepare(&mut self.reader, self.runtime, path_len)
+    }
+
+    /// The lock the main thread's pending calls are queued under (3.12/3.13), found and checked.
+    pub fn pending_lock(&self) -> Result<PendingLock, ObjectError> {
+        pending::lock(&self.reader, self.runtime)
+    }
+
+    /// `sys.getrecursionlimit()` of a 3.12 target; `None` on other versions.
+    pub fn recursion_limit(&self) -> Result<Option<i32>, ObjectError> {
+        pending::recursion_limit(&self.reader, self.runtime)
     }
 
     /// Every asyncio task, read at (nearly) one moment (see [`ObjectReader::at_once`]); the

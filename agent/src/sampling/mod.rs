@@ -209,6 +209,8 @@ impl Engine {
     /// Stops sampling and takes in what is left: the last events, perf-map lines and task
     /// records.
     pub fn finish(&mut self) {
+        // A thread borrowed to queue an activation must be handed back before ember can exit.
+        crate::activate::settle(std::time::Duration::from_secs(10));
         self.session.disable();
         self.process_batch();
         self.pipeline.finish();

@@ -142,15 +142,20 @@ impl Pipeline {
         let tasks = self.tasks.is_some();
         match crate::activate::activate(state, tasks) {
             Ok(activation) => {
-                let when = if activation.requested.held_gil { "now" } else { "when that thread next runs Python" };
                 let monitor =
                     if activation.with_monitor { " and, if it runs asyncio, to start the task monitor" } else { "" };
                 tracing::info!(
-                    "PID {pid}: asked its interpreter to turn the perf trampoline on{monitor} (PEP 768 remote \
-                     execution of {}, in thread {}, {when}); --no-activate leaves it alone",
-                    activation.script_path,
-                    activation.requested.native_id,
+                    "PID {pid}: asked its interpreter to turn the perf trampoline on{monitor} ({}); --no-activate \
+                     leaves it alone",
+                    activation.describe(),
                 );
+                if let Some(limit) = activation.raised_recursion_limit {
+                    tracing::warn!(
+                        "PID {pid}: its recursion limit is {limit}, raised above the default; with the perf \
+                         trampoline on, Python 3.12 also counts Python calls against its C recursion limit (about \
+                         745 frames), so recursion deeper than that now raises RecursionError"
+                    );
+                }
                 self.stats.activations_asked += 1;
                 state.activation = Some(activation);
                 state.names_untrampolined = true;

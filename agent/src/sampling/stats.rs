@@ -165,8 +165,9 @@ impl Stats {
                 .map_or(String::new(), |d| format!(", the slowest {:.0} ms after it was asked", d.as_secs_f64() * 1e3));
             let _ = writeln!(
                 s,
-                "ember: activation: asked {} attached process{} to turn the perf trampoline on (PEP 768 remote \
-                 execution); {} did{slowest}",
+                "ember: activation: asked {} attached process{} to turn the perf trampoline on (3.14+: PEP 768 \
+                 remote execution; 3.12/3.13: a pending call queued from a thread borrowed with ptrace); {} \
+                 did{slowest}",
                 self.activations_asked,
                 if self.activations_asked == 1 { "" } else { "es" },
                 self.activations_done,
