@@ -78,6 +78,8 @@ pub struct Queued {
     pub tid: u32,
     /// Threads stopped until one could be used.
     pub attempts: u32,
+    /// How long the borrowed thread was stopped (everything else ran on).
+    pub stopped_for: Duration,
 }
 
 /// Queues the plan's code as a pending call, on a thread of ember's own (it is the tracer, and
@@ -102,20 +104,30 @@ fn run(plan: &Plan, memory: &ProcMem) -> Result<Queued, InjectError> {
     let start = Instant::now();
     let mut attempts = 0;
     let mut why = String::from("no thread was found");
-    let mut syscall_in_libc = None;
+    // Found before any thread stops: a stopped thread waits for nothing but the work on it.
+    let syscall_in_libc = find_syscall(plan.pid, memory);
     while start.elapsed() < SAFE_MOMENT_WINDOW {
         for tid in usable_threads(plan.pid) {
             attempts += 1;
             let mut borrowed = match Borrowed::seize(pid, tid as i32, STOP_WAIT) {
                 Ok(borrowed) => borrowed,
-                Err((HijackError::Gone(_), _)) => continue,
                 Err((cause, late)) => {
                     if let Some(late) = late {
                         late.release();
                     }
-                    return Err(cause.into());
+                    match cause {
+                        HijackError::Gone(_)
+                        | HijackError::NotOurs(_)
+                        | HijackError::Unsuitable(..)
+                        | HijackError::NoStop { .. } => {
+                            why = cause.to_string();
+                            continue;
+                        }
+                        _ => return Err(cause.into()),
+                    }
                 }
             };
+            let stopped_at = Instant::now();
             match plan.lock.is_free(memory) {
                 Some(true) => {}
                 Some(false) => {
@@ -126,10 +138,7 @@ fn run(plan: &Plan, memory: &ProcMem) -> Result<Queued, InjectError> {
             }
             let at = match interrupted_syscall(&borrowed, memory) {
                 Some(at) => at,
-                None => *syscall_in_libc
-                    .get_or_insert_with(|| find_syscall(plan.pid, memory))
-                    .as_ref()
-                    .ok_or(InjectError::NoSyscallInstruction)?,
+                None => syscall_in_libc.ok_or(InjectError::NoSyscallInstruction)?,
             };
             let page = mmap_page(&mut borrowed, at)?;
             let mut code = plan.code.clone().into_bytes();
@@ -137,12 +146,18 @@ fn run(plan: &Plan, memory: &ProcMem) -> Result<Queued, InjectError> {
             if !memory.write(page, &code) {
                 return Err(InjectError::Write(page));
             }
+            // Once more right before the call (the page is left to the target either way).
+            if plan.lock.is_free(memory) != Some(true) {
+                why = "the pending-call lock was held each time".into();
+                continue;
+            }
             let status = borrowed.call(plan.add_pending_call, [plan.run_simple_string, page, 0], memory)? as u32 as i32;
             drop(borrowed);
+            let stopped_for = stopped_at.elapsed();
             if status != 0 {
                 return Err(InjectError::QueueFull(status));
             }
-            return Ok(Queued { tid, attempts });
+            return Ok(Queued { tid, attempts, stopped_for });
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -195,24 +210,45 @@ fn find_syscall(pid: Pid, memory: &ProcMem) -> Option<u64> {
     None
 }
 
-/// The process's threads, main thread first, without those a fault cannot stop: a call's end
-/// is its return to address 0, and a thread blocking SIGSEGV (or a process ignoring it) would
-/// have the kernel reset that on the fault.
+/// The process's threads in the order they are best borrowed: those running in user space (a
+/// stop there interrupts no system call), then those in a system call the kernel restarts by
+/// itself after a stop, then the rest (whose call may return EINTR, which Python's own calls
+/// retry); the main thread first within each.
 fn usable_threads(pid: Pid) -> Vec<u32> {
-    let ignored = segv_bit(&format!("/proc/{pid}/status"), "SigIgn:");
-    if ignored != Some(false) {
-        return Vec::new();
-    }
-    let mut tids: Vec<u32> = procfs::threads(pid).unwrap_or_default().into_iter().map(|t| t.0).collect();
-    tids.sort_by_key(|&t| t != pid.0);
-    tids.retain(|t| segv_bit(&format!("/proc/{pid}/task/{t}/status"), "SigBlk:") == Some(false));
-    tids
+    let mut tids: Vec<(u8, bool, u32)> = procfs::threads(pid)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| (borrow_rank(pid, t.0), t.0 != pid.0, t.0))
+        .collect();
+    tids.sort();
+    tids.into_iter().map(|(_, _, tid)| tid).collect()
 }
 
-/// Whether SIGSEGV is in the signal mask on line `field` of a status file.
-fn segv_bit(path: &str, field: &str) -> Option<bool> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let hex = text.lines().find_map(|l| l.strip_prefix(field))?.trim();
-    let mask = u64::from_str_radix(hex, 16).ok()?;
-    Some(mask & (1 << (libc::SIGSEGV - 1)) != 0)
+/// System calls the kernel restarts after a ptrace stop without the caller seeing EINTR.
+const RESTARTED: [i64; 9] = [
+    libc::SYS_futex,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_select,
+    libc::SYS_pselect6,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_read,
+    libc::SYS_wait4,
+];
+
+fn borrow_rank(pid: Pid, tid: u32) -> u8 {
+    let task = format!("/proc/{pid}/task/{tid}");
+    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).unwrap_or("?");
+    if state == "R" {
+        return 0;
+    }
+    let syscall = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+    let number = syscall.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
+    if number.is_some_and(|n| RESTARTED.contains(&n)) {
+        1
+    } else {
+        2
+    }
 }

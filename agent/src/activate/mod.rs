@@ -51,6 +51,7 @@ pub enum ActivateError {
 #[derive(Debug)]
 pub struct Activation {
     pub method: Method,
+    /// The script placed (PEP 768), or the monitor's directory (pending call; empty without).
     pub script_path: String,
     /// Whether the script also starts the task monitor (if the program runs asyncio).
     pub with_monitor: bool,
@@ -91,10 +92,12 @@ impl Activation {
                 format!("PEP 768 remote execution of {}, in thread {}, {when}", self.script_path, r.native_id)
             }
             Method::PendingCall(q) => format!(
-                "a pending call of its main thread running {}, queued from thread {} (stopped with ptrace for \
-                 microseconds, {} thread stop(s) to find the queue's lock free); it runs at the main thread's \
-                 next bytecode",
-                self.script_path, q.tid, q.attempts
+                "a pending call of its main thread, the script in a page it mapped, queued from thread {}, which \
+                 ptrace stopped for {:.0} µs ({} stop(s) to find the queue's lock free); it runs at the main \
+                 thread's next bytecode",
+                q.tid,
+                q.stopped_for.as_secs_f64() * 1e6,
+                q.attempts
             ),
         }
     }
@@ -109,6 +112,8 @@ impl Activation {
     /// written to what runs now (its address space is another one anyway).
     pub fn abandon(mut self) {
         self.memory = None;
+        // A queued call went with the address space it was queued in.
+        self.placed.take();
     }
 }
 
@@ -117,6 +122,20 @@ impl Drop for Activation {
     /// target never looks for a script that is gone. One it has taken up (the flag is clear:
     /// it may be reading the script right now) keeps its files, which is said.
     fn drop(&mut self) {
+        if let (Method::PendingCall(_), Some(placed)) = (&self.method, self.placed.take()) {
+            // A queued call cannot be withdrawn, and may run after ember is gone: its monitor
+            // directory stays for it (ember's own, which the script checks before using it).
+            if !self.script_path.is_empty() {
+                tracing::warn!(
+                    "PID {}: its main thread has not run ember's pending call yet; leaving {} in its /tmp for \
+                     when it does",
+                    self.pid,
+                    self.script_path
+                );
+                std::mem::forget(placed);
+            }
+            return;
+        }
         let (Some(memory), Some(_), Method::RemoteExec(requested)) = (&self.memory, &self.placed, &self.method) else {
             return;
         };
@@ -170,7 +189,8 @@ pub fn activate(state: &mut ProcessState, tasks: bool) -> Result<Activation, Act
 fn place(pid: Pid, tasks: bool) -> Result<(Placed, String), ScriptError> {
     let mut placed = Placed::in_tmp_of(pid)?;
     let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
-    let script_path = placed.script("ember-activate", &activation_script(monitor_dir.as_deref()))?;
+    let script = activation_script(monitor_dir.as_deref(), owner_uid());
+    let script_path = placed.script("ember-activate", &script)?;
     Ok((placed, script_path))
 }
 
@@ -186,13 +206,24 @@ fn queue_pending_call(state: &mut ProcessState, memory: ProcMem, tasks: bool) ->
     else {
         return Err(ActivateError::NoFunctions(image));
     };
-    let (placed, script_path) = place(pid, tasks)?;
-    let code = pending_call_code(&script_path);
-    let plan = Plan { pid, add_pending_call, run_simple_string, lock, code };
-    let queued = inject::queue(plan, memory, INJECT_WAIT)?;
+    // The script travels in the call's own page; only the monitor's files are placed.
+    let mut placed = Placed::in_tmp_of(pid)?;
+    let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
+    let script = activation_script(monitor_dir.as_deref(), owner_uid());
+    let plan = Plan { pid, add_pending_call, run_simple_string, lock, code: pending_call_code(&script) };
+    let queued = match inject::queue(plan, memory, INJECT_WAIT) {
+        Ok(queued) => queued,
+        Err(e) => {
+            // The injection thread may still queue the call: it must find the monitor's files.
+            if monitor_dir.is_some() {
+                std::mem::forget(placed);
+            }
+            return Err(e.into());
+        }
+    };
     Ok(Activation {
         method: Method::PendingCall(queued),
-        script_path,
+        script_path: monitor_dir.unwrap_or_default(),
         with_monitor: tasks,
         asked_at: Instant::now(),
         raised_recursion_limit: recursion_limit.filter(|&l| l > DEFAULT_RECURSION_LIMIT),
@@ -200,4 +231,10 @@ fn queue_pending_call(state: &mut ProcessState, memory: ProcMem, tasks: bool) ->
         memory: None,
         placed: Some(placed),
     })
+}
+
+/// ember's effective uid: the owner of everything it places.
+fn owner_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }

@@ -22,46 +22,50 @@ const ACTIVATE_TRAMPOLINE: &str = "import sys\n\
 
 /// The activation script: the task monitor first, from `monitor_dir` (as the target sees it),
 /// if the program runs asyncio (then the perf map, which tells ember the script has run, comes
-/// only after the monitor's files were read); the trampoline last. A monitor that fails to
-/// start leaves the program as it was and says nothing in it: ember notices no ring appears.
-pub fn activation_script(monitor_dir: Option<&str>) -> String {
+/// only after the monitor's files were read); the trampoline last. The directory is used only
+/// if it is still ember's (`owner`, ember's uid, not a link): a directory of that name made by
+/// someone else once ember's was gone is never imported from. A monitor that fails to start
+/// leaves the program as it was and says nothing in it: ember notices no ring appears.
+pub fn activation_script(monitor_dir: Option<&str>, owner: u32) -> String {
     let Some(dir) = monitor_dir else { return ACTIVATE_TRAMPOLINE.into() };
     format!(
         "import sys\n\
          if 'asyncio' in sys.modules:\n    \
-             sys.path.insert(0, {dir:?})\n    \
+             import os, stat\n    \
              try:\n        \
-                 import ember_monitor\n        \
-                 ember_monitor.start()\n    \
+                 found = os.stat({dir:?}, follow_symlinks=False)\n        \
+                 if stat.S_ISDIR(found.st_mode) and found.st_uid == {owner}:\n            \
+                     sys.path.insert(0, {dir:?})\n            \
+                     try:\n                \
+                         import ember_monitor\n                \
+                         ember_monitor.start()\n            \
+                     finally:\n                \
+                         sys.path.remove({dir:?})\n    \
              except Exception:\n        \
-                 pass\n    \
-             finally:\n        \
-                 sys.path.remove({dir:?})\n\
+                 pass\n\
          {ACTIVATE_TRAMPOLINE}"
     )
 }
 
-/// What 3.12/3.13 run as a pending call (`PyRun_SimpleString`, in `__main__`): the script at
-/// `script_path`, run in a namespace of its own so nothing of `__main__` changes. Nothing may
-/// escape it: a pending call that fails fails the bytecode the main thread was at. A
-/// KeyboardInterrupt that lands in it is handed back to the main thread; SystemExit goes on
-/// and exits, as it would have.
-pub fn pending_call_code(script_path: &str) -> String {
-    let body = format!(
+/// What 3.12/3.13 run as a pending call (`PyRun_SimpleString`, in `__main__`): `script` itself,
+/// carried in the call's own page, so no file of ember's is read by path. It runs in a namespace
+/// of its own, reached only through `__builtins__`, so nothing of `__main__` is read or changed.
+/// Nothing may escape it: a pending call that fails fails the bytecode the main thread was at.
+/// A KeyboardInterrupt that lands in it is handed back to the main thread; SystemExit goes on
+/// and exits, as it would have. (An exception a signal handler raises in the few milliseconds
+/// it runs is dropped; the handler itself ran.)
+pub fn pending_call_code(script: &str) -> String {
+    // The script is ASCII (ember's own text and names), so Rust's escapes are Python's.
+    format!(
         "try:\n    \
-             with open({script_path:?}, 'rb') as f:\n        \
-                 code = compile(f.read(), {script_path:?}, 'exec')\n    \
-             exec(code, {{'__name__': '__ember_activate__'}})\n\
+             __builtins__.exec({script:?}, {{'__name__': '__ember_activate__'}})\n\
          except KeyboardInterrupt:\n    \
-             import _thread\n    \
-             _thread.interrupt_main()\n\
+             __builtins__.__import__('_thread').interrupt_main()\n\
          except SystemExit:\n    \
              raise\n\
          except BaseException:\n    \
              pass\n"
-    );
-    // Both are ASCII (ember's own names), so Rust's escapes are Python's.
-    format!("exec({body:?}, {{}})\n")
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,12 +235,14 @@ mod tests {
 
     #[test]
     fn the_script_starts_the_monitor_only_in_programs_that_run_asyncio_then_the_trampoline() {
-        let script = activation_script(Some("/tmp/ember-monitor-1"));
+        let script = activation_script(Some("/tmp/ember-monitor-1"), 0);
         let monitor = script.find("ember_monitor.start()").expect("starts the monitor");
         assert!(script.find("activate_stack_trampoline").is_some_and(|t| t > monitor), "{script}");
         assert!(script.contains("if 'asyncio' in sys.modules:"), "{script}");
-        assert!(!activation_script(None).contains("ember_monitor"));
-        for text in [script, activation_script(None), pending_call_code("/tmp/ember-activate-0.py")] {
+        assert!(!activation_script(None, 0).contains("ember_monitor"));
+        let pending = pending_call_code(&script);
+        assert!(pending.is_ascii() && pending.len() < 4096, "{pending}");
+        for text in [script, activation_script(None, 0), pending] {
             let check = "import sys; compile(sys.stdin.read(), 'activation', 'exec')";
             let mut python = std::process::Command::new(ember_testkit::python312())
                 .args(["-c", check])
@@ -246,5 +252,32 @@ mod tests {
             python.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("written");
             assert!(python.wait().expect("exits").success(), "not Python: {text}");
         }
+    }
+
+    /// The pending call's code run as `PyRun_SimpleString` runs it, in `__main__`'s namespace,
+    /// where the program shadows `exec`: the trampoline comes on, `__main__` keeps exactly its
+    /// names, and nothing is printed.
+    #[test]
+    fn the_pending_call_leaves_main_as_it_was_and_turns_the_trampoline_on() {
+        let code = pending_call_code(&activation_script(None, 0));
+        let check = "import sys, __main__\n\
+                     code = sys.stdin.read()\n\
+                     exec = 'the program has its own exec'\n\
+                     before = None\n\
+                     before = sorted(vars(__main__))\n\
+                     __builtins__.exec(code, vars(__main__))\n\
+                     assert sorted(vars(__main__)) == before, sorted(vars(__main__))\n\
+                     assert sys.is_stack_trampoline_active()\n";
+        let mut python = std::process::Command::new(ember_testkit::python312())
+            .args(["-c", check])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3.12 runs");
+        python.stdin.take().expect("stdin").write_all(code.as_bytes()).expect("written");
+        let out = python.wait_with_output().expect("exits");
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && printed.is_empty(), "{printed}");
     }
 }

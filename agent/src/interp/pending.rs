@@ -46,7 +46,7 @@ const AT_3_13: u64 = 2648;
 pub enum PendingLock {
     /// 3.12: a semaphore whose 32-bit count is 1 when free, 0 when held.
     Semaphore(u64),
-    /// 3.13: a `PyMutex`, bit 0 set while held.
+    /// 3.13: a `PyMutex`, bit 0 set while held, bit 1 while a thread waits for it.
     Mutex(u64),
 }
 
@@ -63,9 +63,11 @@ impl PendingLock {
                     _ => None,
                 }
             }
+            // Free only with nobody waiting either: a waiter would send the call down the slow
+            // path, which parks (and may let the GIL go) in the borrowed thread.
             PendingLock::Mutex(at) => {
                 let byte = *memory.read(at, 1)?.first()?;
-                (byte <= 3).then_some(byte & 1 == 0)
+                (byte <= 3).then_some(byte == 0)
             }
         }
     }

@@ -199,13 +199,21 @@ fn a_target_with_remote_execution_off_is_told_apart() {
     assert_no_script_left();
 }
 
-/// An asyncio service started the ordinary way and attached: the same request starts the task
-/// monitor, so the trace has its request tasks' run slices and their samples.
+/// An asyncio service started the ordinary way and attached, on Debian's 3.14 (PEP 768) and
+/// pyenv's 3.12 (a pending call): the same script starts the task monitor, so the trace has
+/// its request tasks' run slices and their samples.
 #[test]
 fn an_attached_asyncio_service_gets_its_request_tasks_traced() {
+    check_attached_service(debian_python("3.14", "asyncio_service.py"), &debian_root().join("tmp"));
+    let mut pyenv = Command::new(python312());
+    pyenv.arg(fixture("asyncio_service.py"));
+    check_attached_service(pyenv, std::path::Path::new("/tmp"));
+}
+
+fn check_attached_service(python: Command, tmp: &std::path::Path) {
     let _serial = serial();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
-    let target = spawn_ready(debian_python("3.14", "asyncio_service.py"), "600", target_err.as_file());
+    let target = spawn_ready(python, "600", target_err.as_file());
     let dir = tempfile::tempdir().expect("temp dir");
     let trace = dir.path().join("service.trace.json");
     let pid = target.pid().to_string();
@@ -229,7 +237,7 @@ fn an_attached_asyncio_service_gets_its_request_tasks_traced() {
         serving.len()
     );
     assert_output_unchanged(&target, &target_err);
-    assert_no_script_left();
+    assert_no_script_left_in(tmp);
 }
 
 fn trace_events(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -291,4 +299,21 @@ fn pre_forked_workers_are_each_activated() {
     assert!(folded.count(|s| working(s) && whole(s)) as f64 >= 0.99 * total as f64, "{err}");
     assert_output_unchanged(&target, &target_err);
     assert_no_script_left();
+}
+
+/// A 3.12 program that raised its recursion limit is told, when activated, that its Python
+/// calls now also count against the C recursion limit.
+#[test]
+fn a_raised_recursion_limit_on_3_12_is_warned_about() {
+    let _serial = serial();
+    let target_err = tempfile::NamedTempFile::new().expect("temp file");
+    let mut python = Command::new(python312());
+    let program =
+        format!("import sys; sys.setrecursionlimit(5000); exec(open({:?}).read())", fixture("activate_work.py"));
+    python.args(["-c", &program]);
+    let target = spawn_ready(python, "2", target_err.as_file());
+    let (_, err) = record_pid(&target, &[]);
+    assert!(err.contains("perf trampoline on,"), "{err}");
+    assert!(err.contains("its recursion limit is 5000, raised above the default"), "{err}");
+    assert_output_unchanged(&target, &target_err);
 }
