@@ -180,6 +180,11 @@ pub struct StreamArgs {
     /// An extra label, `key=value` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Label each process with its pod, namespace and container, from its cgroup and the
+    /// Kubernetes API (the pod's ServiceAccount may list pods; NODE_NAME from the downward API):
+    /// for a node-wide agent (deploy/kubernetes/daemonset).
+    #[arg(long)]
+    pub kubernetes: bool,
     /// How often samples are sent.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub flush_interval: Duration,
@@ -260,6 +265,7 @@ impl StreamArgs {
             tasks: self.tasks.mode(),
             service: self.service,
             labels: self.labels.into_iter().collect(),
+            kubernetes: self.kubernetes,
         })
     }
 }

@@ -18,9 +18,14 @@ pub struct CommonLabels {
 
 impl CommonLabels {
     /// Host name from the kernel; pod and namespace from the Kubernetes downward API
-    /// (`POD_NAME`, `POD_NAMESPACE`) when the agent runs as a sidecar.
-    pub fn from_environment(service: Option<String>, custom: BTreeMap<String, String>) -> Self {
+    /// (`POD_NAME`, `POD_NAMESPACE`) when the agent runs as a sidecar, and the node's name
+    /// (`NODE_NAME`) as label `node` unless `--label node=` says otherwise.
+    pub fn from_environment(service: Option<String>, mut custom: BTreeMap<String, String>) -> Self {
         let env = |k: &str| std::env::var(k).unwrap_or_default();
+        let node = env("NODE_NAME");
+        if !node.is_empty() {
+            custom.entry("node".into()).or_insert(node);
+        }
         CommonLabels {
             host: procfs::hostname(),
             service: service.unwrap_or_default(),
@@ -42,6 +47,24 @@ pub fn container_id(cgroup: &str) -> Option<String> {
                 .find(|part| part.len() == 64 && part.bytes().all(|b| b.is_ascii_hexdigit()))
         })
         .map(str::to_string)
+}
+
+/// Puts what Kubernetes says about a process into its descriptor; false while its pod is not
+/// known yet.
+pub fn apply_kubernetes(process: &mut v1::Process, lookup: super::kubernetes::Lookup) -> bool {
+    use super::kubernetes::Lookup;
+    match lookup {
+        Lookup::NotInPod => true,
+        Lookup::Unknown => false,
+        Lookup::Known { pod, namespace, container } => {
+            process.pod = pod;
+            process.namespace = namespace;
+            if let Some(name) = container {
+                process.labels.insert("container_name".into(), name);
+            }
+            true
+        }
+    }
 }
 
 /// Reads what `/proc` says about a process (while it exists).

@@ -9,6 +9,7 @@ pub(crate) mod client;
 mod clock;
 pub(crate) mod describe;
 pub(crate) mod discovery;
+mod kubernetes;
 pub mod metrics;
 pub(crate) mod sampler;
 pub(crate) mod sender;
@@ -35,6 +36,8 @@ pub struct StreamConfig {
     pub tasks: crate::tasks::TaskMode,
     pub service: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Label processes with their pod and container from the Kubernetes API (`--kubernetes`).
+    pub kubernetes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,8 @@ pub enum StreamError {
     Signals(std::io::Error),
     #[error("the sampling thread stopped unexpectedly")]
     SamplerDied,
+    #[error("--kubernetes: {0}")]
+    Kubernetes(#[from] kubernetes::ApiError),
 }
 
 fn agent_id() -> String {
@@ -81,6 +86,12 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         }
         runtime.spawn(metrics::serve(listener, metrics.clone()));
     }
+    let pods = if config.kubernetes {
+        let api = kubernetes::ApiConfig::from_environment()?;
+        Some(kubernetes::PodDirectory::start(api).map_err(StreamError::Runtime)?)
+    } else {
+        None
+    };
     let signals = Signals::install()?;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -91,6 +102,7 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         tasks: config.tasks,
         labels: describe::CommonLabels::from_environment(config.service.clone(), config.labels.clone()),
         signals,
+        pods,
     };
     let sampler_metrics = metrics.clone();
     let sampler = std::thread::Builder::new()

@@ -1,7 +1,7 @@
 //! The sampling thread of `stream`: the same perf → unwind → aggregate loop as `record`, cut
 //! into windows every flush interval, each turned into a batch for the sender.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::batch::{BatchBuilder, FrameCache, TaskDeltas};
 use super::clock::UnixOffset;
-use super::describe::{describe, CommonLabels};
+use super::describe::{apply_kubernetes, describe, CommonLabels};
 use super::discovery::Discovery;
 use super::metrics::AgentMetrics;
 use crate::perf::SamplingConfig;
@@ -36,6 +36,8 @@ pub struct SamplerConfig {
     pub tasks: crate::tasks::TaskMode,
     pub labels: CommonLabels,
     pub signals: Signals,
+    /// `--kubernetes`: the node's pods.
+    pub pods: Option<super::kubernetes::PodDirectory>,
 }
 
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(2);
@@ -46,6 +48,11 @@ struct Flusher {
     symbolizer: NativeSymbolizer,
     descriptors: BTreeMap<Pid, v1::Process>,
     labels: CommonLabels,
+    pods: Option<super::kubernetes::PodDirectory>,
+    /// Processes in a pod the directory did not know when they were described, and the
+    /// directory's generation they were last looked up in.
+    unresolved: BTreeSet<Pid>,
+    pods_seen: u64,
     rate_hz: u32,
     unix_offset: UnixOffset,
 }
@@ -66,6 +73,7 @@ impl Flusher {
         for key in new_keys {
             self.cache.insert(key, resolved.frames(&key).into());
         }
+        self.resolve_pods();
         let mut processes = BTreeMap::new();
         for pid in window.samples.iter().map(|s| s.owner.pid).chain(tasks.keys().copied()) {
             if processes.contains_key(&pid) {
@@ -74,7 +82,13 @@ impl Flusher {
             let descriptor = self.descriptors.entry(pid).or_insert_with(|| {
                 let ns_pid = pipeline.process(pid).map_or(pid.0, |s| s.ns_pid.0);
                 let comm = pipeline.profile.process_names.get(&pid).map_or("", String::as_str);
-                describe(pid, ns_pid, comm, &self.labels)
+                let mut descriptor = describe(pid, ns_pid, comm, &self.labels);
+                if let Some(pods) = &self.pods {
+                    if !apply_kubernetes(&mut descriptor, pods.lookup(pid)) {
+                        self.unresolved.insert(pid);
+                    }
+                }
+                descriptor
             });
             processes.insert(pid, descriptor.clone());
         }
@@ -92,6 +106,20 @@ impl Flusher {
 }
 
 impl Flusher {
+    /// Looks the processes whose pod was unknown up again, once a new pod list came.
+    fn resolve_pods(&mut self) {
+        let Some(pods) = &self.pods else { return };
+        let generation = pods.generation();
+        if generation == self.pods_seen {
+            return;
+        }
+        self.pods_seen = generation;
+        let descriptors = &mut self.descriptors;
+        self.unresolved.retain(|pid| {
+            descriptors.get_mut(pid).is_some_and(|descriptor| !apply_kubernetes(descriptor, pods.lookup(*pid)))
+        });
+    }
+
     /// Flushes a window and hands it to the sender; breaks when the sender has gone.
     fn send(
         &mut self,
@@ -142,6 +170,9 @@ pub fn run(
         symbolizer: NativeSymbolizer::new(),
         descriptors: BTreeMap::new(),
         labels: config.labels,
+        pods: config.pods,
+        unresolved: BTreeSet::new(),
+        pods_seen: 0,
         rate_hz: config.sampling.rate_hz as u32,
         unix_offset: UnixOffset::new(),
     };

@@ -11,6 +11,7 @@ mod hostile_ingest;
 mod hostile_net;
 mod hostile_query;
 mod hostile_store;
+mod kubernetes_e2e;
 mod prop_input;
 mod prop_tree;
 mod stream_e2e;
