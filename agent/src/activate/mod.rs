@@ -124,8 +124,10 @@ impl Drop for Activation {
     fn drop(&mut self) {
         if let (Method::PendingCall(_), Some(placed)) = (&self.method, self.placed.take()) {
             // A queued call cannot be withdrawn, and may run after ember is gone: its monitor
-            // directory stays for it (ember's own, which the script checks before using it).
-            if !self.script_path.is_empty() {
+            // directory stays for it (ember's own, which the script checks before using it),
+            // unless the process is gone too.
+            let alive = std::path::Path::new(&format!("/proc/{}", self.pid)).exists();
+            if alive && !self.script_path.is_empty() {
                 tracing::warn!(
                     "PID {}: its main thread has not run ember's pending call yet; leaving {} in its /tmp for \
                      when it does",

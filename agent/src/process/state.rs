@@ -384,6 +384,10 @@ impl ProcessState {
         };
         if added > 0 {
             self.verify_trampolines(elf);
+        }
+        // The trampoline creates its map when it comes on, before any line: a program that
+        // enters no new Python function meanwhile has an empty one.
+        if self.activation.is_some() && (added > 0 || self.perf_map_reader.has_own_map()) {
             if let Some(activation) = self.activation.take_if(|a| a.taken_up()) {
                 let after = activation.done();
                 tracing::info!(

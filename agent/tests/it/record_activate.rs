@@ -4,7 +4,7 @@
 //! entered before that from memory; the target's own output is unchanged.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::common::*;
 
@@ -45,18 +45,21 @@ fn record_measured(target: &Target, agent: &mut Command) -> (Folded, String, f64
     (Folded::from_output(&out), err, cpu)
 }
 
-/// No `ember-activate-*` script or `ember-monitor-*` directory left in the Debian root's /tmp.
-fn assert_no_script_left() {
-    assert_no_script_left_in(&debian_root().join("tmp"));
+/// No `ember-activate-*` script or `ember-monitor-*` directory made since `since` left in the
+/// Debian root's /tmp.
+fn assert_no_script_left(since: SystemTime) {
+    assert_no_script_left_in(&debian_root().join("tmp"), since);
 }
 
-/// No `ember-activate-*` script or `ember-monitor-*` directory left in `tmp`.
-fn assert_no_script_left_in(tmp: &std::path::Path) {
+/// No `ember-activate-*` script or `ember-monitor-*` directory made since `since` (this test's
+/// start: the tests run one at a time) left in `tmp`.
+fn assert_no_script_left_in(tmp: &std::path::Path, since: SystemTime) {
     let left: Vec<String> = std::fs::read_dir(tmp)
         .expect("the target's /tmp")
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter_map(|e| e.ok())
+        .filter(|e| e.metadata().and_then(|m| m.modified()).is_ok_and(|t| t >= since))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| name.starts_with("ember-activate-") || name.starts_with("ember-monitor-"))
-        .filter(|name| !name.ends_with(".moved"))
         .collect();
     assert!(left.is_empty(), "activation scripts left in {}: {left:?}", tmp.display());
 }
@@ -73,6 +76,7 @@ fn assert_output_unchanged(target: &Target, stderr: &tempfile::NamedTempFile) {
 /// within 5 points, its output unchanged, and nothing left in its /tmp.
 fn check_activated(what: &str, python: Command, tmp: &std::path::Path) {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let target = spawn_work(python, target_err.as_file());
     let pid = target.pid().to_string();
@@ -96,7 +100,7 @@ fn check_activated(what: &str, python: Command, tmp: &std::path::Path) {
     let a = folded.count(|s| has_frame(s, "work_a")) as f64 / total as f64;
     assert!((a - 0.75).abs() <= 0.05, "{what}: work_a has {:.1}% of the samples, spends 75%", a * 100.0);
     assert_output_unchanged(&target, &target_err);
-    assert_no_script_left_in(tmp);
+    assert_no_script_left_in(tmp, since);
 }
 
 fn debian_work(minor: &str) -> Command {
@@ -141,6 +145,7 @@ fn a_3_15_target_started_without_the_trampoline_gets_whole_stacks() {
 #[test]
 fn activation_is_safe_in_bad_moments() {
     let _serial = serial();
+    let since = SystemTime::now();
     for attach in 0..20 {
         let target_err = tempfile::NamedTempFile::new().expect("temp file");
         let (mut python, tmp) = if attach % 2 == 0 {
@@ -166,7 +171,7 @@ fn activation_is_safe_in_bad_moments() {
         assert!(later.starts_with("tick "), "attach {attach}: stopped making progress");
         let stderr_text = std::fs::read_to_string(target_err.path()).expect("the target's stderr");
         assert!(stderr_text.is_empty(), "attach {attach}: the target wrote to its stderr: {stderr_text}");
-        assert_no_script_left_in(&tmp);
+        assert_no_script_left_in(&tmp, since);
     }
 }
 
@@ -174,6 +179,7 @@ fn activation_is_safe_in_bad_moments() {
 #[test]
 fn no_activate_leaves_the_target_alone() {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let target = spawn_work(debian_python("3.14", "activate_work.py"), target_err.as_file());
     let (folded, err) = record_pid(&target, &["--no-activate"]);
@@ -181,6 +187,7 @@ fn no_activate_leaves_the_target_alone() {
     assert!(err.contains("its perf trampoline is off"), "{err}");
     assert_eq!(folded.count(|s| has_frame(s, "work_a")), 0, "{err}");
     assert_output_unchanged(&target, &target_err);
+    assert_no_script_left(since);
 }
 
 /// A target that turned remote execution off: ember says so, writes nothing into it, and
@@ -188,6 +195,7 @@ fn no_activate_leaves_the_target_alone() {
 #[test]
 fn a_target_with_remote_execution_off_is_told_apart() {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let mut python = debian_python("3.14", "activate_work.py");
     python.env("PYTHON_DISABLE_REMOTE_DEBUG", "1");
@@ -196,7 +204,7 @@ fn a_target_with_remote_execution_off_is_told_apart() {
     assert!(err.contains("turned remote execution off (PYTHON_DISABLE_REMOTE_DEBUG"), "{err}");
     assert!(!err.contains("asked its interpreter"), "{err}");
     assert_output_unchanged(&target, &target_err);
-    assert_no_script_left();
+    assert_no_script_left(since);
 }
 
 /// An asyncio service started the ordinary way and attached, on Debian's 3.14 (PEP 768) and
@@ -212,6 +220,7 @@ fn an_attached_asyncio_service_gets_its_request_tasks_traced() {
 
 fn check_attached_service(python: Command, tmp: &std::path::Path) {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let target = spawn_ready(python, "600", target_err.as_file());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -237,7 +246,7 @@ fn check_attached_service(python: Command, tmp: &std::path::Path) {
         serving.len()
     );
     assert_output_unchanged(&target, &target_err);
-    assert_no_script_left_in(tmp);
+    assert_no_script_left_in(tmp, since);
 }
 
 fn trace_events(path: &std::path::Path) -> Vec<serde_json::Value> {
@@ -255,6 +264,7 @@ fn trace_events(path: &std::path::Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_user_activates_their_own_process() {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let debian = debian_python("3.14", "activate_work.py");
     let mut nobody = Command::new("chroot");
@@ -278,27 +288,31 @@ fn a_user_activates_their_own_process() {
     assert!(total >= expected, "{total} samples in work_a/work_b for {cpu:.2} s of CPU\n{err}");
     assert!(folded.count(|s| working(s) && whole(s)) as f64 >= 0.97 * total as f64, "{err}");
     assert_output_unchanged(&target, &target_err);
-    assert_no_script_left();
+    assert_no_script_left(since);
 }
 
 /// `--subprocesses --pid MASTER` on a pre-fork program started the ordinary way: each worker
-/// that already runs has its own interpreter activated; the master, waiting in `waitpid`, never
-/// takes its request up, which is withdrawn at the end.
+/// that already runs has its own interpreter activated; the master, waiting in `waitpid`, takes
+/// its request up only when its workers are gone, and otherwise has it withdrawn at the end.
 #[test]
 fn pre_forked_workers_are_each_activated() {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let target = spawn_ready(debian_python("3.14", "activate_fork.py"), "2", target_err.as_file());
     let (folded, err) = record_pid(&target, &["--subprocesses"]);
     assert_eq!(err.matches("asked its interpreter").count(), 3, "the master and two workers\n{err}");
-    assert_eq!(err.matches("perf trampoline on,").count(), 2, "the workers\n{err}");
+    // The workers at once; the master only if it got back to Python (its workers gone) before
+    // ember stopped, else its request is withdrawn.
+    let on = err.matches("perf trampoline on,").count();
+    assert!(on == 2 || on == 3, "the workers, and perhaps the master at the end\n{err}");
     let working = |s: &[String]| has_frame(s, "work");
     let whole = |s: &[String]| has_frame(s, "<module>") && has_frame(s, "serve") && !has_frame(s, "[truncated]");
     let total = folded.count(working);
     assert!(total >= 400, "only {total} samples in work\n{err}");
     assert!(folded.count(|s| working(s) && whole(s)) as f64 >= 0.99 * total as f64, "{err}");
     assert_output_unchanged(&target, &target_err);
-    assert_no_script_left();
+    assert_no_script_left(since);
 }
 
 /// A 3.12 program that raised its recursion limit is told, when activated, that its Python
@@ -306,6 +320,7 @@ fn pre_forked_workers_are_each_activated() {
 #[test]
 fn a_raised_recursion_limit_on_3_12_is_warned_about() {
     let _serial = serial();
+    let since = SystemTime::now();
     let target_err = tempfile::NamedTempFile::new().expect("temp file");
     let mut python = Command::new(python312());
     let program =
@@ -316,4 +331,5 @@ fn a_raised_recursion_limit_on_3_12_is_warned_about() {
     assert!(err.contains("perf trampoline on,"), "{err}");
     assert!(err.contains("its recursion limit is 5000, raised above the default"), "{err}");
     assert_output_unchanged(&target, &target_err);
+    assert_no_script_left_in(std::path::Path::new("/tmp"), since);
 }
