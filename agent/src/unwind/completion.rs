@@ -18,8 +18,13 @@ use super::stack::RawFrame;
 use crate::interp::PyFrame;
 use crate::process::ids::Tid;
 
-/// How many complete stacks to remember per thread.
-const REFERENCES_PER_THREAD: usize = 16;
+/// How many complete stacks to remember per thread: on stacks whose depth changes every few
+/// milliseconds, 16 left 1% of refused reads uncompleted, 128 a third of that
+/// (docs/BENCHMARKS.md)...
+const REFERENCES_PER_THREAD: usize = 128;
+/// ...within this many frames in all (16 bytes each: 1 MiB per thread), so very deep stacks
+/// keep fewer.
+const FRAMES_PER_THREAD: usize = 1 << 16;
 /// How far inward from the cut the two stacks are compared. The frame at the cut agreeing is
 /// not enough: a C call path whose stack use varies (CPython's calls change path as the
 /// interpreter specializes them) can put another activation's return at the same address and
@@ -44,7 +49,13 @@ impl StackCompleter {
     pub fn remember(&mut self, tid: Tid, frames: &[RawFrame], beyond: Option<Arc<[PyFrame]>>) {
         let refs = self.references.entry(tid).or_default();
         refs.push_front(Reference { frames: Arc::from(frames), beyond });
-        refs.truncate(REFERENCES_PER_THREAD);
+        let mut total = 0;
+        let within = refs.iter().take_while(|r| {
+            total += r.frames.len();
+            total <= FRAMES_PER_THREAD
+        });
+        let keep = within.count().clamp(1, REFERENCES_PER_THREAD);
+        refs.truncate(keep);
     }
 
     /// Extends a truncated stack (leaf first) with the outer frames of a remembered stack of
@@ -118,6 +129,23 @@ mod tests {
         assert!(c.complete(Tid(1), &mut truncated).is_some(), "the same activation");
         let mut truncated = vec![f(0x99, 10), f(0x66, 150), f(0x20, 200)];
         assert!(c.complete(Tid(1), &mut truncated).is_none(), "paths that part inside the cut are not trusted");
+    }
+
+    #[test]
+    fn memory_per_thread_is_bounded_in_stacks_and_frames() {
+        let mut c = StackCompleter::default();
+        for i in 0..(REFERENCES_PER_THREAD as u64 + 10) {
+            c.remember(Tid(1), &[f(i, 1)], None);
+        }
+        assert_eq!(c.references[&Tid(1)].len(), REFERENCES_PER_THREAD);
+        let deep: Vec<RawFrame> = (0..FRAMES_PER_THREAD as u64 / 3).map(|i| f(i, i)).collect();
+        for _ in 0..5 {
+            c.remember(Tid(1), &deep, None);
+        }
+        assert_eq!(c.references[&Tid(1)].len(), 3, "as many deep stacks as fit");
+        let huge: Vec<RawFrame> = (0..FRAMES_PER_THREAD as u64 * 2).map(|i| f(i, i)).collect();
+        c.remember(Tid(1), &huge, None);
+        assert_eq!(c.references[&Tid(1)].len(), 1, "the newest is always kept");
     }
 
     #[test]
