@@ -33,12 +33,14 @@ debian_base() {
 runtime_image=localhost/ember-base-runtime:bookworm
 debian_base "$runtime_image" "" ""
 
-# The builder: gcc and libc for crates that build C, and this machine's Rust toolchain
-# (rustc, cargo and the standard library; no docs), which the Containerfile's cargo uses.
+# The builder: gcc and libc for crates that build C, this machine's Rust toolchain (rustc,
+# cargo and the standard library; no docs), which the Containerfile's cargo uses, and this
+# machine's CA bundle, so cargo reaches crates.io through the same TLS-inspecting proxy, if any.
 sysroot=$(rustc --print sysroot)
 rust_version=$(rustc --version | awk '{ print $2 }')
 builder_image=localhost/ember-base-rust:$rust_version
-copy_toolchain='mkdir -p "$root/usr/local/rust" && tar -C "$sysroot" --exclude=./share -c . | tar -C "$root/usr/local/rust" -x'
+copy_toolchain='mkdir -p "$root/usr/local/rust" && tar -C "$sysroot" --exclude=./share -c . | tar -C "$root/usr/local/rust" -x
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"'
 debian_base "$builder_image" "gcc,libc6-dev,ca-certificates" "$copy_toolchain"
 
 for target in agent collector; do

@@ -9,7 +9,12 @@ yaml=deploy/kubernetes/examples/sidecar-demo.yaml
 down() { podman kube down "$yaml" >/dev/null 2>&1 || true; }
 down
 trap down EXIT
-podman kube play "$yaml" >/dev/null
+# The agent's Localhost seccomp profile: this podman's default, with perf_event_open allowed to
+# CAP_PERFMON.
+profiles=target/seccomp
+mkdir -p "$profiles"
+"${EMBER_PYTHON:-python3}" deploy/seccomp/allow_perfmon.py /usr/share/containers/seccomp.json "$profiles/ember-agent.json"
+podman kube play --seccomp-profile-root "$profiles" "$yaml" >/dev/null
 "${EMBER_PYTHON:-python3}" deploy/check_sidecar_demo.py 127.0.0.1:7080 || {
     for container in ember collector app; do
         echo "--- ember-sidecar-demo-$container" >&2

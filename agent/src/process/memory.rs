@@ -22,25 +22,79 @@ pub fn read(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
 
 /// A process's address space through `/proc/PID/mem`, bound to the one it had when opened:
 /// after an exec, or once the PID names another process, reads and writes fail instead of
-/// reaching another program. What PEP 768's request is written through.
+/// reaching another program. What activation writes through.
+///
+/// Opening it for writing also takes file permission (the target's uid, or
+/// `CAP_DAC_OVERRIDE`), which an agent holding only `CAP_SYS_PTRACE` and `CAP_PERFMON` lacks
+/// for another user's process. Then `process_vm_writev` writes instead, each write only while
+/// the process still runs the program it ran when opened: the same executable (device and
+/// inode) and the same vDSO address, which every exec places anew.
 #[derive(Debug)]
-pub struct ProcMem(std::fs::File);
+pub struct ProcMem(Access);
+
+#[derive(Debug)]
+enum Access {
+    File(std::fs::File),
+    Calls { pid: Pid, program: Program },
+}
+
+/// What tells one exec of a process from the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Program {
+    exe: (u64, u64),
+    vdso: u64,
+}
+
+fn program(pid: Pid) -> Option<Program> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::fs::metadata(format!("/proc/{pid}/exe")).ok()?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let vdso = maps.lines().find(|l| l.ends_with("[vdso]"))?.split('-').next()?;
+    Some(Program { exe: (exe.dev(), exe.ino()), vdso: u64::from_str_radix(vdso, 16).ok()? })
+}
 
 impl ProcMem {
     pub fn open(pid: Pid) -> std::io::Result<Self> {
-        std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")).map(ProcMem)
+        match std::fs::OpenOptions::new().read(true).write(true).open(format!("/proc/{pid}/mem")) {
+            Ok(file) => Ok(ProcMem(Access::File(file))),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                let program = program(pid).ok_or(e)?;
+                Ok(ProcMem(Access::Calls { pid, program }))
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
 impl crate::interp::AddressSpace for ProcMem {
     fn read(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; len];
-        self.0.read_exact_at(&mut buf, addr).ok()?;
-        Some(buf)
+        match &self.0 {
+            Access::File(file) => {
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, addr).ok()?;
+                Some(buf)
+            }
+            Access::Calls { pid, program: at_open } => {
+                let bytes = read(*pid, addr, len)?;
+                (program(*pid) == Some(*at_open)).then_some(bytes)
+            }
+        }
     }
 
     fn write(&self, addr: u64, bytes: &[u8]) -> bool {
-        self.0.write_all_at(bytes, addr).is_ok()
+        match &self.0 {
+            Access::File(file) => file.write_all_at(bytes, addr).is_ok(),
+            Access::Calls { pid, program: at_open } => {
+                if program(*pid) != Some(*at_open) {
+                    return false;
+                }
+                let Ok(base) = usize::try_from(addr) else { return false };
+                let remote = [RemoteIoVec { base, len: bytes.len() }];
+                let local = [std::io::IoSlice::new(bytes)];
+                nix::sys::uio::process_vm_writev(nix::unistd::Pid::from_raw(pid.0 as i32), &local, &remote)
+                    .is_ok_and(|n| n == bytes.len())
+            }
+        }
     }
 }
 
