@@ -116,6 +116,10 @@ pub enum GilLayout {
 /// `_INTERPRETER` = 3).
 pub const FIRST_SHIM_OWNER: u8 = 3;
 
+/// `FRAME_OWNED_BY_GENERATOR`, the same in 3.12-3.15: a generator's or coroutine's frame, whose
+/// caller link is cleared while it is suspended.
+pub const GENERATOR_OWNER: u8 = 1;
+
 /// Why no layout fits a target.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {

@@ -55,7 +55,7 @@ fn the_3_12_table_matches_the_headers() {
     assert_eq!((d["interp.ceval_gil"], d["gil.locked"], d["gil.last_holder"]), (ceval_gil, locked, last_holder));
     let CurrentFrame::ViaCFrame { cframe, current_frame } = l.current_frame else { panic!("3.12 has cframes") };
     assert_eq!((d["thread.cframe"], d["cframe.current_frame"]), (cframe, current_frame));
-    assert_eq!(d["owner.generator"], 1);
+    assert_eq!(d["owner.generator"], u64::from(GENERATOR_OWNER));
     for (name, after) in crate::interp::pending::shape(l.version) {
         assert_eq!(d[name] - d["pending.busy"], after, "{name}");
     }
@@ -103,6 +103,7 @@ fn the_3_13_positions_match_the_headers() {
         assert_eq!(d.get(name), Some(&(value as u64)), "{name}");
     }
     assert_eq!(d["code.extra_before_adaptive"], 8, "co_extra right before the instructions");
+    assert_eq!(d["owner.generator"], u64::from(GENERATOR_OWNER));
     for (name, after) in crate::interp::pending::shape(PyVersion(0x030d_00f0)) {
         assert_eq!(d[name] - d["pending.mutex"], after, "{name}");
     }
@@ -125,6 +126,7 @@ fn the_3_14_and_3_15_positions_match_debian_s_headers() {
         }
         assert_eq!(d["debugger.please_stop_bit"], PLEASE_STOP_BIT, "{minor}");
         assert_eq!(d["code.extra_before_adaptive"], 8, "{minor}: co_extra right before the instructions");
+        assert_eq!(d["owner.generator"], u64::from(GENERATOR_OWNER), "{minor}");
     }
 }
 

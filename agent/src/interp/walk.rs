@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::layout::{CurrentFrame, GilLayout, FIRST_SHIM_OWNER};
+use super::layout::{CurrentFrame, GilLayout, FIRST_SHIM_OWNER, GENERATOR_OWNER};
 use super::objects::{word_in, CodeInfo, ObjectError, ObjectReader};
 
 /// More interpreters than any program makes: a longer list is a loop or garbage.
@@ -175,6 +175,12 @@ pub fn chain(reader: &mut ObjectReader, innermost: u64) -> (Vec<ChainFrame>, Wal
             }
         }
         out.push(entry);
+        if previous == 0 && owner == GENERATOR_OWNER {
+            // A running chain ends at its thread's entry frame; one ending at a generator's
+            // frame was read across that generator's suspension (its caller link cleared).
+            let why = "it ends at a suspended generator's frame: the thread moved while it was read";
+            return (out, WalkEnd::Broken(ObjectError::Malformed { what: "frame chain", addr: frame, why }));
+        }
         frame = previous;
     }
     (out, WalkEnd::Root)

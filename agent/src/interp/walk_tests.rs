@@ -114,3 +114,18 @@ fn thread_lists_that_loop_end() {
     let threads = threads(&mut reader(&target), RUNTIME).expect("readable");
     assert_eq!(threads.iter().map(|t| t.native_id).collect::<Vec<_>>(), [101, 102]);
 }
+
+/// A chain read while a coroutine yielded: it seems to end at the coroutine's own frame, whose
+/// caller link the suspension cleared. That is no root: the frames read are right, the rest is
+/// unknown.
+#[test]
+fn a_chain_ending_at_a_generator_s_frame_is_broken_not_whole() {
+    let target = Arc::new(FakeTarget::default());
+    target.code(0x10_000, "price_item", 10, &TABLE);
+    target.code(0x20_000, "handle_order", 50, &TABLE);
+    target.frame(0x500_000, 0x10_000, 0x500_100, 0, 0);
+    target.frame(0x500_100, 0x20_000, 0, 0, GENERATOR_OWNER);
+    let (got, end) = frames(&mut reader(&target), 0x500_000);
+    assert_eq!(got.len(), 2, "the frames read are kept");
+    assert!(matches!(end, WalkEnd::Broken(ObjectError::Malformed { what: "frame chain", .. })), "{end:?}");
+}
