@@ -238,13 +238,10 @@ const RESTARTED: [i64; 9] = [
 ];
 
 fn borrow_rank(pid: Pid, tid: u32) -> u8 {
-    let task = format!("/proc/{pid}/task/{tid}");
-    let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
-    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3)).unwrap_or("?");
-    if state == "R" {
+    if procfs::thread_state(pid, crate::process::Tid(tid)) == Some('R') {
         return 0;
     }
-    let syscall = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).unwrap_or_default();
     let number = syscall.split_whitespace().next().and_then(|n| n.parse::<i64>().ok());
     if number.is_some_and(|n| RESTARTED.contains(&n)) {
         1

@@ -189,11 +189,18 @@ pub fn activate(state: &mut ProcessState, tasks: bool) -> Result<Activation, Act
 
 /// The activation script (and the task monitor's files, with `tasks`) in the target's `/tmp`.
 fn place(pid: Pid, tasks: bool) -> Result<(Placed, String), ScriptError> {
+    let (mut placed, _, script) = script_and_monitor(pid, tasks)?;
+    let script_path = placed.script("ember-activate", &script)?;
+    Ok((placed, script_path))
+}
+
+/// The activation script's text, and with `tasks` the task monitor's files placed in the
+/// target's `/tmp` for it (their directory, as the target sees it).
+fn script_and_monitor(pid: Pid, tasks: bool) -> Result<(Placed, Option<String>, String), ScriptError> {
     let mut placed = Placed::in_tmp_of(pid)?;
     let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
     let script = activation_script(monitor_dir.as_deref(), owner_uid());
-    let script_path = placed.script("ember-activate", &script)?;
-    Ok((placed, script_path))
+    Ok((placed, monitor_dir, script))
 }
 
 /// 3.12/3.13: the script as a pending call of the main thread (`inject`).
@@ -209,15 +216,14 @@ fn queue_pending_call(state: &mut ProcessState, memory: ProcMem, tasks: bool) ->
         return Err(ActivateError::NoFunctions(image));
     };
     // The script travels in the call's own page; only the monitor's files are placed.
-    let mut placed = Placed::in_tmp_of(pid)?;
-    let monitor_dir = if tasks { Some(placed.monitor()?) } else { None };
-    let script = activation_script(monitor_dir.as_deref(), owner_uid());
+    let (placed, monitor_dir, script) = script_and_monitor(pid, tasks)?;
     let plan = Plan { pid, add_pending_call, run_simple_string, lock, code: pending_call_code(&script) };
     let queued = match inject::queue(plan, memory, INJECT_WAIT) {
         Ok(queued) => queued,
         Err(e) => {
-            // The injection thread may still queue the call: it must find the monitor's files.
-            if monitor_dir.is_some() {
+            // Still at work, the injection thread may yet queue the call, which must then find
+            // the monitor's files; any other error queued nothing.
+            if monitor_dir.is_some() && matches!(e, InjectError::StillRunning(..)) {
                 std::mem::forget(placed);
             }
             return Err(e.into());
