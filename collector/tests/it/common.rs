@@ -124,10 +124,15 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
+/// How long a test waits for an answer before calling the collector hung. Only a guard: the
+/// largest query in these tests (320,000 distinct frames, debug build) takes 11 s alone, and CI
+/// runs it next to a browser and other collectors.
+pub const ANSWER_GUARD: Duration = Duration::from_secs(180);
+
 /// A minimal HTTP/1.1 GET: status and body (content-length or chunked).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("collector HTTP reachable");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    stream.set_read_timeout(Some(ANSWER_GUARD)).expect("timeout");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("request sent");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("response read");
@@ -322,7 +327,7 @@ pub fn push_batch(
 /// An HTTP GET with extra request headers; returns status, response head and body.
 pub fn http_get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let mut stream = TcpStream::connect(addr).expect("collector HTTP reachable");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    stream.set_read_timeout(Some(ANSWER_GUARD)).expect("timeout");
     let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").expect("request sent");
     let mut raw = Vec::new();
