@@ -78,8 +78,9 @@ pub struct SamplingArgs {
     #[arg(short, long, default_value_t = 99, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub rate: u64,
     /// Bytes of user stack copied per sample (8 to 65528, a multiple of 8; more than 65432 is
-    /// clamped to 65432, the most a sample can carry).
-    #[arg(long, default_value_t = 32768, value_parser = parse_stack_bytes)]
+    /// clamped to 65432, the most a sample can carry). Beyond the copy, the interpreter's
+    /// frames and the stack are read from memory.
+    #[arg(long, default_value_t = MAX_STACK_COPY, value_parser = parse_stack_bytes)]
     pub stack_bytes: u32,
     /// Add kernel frames.
     #[arg(long)]

@@ -150,13 +150,28 @@ impl Interpreter {
     }
 
     /// Reads the chain of the thread `native_id` now, with the stack memory from `sp` for
-    /// `len` bytes, at one moment: what a later [`join_snapshot`](Self::join_snapshot) needs.
-    /// Taken before the sample is unwound, it is read as soon after the sample as can be.
-    pub fn snapshot(&mut self, native_id: u64, sp: u64, len: usize) -> Result<ChainSnapshot, JoinOutcome> {
+    /// `len` bytes and up to `beyond` more (as far as it is mapped), at one moment: what a
+    /// later [`join_snapshot`](Self::join_snapshot) needs. Taken before the sample is unwound,
+    /// it is read as soon after the sample as can be.
+    pub fn snapshot(
+        &mut self,
+        native_id: u64,
+        sp: u64,
+        len: usize,
+        beyond: usize,
+    ) -> Result<ChainSnapshot, JoinOutcome> {
         let runtime = self.runtime;
         let hint = self.hints.get(&native_id).map(Vec::as_slice).unwrap_or_default();
         let (read, at_once) = self.reader.at_once_from(hint, |reader| {
-            let stack = if len == 0 { Vec::new() } else { reader.bytes_at(sp, len)? };
+            let mut stack = if len == 0 { Vec::new() } else { reader.bytes_at(sp, len)? };
+            let mut at = sp.saturating_add(len as u64);
+            let end = at.saturating_add(beyond as u64);
+            while at < end {
+                let piece = (blocks::BLOCK - at % blocks::BLOCK).min(end - at) as usize;
+                let Ok(bytes) = reader.bytes_at(at, piece) else { break };
+                stack.extend_from_slice(&bytes);
+                at += piece as u64;
+            }
             let innermost = walk::innermost_of(reader, runtime, native_id)?;
             Ok::<_, ObjectError>(innermost.map(|frame| (walk::chain(reader, frame), stack)))
         });
@@ -177,17 +192,32 @@ impl Interpreter {
 
     /// Joins a snapshot with the sample it was taken for (see [`join`]).
     pub fn join_snapshot(&self, snapshot: &ChainSnapshot, sample: CutSample<'_>, check: CallersCheck) -> JoinOutcome {
+        match self.anchor(snapshot, sample, check) {
+            Ok(from) => JoinOutcome::Joined(OuterFrames::of(&snapshot.chain[from..])),
+            Err(refusal) => JoinOutcome::Refused(refusal),
+        }
+    }
+
+    /// Whether the thread, as `snapshot` read it, still runs the call `sample`'s trampoline
+    /// names as its innermost Python call, under the callers the sample holds byte for byte:
+    /// its first frame is the one that call entered.
+    pub fn runs_innermost(&self, snapshot: &ChainSnapshot, sample: CutSample<'_>) -> bool {
+        // The callers begin after the innermost frame and its entry shim.
+        self.anchor(snapshot, sample, CallersCheck::Bytes) == Ok(2)
+    }
+
+    fn anchor(&self, snapshot: &ChainSnapshot, sample: CutSample<'_>, check: CallersCheck) -> Result<usize, Refusal> {
+        // As much as the sample holds: the snapshot may have read beyond it.
+        let held = sample.callers().map_or(0, <[u8]>::len);
         let callers_now = sample
             .trampoline_sp
             .checked_sub(snapshot.sp)
             .and_then(|from| snapshot.stack.get(usize::try_from(from).ok()?..))
+            .map(|now| &now[..now.len().min(held)])
             .unwrap_or_default();
         let reader = &self.reader;
         let extras = |code| reader.code_extras(code).unwrap_or_default();
-        match join::anchor(&snapshot.chain, &snapshot.end, reader.layout(), sample, callers_now, check, extras) {
-            Ok(from) => JoinOutcome::Joined(OuterFrames::of(&snapshot.chain[from..])),
-            Err(refusal) => JoinOutcome::Refused(refusal),
-        }
+        join::anchor(&snapshot.chain, &snapshot.end, reader.layout(), sample, callers_now, check, extras)
     }
 }
 
@@ -201,11 +231,30 @@ pub struct ChainSnapshot {
     stack: Vec<u8>,
 }
 
+/// Where a thread's Python frames stood when read: each frame's address, links and code, and
+/// the instruction it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place(Vec<(u64, u64, u8, u64, Option<u64>)>);
+
+impl ChainSnapshot {
+    /// The stack read from `from` on.
+    pub fn stack_from(&self, from: u64) -> Option<&[u8]> {
+        self.stack.get(usize::try_from(from.checked_sub(self.sp)?).ok()?..)
+    }
+
+    /// Where the chain stood, if it was read to its root.
+    pub fn place(&self) -> Option<Place> {
+        let key =
+            |f: &walk::ChainFrame| (f.addr, f.previous, f.owner, f.code_addr, f.python.as_ref().and_then(|p| p.unit));
+        (self.end == WalkEnd::Root).then(|| Place(self.chain.iter().map(key).collect()))
+    }
+}
+
 impl Interpreter {
     /// The line of each sampled call (see [`join::lines_of_calls`]), from the thread's chain
     /// read now at once; `None` if it could not be read at one moment.
     pub fn lines(&mut self, native_id: u64, sp: u64, stack: &[u8], calls: &[SampledCall]) -> Option<Vec<Option<u32>>> {
-        let snapshot = self.snapshot(native_id, sp, 0).ok()?;
+        let snapshot = self.snapshot(native_id, sp, 0, 0).ok()?;
         Some(self.lines_from(&snapshot, sp, stack, calls))
     }
 

@@ -16,6 +16,10 @@ pub trait TargetAccess: Debug + Send + Sync {
     fn maps(&self) -> Result<Vec<MapsLine>, ProcfsError>;
     /// `len` bytes of the target's memory at `addr`, or `None` if they cannot be read.
     fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>>;
+    /// Up to `len` bytes at `addr`, ending where the mapped memory does.
+    fn read_memory_up_to(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        self.read_memory(addr, len)
+    }
     /// Several ranges at once: a live target copies them in one system call, so together
     /// they show the target at (nearly) one moment. `None` for a range that cannot be read.
     fn read_memory_at_once(&self, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {
@@ -38,6 +42,10 @@ impl TargetAccess for LiveTarget {
 
     fn read_memory(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
         memory::read(self.0, addr, len)
+    }
+
+    fn read_memory_up_to(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        memory::read_up_to(self.0, addr, len)
     }
 
     fn read_memory_at_once(&self, ranges: &[(u64, usize)]) -> Vec<Option<Vec<u8>>> {

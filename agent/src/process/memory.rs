@@ -12,12 +12,18 @@ use super::ids::Pid;
 /// Reads `len` bytes at `addr` of process `pid`, or `None` if the process is gone or the
 /// range is not mapped.
 pub fn read(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
+    read_up_to(pid, addr, len).filter(|buf| buf.len() == len)
+}
+
+/// Up to `len` bytes at `addr`: the kernel stops at the first page that is not mapped, so a
+/// read running off the top of a stack returns the stack. `None` if not one byte was read.
+pub fn read_up_to(pid: Pid, addr: u64, len: usize) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let remote = [RemoteIoVec { base: usize::try_from(addr).ok()?, len }];
     let n =
         process_vm_readv(nix::unistd::Pid::from_raw(pid.0 as i32), &mut [IoSliceMut::new(&mut buf)], &remote).ok()?;
     buf.truncate(n);
-    (n == len).then_some(buf)
+    (n > 0).then_some(buf)
 }
 
 /// A process's address space through `/proc/PID/mem`, bound to the one it had when opened:
@@ -137,6 +143,22 @@ mod tests {
         let me = Pid(std::process::id());
         assert_eq!(read(me, value.as_ptr() as u64, 4), Some(vec![1, 2, 3, 4]));
         assert_eq!(read(me, 8, 4), None, "unmapped page");
+    }
+
+    #[test]
+    fn a_read_running_off_the_mapped_memory_returns_what_is_mapped() {
+        // Two pages, the second unmapped: a read across them gives the first.
+        let mut two = memmap2::MmapMut::map_anon(2 * 4096).expect("anonymous map");
+        two[4095] = 7;
+        let start = two.as_ptr() as u64;
+        let second = unsafe { libc::munmap(two.as_mut_ptr().add(4096).cast(), 4096) };
+        assert_eq!(second, 0, "munmap");
+        let me = Pid(std::process::id());
+        let first = read_up_to(me, start, 8192).expect("the first page");
+        assert_eq!((first.len(), first[4095]), (4096, 7));
+        assert_eq!(read_up_to(me, start + 4096, 16), None);
+        assert_eq!(read(me, start, 8192), None, "a whole read needs all of it");
+        // `two` unmaps both pages on drop; munmap of the already unmapped half is harmless.
     }
 
     #[test]

@@ -14,4 +14,4 @@ pub(crate) mod target_file;
 
 pub use ids::{NsPid, Pid, Tid};
 pub use state::FrameKey;
-pub(crate) use state::{ProcessState, SampleUnwind};
+pub(crate) use state::{Beyond, ProcessState, SampleUnwind};

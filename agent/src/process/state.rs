@@ -19,10 +19,13 @@ use crate::unwind::{
     ElfCache, ElfImage, FileIdentity, ImageId, NativeUnwinder, StackCompleter, TrampolineKind, UnwindCache,
 };
 
+#[path = "state_extend.rs"]
+mod extend;
 #[path = "state_join.rs"]
 mod join;
 #[path = "state_unwind.rs"]
 mod sample;
+pub use extend::Beyond;
 pub use sample::SampleUnwind;
 
 /// How much code at an entry point counts as the entry code: ld.so's `_start` calls
@@ -103,6 +106,8 @@ pub struct ProcessState {
     python_names: join::PythonNames,
     /// Each thread's last join with the interpreter's frames.
     recent_joins: HashMap<Tid, join::ThreadJoins>,
+    /// Each thread's recent walks continued beyond the copy.
+    continuations: extend::Continuations,
     /// Keys the hashes of the callers' stacks recent joins are known by.
     callers_hasher: std::collections::hash_map::RandomState,
     /// Created (forked, exec'd or first seen) after the last poll of every map, which comes
@@ -190,6 +195,7 @@ impl ProcessState {
             ns_tids: HashMap::new(),
             python_names: join::PythonNames::default(),
             recent_joins: HashMap::new(),
+            continuations: HashMap::new(),
             callers_hasher: Default::default(),
             new_in_batch: true,
             names_untrampolined: false,

@@ -65,6 +65,13 @@ fn callers_key(hasher: &std::collections::hash_map::RandomState, callers: &[u8])
     (callers.len(), hasher.hash_one(callers))
 }
 
+impl EarlyRead {
+    /// The chain read, if it was read at one moment.
+    pub(super) fn snapshot(&self) -> Option<&ChainSnapshot> {
+        self.snapshot.as_ref().ok()
+    }
+}
+
 impl Join {
     pub fn succeeded(&self) -> bool {
         matches!(self.outcome, JoinOutcome::Joined(_))
@@ -84,7 +91,9 @@ impl ProcessState {
         let native_id = self.ns_tid(sample.tid);
         let Slot::Attached(interpreter) = &mut self.interpreter else { return None };
         let latency_ns = procfs::monotonic_ns().saturating_sub(sample.time);
-        Some(EarlyRead { snapshot: interpreter.snapshot(native_id, sp, sample.stack.len()), latency_ns })
+        let beyond =
+            if sample.stack_filled { self.continuations.get(&sample.tid).map_or(0, |t| t.early_read()) } else { 0 };
+        Some(EarlyRead { snapshot: interpreter.snapshot(native_id, sp, sample.stack.len(), beyond), latency_ns })
     }
 
     /// Joins a cut-short sample with the thread's chain (read first, or now), if the
@@ -140,7 +149,7 @@ impl ProcessState {
             _ => {
                 let latency_ns = procfs::monotonic_ns().saturating_sub(sample.time);
                 let len = cut.callers().map_or(0, <[u8]>::len);
-                (interpreter.snapshot(native_id, trampoline_sp, len), latency_ns)
+                (interpreter.snapshot(native_id, trampoline_sp, len, 0), latency_ns)
             }
         };
         // A whole stack's calls outside the sampled one (entered before the trampoline was on)
@@ -217,6 +226,7 @@ impl ProcessState {
     pub fn forget_thread(&mut self, tid: Tid) {
         self.completer.forget_thread(tid);
         self.recent_joins.remove(&tid);
+        self.forget_continuations(tid);
         self.ns_tids.remove(&tid);
     }
 
@@ -253,7 +263,7 @@ impl ProcessState {
     }
 
     /// The thread's id in the process's own PID namespace, which the interpreter records.
-    fn ns_tid(&mut self, tid: Tid) -> u64 {
+    pub(super) fn ns_tid(&mut self, tid: Tid) -> u64 {
         if self.ns_pid.0 == self.pid.0 {
             return u64::from(tid.0);
         }

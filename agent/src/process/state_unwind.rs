@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 
+use super::extend::Beyond;
 use super::join::Join;
 use super::{FrameKey, ProcessState};
 use crate::intern::Interner;
@@ -17,8 +18,12 @@ use crate::unwind::{unwind_stack, Reference, StackEnd};
 pub struct SampleUnwind {
     /// Leaf first, including frames taken from an earlier stack.
     pub frames: Vec<RawFrame>,
-    /// How the walk over this sample's own stack copy ended.
+    /// How the walk over this sample's own stack copy ended (with `continued`, over the copy
+    /// and the stack read beyond it).
     pub end: StackEnd,
+    /// The copy ended before any Python call, and the walk went on in the thread's stack read
+    /// from memory (see `state_extend.rs`).
+    pub continued: Option<Beyond>,
     /// The earlier stack of the thread whose outer frames completed this one.
     pub completed_from: Option<Reference>,
     /// Bytes at the start of the stack copy the walk read.
@@ -52,6 +57,25 @@ impl ProcessState {
         matches!(unwound.end, StackEnd::Failed(_)) && !stack_filled && root.is_some_and(|addr| self.is_entry_code(addr))
     }
 
+    /// The walk over `stack`, the sample's copy or a longer one.
+    pub(super) fn walk(&mut self, sample: &SampleEvent, stack: &[u8], filled: bool) -> UnwoundStack {
+        let mut consulted = std::mem::take(&mut self.consulted);
+        consulted.clear();
+        let code = ProcessCode {
+            mappings: &self.mappings,
+            perf_map: &self.perf_map,
+            consulted: RefCell::new(consulted),
+            facts: RefCell::new(std::mem::take(&mut self.code_facts)),
+        };
+        let mut unwound = unwind_stack(&self.unwinder, &mut self.cache, &code, sample.regs, stack, filled);
+        self.consulted = code.consulted.into_inner();
+        self.code_facts = code.facts.into_inner();
+        if self.ends_in_entry_code(&unwound, filled) {
+            unwound.end = StackEnd::Complete;
+        }
+        unwound
+    }
+
     /// Unwinds one sample of this process, completes it from the thread's earlier stacks if
     /// the walk stopped short, and appends its frame keys (root last) to `keys`.
     pub fn unwind_sample(
@@ -61,22 +85,24 @@ impl ProcessState {
         keys: &mut Vec<FrameKey>,
     ) -> SampleUnwind {
         let tid = sample.tid;
-        let early = self.read_first(sample);
-        let mut consulted = std::mem::take(&mut self.consulted);
-        consulted.clear();
-        let code = ProcessCode {
-            mappings: &self.mappings,
-            perf_map: &self.perf_map,
-            consulted: RefCell::new(consulted),
-            facts: RefCell::new(std::mem::take(&mut self.code_facts)),
-        };
-        let mut unwound =
-            unwind_stack(&self.unwinder, &mut self.cache, &code, sample.regs, &sample.stack, sample.stack_filled);
-        self.consulted = code.consulted.into_inner();
-        self.code_facts = code.facts.into_inner();
-        if self.ends_in_entry_code(&unwound, sample.stack_filled) {
-            unwound.end = StackEnd::Complete;
+        let mut early = self.read_first(sample);
+        let mut continued_from = None;
+        let mut unwound = self.walk(sample, &sample.stack, sample.stack_filled);
+        // Past the copy, the sample is the copy and the stack read beyond it; a read made
+        // before that holds too little of the stack for a join.
+        let continued = self.continue_in_memory(sample, &unwound, early.as_ref());
+        let mut longer = None;
+        if let Some(c) = continued {
+            unwound = c.unwound;
+            continued_from = Some(c.beyond);
+            if let Some((stack, stack_filled)) = c.stack {
+                early = None;
+                let SampleEvent { pid, tid, time, cpu, regs, ref kernel_chain, .. } = *sample;
+                let kernel_chain = kernel_chain.clone();
+                longer = Some(SampleEvent { pid, tid, time, cpu, regs, stack, stack_filled, kernel_chain });
+            }
         }
+        let sample = longer.as_ref().unwrap_or(sample);
         let mut frames = unwound.frames;
         let own = frames.len();
         let lines = if self.lines { self.python_lines(sample, &frames, own, early.as_ref()) } else { Vec::new() };
@@ -128,6 +154,7 @@ impl ProcessState {
         let outcome = SampleUnwind {
             frames,
             end: unwound.end,
+            continued: continued_from,
             completed_from,
             stack_read: unwound.stack_read,
             without_cfi: unwound.without_cfi,

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use crate::aggregate::{Keep, Profile, SampleOwner};
 use crate::interp::JoinOutcome;
 use crate::perf::{PerfEvent, SampleEvent};
-use crate::process::{procfs, FrameKey, Pid, ProcessState, Tid};
+use crate::process::{procfs, Beyond, FrameKey, Pid, ProcessState, Tid};
 use crate::replay::Capture;
 use crate::symbolize::perf_map::StaleMap;
 use crate::tasks::TaskTracker;
@@ -253,9 +253,16 @@ impl Pipeline {
         keys.clear();
         let unwound = state.unwind_sample(&sample, &mut profile.strings, keys);
         match unwound.end {
+            StackEnd::Complete if unwound.continued.is_some() => {
+                stats.truncated += 1;
+                stats.continued += 1;
+                stats.continued_whole += 1;
+                stats.continued_remembered += u64::from(unwound.continued == Some(Beyond::Remembered));
+            }
             StackEnd::Complete => {}
             StackEnd::Truncated => {
                 stats.truncated += 1;
+                stats.continued += u64::from(unwound.continued.is_some());
                 stats.completed += u64::from(unwound.completed_from.is_some());
             }
             StackEnd::Failed(_) => stats.unwind_failures += 1,
@@ -289,7 +296,8 @@ impl Pipeline {
         }
         // A replay case holds no interpreter memory: a stack with frames read from it could not
         // be replayed as found.
-        let from_memory = unwound.joined.as_ref().is_some_and(|j| j.succeeded() && !j.confirmed_completion)
+        let from_memory = unwound.continued.is_some()
+            || unwound.joined.as_ref().is_some_and(|j| j.succeeded() && !j.confirmed_completion)
             || unwound.completed_from.as_ref().is_some_and(|from| from.beyond.is_some());
         if let Some(capture) = capture.as_mut().filter(|_| !from_memory && !state.lines) {
             capture.offer(state, &sample, &unwound, keys, &profile.strings, elf);

@@ -11,6 +11,12 @@ pub struct Stats {
     pub unwind_failures: u64,
     /// Samples whose stack passed through code without unwind info (see `unwind::no_cfi`).
     pub without_cfi: u64,
+    /// Truncated samples whose walk went on in the thread's stack read from memory, and those
+    /// of them it took to the root.
+    pub continued: u64,
+    pub continued_whole: u64,
+    /// Continued samples given the callers an earlier sample of the same call read.
+    pub continued_remembered: u64,
     /// Samples of processes ember does not follow (children without `--subprocesses`).
     pub untracked_samples: u64,
     pub decode_errors: u64,
@@ -124,6 +130,17 @@ impl Stats {
                 percent(self.without_cfi, self.samples),
             );
         }
+        if self.continued > 0 {
+            let _ = writeln!(
+                s,
+                "ember: stacks: {} truncated stacks ({:.1}%) cut before any Python call went on in the thread's stack \
+                 read from memory ({} in a call an earlier read had seen), {} of them to the root",
+                self.continued,
+                percent(self.continued, self.truncated),
+                self.continued_remembered,
+                self.continued_whole,
+            );
+        }
         let reads = self.joined + self.join_moved_on;
         if reads + self.join_unreadable > 0 {
             let _ = writeln!(
@@ -223,7 +240,12 @@ mod tests {
         assert!(!text.contains("asyncio"), "no task line without tasks: {text}");
         assert!(!text.contains("without unwind info"), "no such line without such code: {text}");
         let text = Stats { without_cfi: 4, ..stats }.summary(2.0, 99);
+        assert!(!text.contains("went on in the thread's stack"), "{text}");
         assert!(text.contains("4 (2.0%) passed code without unwind info"), "{text}");
+        let continued = Stats { truncated: 10, continued: 5, continued_whole: 4, continued_remembered: 3, ..stats };
+        let line = "5 truncated stacks (50.0%) cut before any Python call went on in the thread's stack read from \
+                    memory (3 in a call an earlier read had seen), 4 of them to the root";
+        assert!(continued.summary(2.0, 99).contains(line), "{}", continued.summary(2.0, 99));
         assert!(!text.contains("interpreter"), "no join line without joins: {text}");
         let mut read_latency = Latencies::default();
         (0..99).for_each(|_| read_latency.add(2_000_000));

@@ -2,6 +2,7 @@
 //! stack copy and the first instructions of a process must all give whole stacks.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -201,14 +202,7 @@ fn samples_in_the_dynamic_loader_at_start_are_rooted_at_its_entry() {
 fn code_without_unwind_info_is_unwound_from_its_prologue() {
     let _serial = serial();
     let dir = tempfile::tempdir().expect("tempdir");
-    let lib = dir.path().join("libnocfi.so");
-    let cc = Command::new("cc")
-        .args(["-O2", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(fixture("no_cfi.c"))
-        .status()
-        .expect("a C compiler (cc) is installed");
-    assert!(cc.success());
+    let lib = build_no_cfi(dir.path());
     let out_path = dir.path().join("no_cfi.folded");
     let out = run(ember()
         .args(["record", "--rate", "499", "-o"])
@@ -236,4 +230,69 @@ fn code_without_unwind_info_is_unwound_from_its_prologue() {
     });
     assert!(whole * 100 >= kernel * 99, "{whole} of {kernel} kernel samples whole\n{err}\n{:?}", folded.stacks);
     assert!(err.contains("passed code without unwind info"), "{err}");
+}
+
+/// `no_cfi.c` built as a shared library in `dir`.
+fn build_no_cfi(dir: &Path) -> PathBuf {
+    let lib = dir.join("libnocfi.so");
+    let cc = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(fixture("no_cfi.c"))
+        .status()
+        .expect("a C compiler (cc) is installed");
+    assert!(cc.success());
+    lib
+}
+
+/// A native frame larger than the stack copy (`kernel_realign`'s 12-16 KiB buffer, with an
+/// 8 KiB copy, as OpenBLAS's kernels fill the default one) leaves no Python call in the copy.
+/// The walk goes on in the thread's stack read from memory, taken only while the thread's
+/// innermost Python call is still the one running: a sample is then whole, or `[truncated]`
+/// when the call ended before the read (never another call's frames). Without reads, none is
+/// whole.
+#[test]
+fn a_copy_cut_before_any_python_call_goes_on_in_the_stack_read_from_memory() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = build_no_cfi(dir.path());
+    let profile = |extra: &[&str]| {
+        let out_path = dir.path().join("cut.folded");
+        let out = run(ember()
+            .args(["record", "--rate", "499", "--stack-bytes", "8192", "-o"])
+            .arg(&out_path)
+            .args(extra)
+            .arg("--")
+            .arg(python312())
+            .args(["-X", "perf"])
+            .arg(fixture("no_cfi.py"))
+            .arg(&lib)
+            // Each call ~20-40 ms, so a read a fraction of a millisecond late rarely misses it.
+            .env("EMBER_KERNEL_LOOPS", "20000000"));
+        let err = stderr(&out);
+        assert!(out.status.success(), "{err}");
+        (Folded::parse(&std::fs::read_to_string(&out_path).expect("the profile")), err)
+    };
+    let in_realign = |s: &[String]| s.last().is_some_and(|leaf| leaf == "kernel_realign [libnocfi.so]");
+    let whole_in_work = |s: &[String]| {
+        let python: Vec<&str> = s.iter().filter(|f| f.ends_with(".py)")).map(|f| function(f)).collect();
+        python == ["<module>", "work"]
+            && function(&s[0]) == "<module>"
+            && s.len() >= 2
+            && s[s.len() - 2] == "driver [libnocfi.so]"
+            && !s.iter().any(|f| f.contains("[unknown]") || f == "[truncated]")
+    };
+    let (folded, err) = profile(&[]);
+    let realign = folded.count(in_realign);
+    assert!(realign >= 200, "only {realign} samples in kernel_realign\n{err}\n{:?}", folded.stacks);
+    let whole = folded.count(|s| in_realign(s) && whole_in_work(s));
+    let cut = folded.count(|s| in_realign(s) && s.first().is_some_and(|f| f == "[truncated]") && s.len() == 2);
+    eprintln!("kernel_realign samples: {whole} whole, {cut} [truncated], of {realign}");
+    assert_eq!(whole + cut, realign, "every sample whole or marked\n{err}\n{:?}", folded.stacks);
+    assert!(whole * 10 >= realign * 9, "{whole} of {realign} samples whole\n{err}\n{:?}", folded.stacks);
+    assert!(err.contains("cut before any Python call went on in the thread's stack read from memory"), "{err}");
+
+    let (folded, err) = profile(&["--no-interpreter-reads"]);
+    assert_eq!(folded.count(|s| in_realign(s) && whole_in_work(s)), 0, "{err}\n{:?}", folded.stacks);
+    assert!(folded.count(in_realign) >= 200, "{err}");
 }
