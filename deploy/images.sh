@@ -7,6 +7,10 @@
 # archive apt already uses (the builder gets this machine's Rust toolchain), once, and kept as
 # localhost/ember-base-* images. With a registry at hand, build the Containerfile directly, with
 # its public default bases. Needs root, podman and debootstrap.
+#
+# With EMBER_PREBUILT=DIR (CI passes target/release), the images take DIR's ember-agent and
+# ember-collector, built for Debian 12 already, in place of the Containerfile's build stage (a
+# build context named `build` stands in for it), so one release build serves every package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tag=${EMBER_IMAGE_TAG:-dev}
@@ -33,21 +37,31 @@ debian_base() {
 runtime_image=localhost/ember-base-runtime:bookworm
 debian_base "$runtime_image" "" ""
 
-# The builder: gcc and libc for crates that build C, this machine's Rust toolchain (rustc,
-# cargo and the standard library; no docs), which the Containerfile's cargo uses, and this
-# machine's CA bundle, so cargo reaches crates.io through the same TLS-inspecting proxy, if any.
-sysroot=$(rustc --print sysroot)
-rust_version=$(rustc --version | awk '{ print $2 }')
-builder_image=localhost/ember-base-rust:$rust_version
-copy_toolchain='mkdir -p "$root/usr/local/rust" && tar -C "$sysroot" --exclude=./share -c . | tar -C "$root/usr/local/rust" -x
-    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"'
-debian_base "$builder_image" "gcc,libc6-dev,ca-certificates" "$copy_toolchain"
+build_args=(--build-arg RUNTIME="$runtime_image")
+if [[ -n "${EMBER_PREBUILT:-}" ]]; then
+    prebuilt="$work/prebuilt"
+    rm -rf "$prebuilt"
+    for binary in ember-agent ember-collector; do
+        install -D -m 0755 "$EMBER_PREBUILT/$binary" "$prebuilt/out/$binary"
+    done
+    build_args+=(--build-context build="$prebuilt")
+else
+    # The builder: gcc and libc for crates that build C, this machine's Rust toolchain (rustc,
+    # cargo and the standard library; no docs), which the Containerfile's cargo uses, and this
+    # machine's CA bundle, so cargo reaches crates.io through the same TLS-inspecting proxy.
+    sysroot=$(rustc --print sysroot)
+    rust_version=$(rustc --version | awk '{ print $2 }')
+    builder_image=localhost/ember-base-rust:$rust_version
+    copy_toolchain='mkdir -p "$root/usr/local/rust" && tar -C "$sysroot" --exclude=./share -c . | tar -C "$root/usr/local/rust" -x
+        cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"'
+    debian_base "$builder_image" "gcc,libc6-dev,ca-certificates" "$copy_toolchain"
+    build_args+=(--build-arg BUILDER="$builder_image")
+fi
 
 for target in agent collector; do
-    podman build --quiet -f deploy/Containerfile --target "$target" \
-        --build-arg BUILDER="$builder_image" --build-arg RUNTIME="$runtime_image" \
+    podman build --quiet -f deploy/Containerfile --target "$target" "${build_args[@]}" \
         -t "localhost/ember-$target:$tag" . >/dev/null
-    echo "built localhost/ember-$target:$tag" >&2
+    echo "built localhost/ember-$target:$tag${EMBER_PREBUILT:+ from $EMBER_PREBUILT}" >&2
 done
 
 # The demo app on Debian's own python3.13: the root tools/debian-sid.sh makes for the tests.
