@@ -163,8 +163,11 @@ impl TaskArgs {
 #[derive(Debug, Args)]
 pub struct StreamArgs {
     /// The collector's gRPC address: http://host:7070, or https://host:7070 for TLS.
-    #[arg(long)]
-    pub collector: String,
+    /// Repeatable: a batch a collector does not take goes to the next one at once (also to
+    /// every address an http:// name resolves to); collectors sharing one ClickHouse count it
+    /// once.
+    #[arg(long = "collector", value_name = "URL", required = true)]
+    pub collectors: Vec<String>,
     /// Attach to this running process (repeatable).
     #[arg(short, long = "pid", value_name = "PID", conflicts_with_all = ["command", "all_python"])]
     pub pids: Vec<u32>,
@@ -252,7 +255,7 @@ impl StreamArgs {
         Ok(crate::stream::StreamConfig {
             targets,
             sampling,
-            collector: self.collector,
+            collectors: self.collectors,
             client: ClientOptions {
                 tls_ca: self.tls_ca,
                 tls_cert: self.tls_cert,

@@ -6,11 +6,27 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::http::HttpLimits;
-use crate::server::{Limits, ServerConfig, TlsFiles};
+use crate::server::{ClickHouseConfig, Limits, ServerConfig, StoreConfig, TlsFiles};
 
 #[derive(Debug, Parser)]
 #[command(name = "ember-collector", version, about = "Stores profiles from ember agents and serves flame graphs")]
 pub struct Cli {
+    /// Where profiles are kept: `embedded` (a file under --data-dir), or a ClickHouse database
+    /// as clickhouse://HOST:PORT/DATABASE (HTTP interface; clickhouses:// for HTTPS), which any
+    /// number of collectors can share. The collector creates and migrates the schema.
+    #[arg(long, default_value = "embedded")]
+    pub store: String,
+    /// ClickHouse user (default: the server's `default`).
+    #[arg(long, env = "EMBER_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+    /// A file holding the ClickHouse password (else $EMBER_CLICKHOUSE_PASSWORD).
+    #[arg(long)]
+    pub clickhouse_password_file: Option<PathBuf>,
+    #[arg(long, env = "EMBER_CLICKHOUSE_PASSWORD", hide = true, hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+    /// PEM certificates to trust for clickhouses:// instead of the Mozilla roots.
+    #[arg(long)]
+    pub clickhouse_ca: Option<PathBuf>,
     /// Where the embedded store lives.
     #[arg(long, default_value = "./ember-data")]
     pub data_dir: PathBuf,
@@ -117,7 +133,18 @@ impl Cli {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: self.tls_client_ca }),
             _ => None,
         };
+        let store = match self.store.as_str() {
+            "embedded" => StoreConfig::Embedded,
+            url => StoreConfig::ClickHouse(ClickHouseConfig {
+                url: url.to_string(),
+                user: self.clickhouse_user.filter(|u| !u.is_empty()),
+                password: self.clickhouse_password.filter(|p| !p.is_empty()),
+                password_file: self.clickhouse_password_file,
+                ca: self.clickhouse_ca,
+            }),
+        };
         ServerConfig {
+            store,
             data_dir: self.data_dir,
             grpc_listen: self.grpc_listen,
             http_listen: self.http_listen,
@@ -170,6 +197,7 @@ mod tests {
         assert_eq!(c.http_listen, "127.0.0.1:7080");
         assert_eq!(c.retention, Duration::from_secs(7 * 86400));
         assert!(c.tls.is_none());
+        assert!(matches!(c.store, StoreConfig::Embedded));
         assert!(Cli::try_parse_from(["ember-collector", "--tls-cert", "x"]).is_err(), "cert needs a key");
     }
 }

@@ -19,6 +19,7 @@ use crate::ingest::{InflightLayer, IngestService, TokenCheck};
 use crate::metrics::Metrics;
 use crate::net::Acceptor;
 use crate::query::now_ms;
+use crate::store::clickhouse::{ClickHouseStore, ClientError, Endpoint};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
 
@@ -32,6 +33,7 @@ pub struct TlsFiles {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    pub store: StoreConfig,
     pub data_dir: PathBuf,
     pub grpc_listen: String,
     pub http_listen: String,
@@ -46,6 +48,60 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     pub max_batch_bytes: usize,
     pub limits: Limits,
+}
+
+/// Which backend keeps the profiles.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// One file under `--data-dir`.
+    Embedded,
+    ClickHouse(ClickHouseConfig),
+}
+
+/// `--store clickhouse://…` and its credentials.
+#[derive(Clone)]
+pub struct ClickHouseConfig {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig").field("url", &self.url).field("user", &self.user).finish()
+    }
+}
+
+impl ClickHouseConfig {
+    fn endpoint(&self) -> Result<Endpoint, ServerError> {
+        let bad = |e: ClientError| ServerError::StoreConfig(e.to_string());
+        let mut endpoint = Endpoint::parse(&self.url).map_err(bad)?;
+        endpoint.user = self.user.clone();
+        endpoint.password = match &self.password_file {
+            Some(path) => {
+                Some(read(path)?).map(|b| String::from_utf8_lossy(&b).trim_end_matches(['\n', '\r']).to_string())
+            }
+            None => self.password.clone(),
+        };
+        endpoint.ca_pem = self.ca.as_ref().map(read).transpose()?;
+        Ok(endpoint)
+    }
+}
+
+fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
+    Ok(match &config.store {
+        StoreConfig::Embedded => Arc::new(
+            EmbeddedStore::open_with_cache(&config.data_dir, config.max_disk, config.store_cache)
+                .map_err(|source| ServerError::Store { at: config.data_dir.display().to_string(), source })?,
+        ),
+        StoreConfig::ClickHouse(ch) => {
+            let endpoint = ch.endpoint()?;
+            let at = format!("{} (database {})", endpoint.base, endpoint.database);
+            Arc::new(ClickHouseStore::open(endpoint).map_err(|source| ServerError::Store { at, source })?)
+        }
+    })
 }
 
 /// What one peer, or many, may hold of the collector.
@@ -82,8 +138,10 @@ impl Default for Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot open the store in {dir}: {source}")]
-    Store { dir: PathBuf, source: StoreError },
+    #[error("cannot open the store at {at}: {}", source.detail())]
+    Store { at: String, source: StoreError },
+    #[error("--store: {0}")]
+    StoreConfig(String),
     #[error("cannot listen on {addr} ({what}): {source}. Is another collector running? Choose another address with --{what}-listen")]
     Listen { what: &'static str, addr: String, source: std::io::Error },
     #[error("cannot read {path}: {source}")]
@@ -127,9 +185,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), ServerError> {
-    let store = EmbeddedStore::open_with_cache(&config.data_dir, config.max_disk, config.store_cache)
-        .map_err(|source| ServerError::Store { dir: config.data_dir.clone(), source })?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    let store = open_store(&config)?;
     let metrics = Arc::new(Metrics::new());
     let grpc_listener = bind("grpc", &config.grpc_listen).await?;
     let http_listener = bind("http", &config.http_listen).await?;

@@ -1,12 +1,14 @@
 //! The gRPC connection to the collector: TLS (rustls) with an optional client certificate,
 //! a bearer token, gzip. Connects lazily, so a collector that is down at start is not an error.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ember_proto::v1::ingest_client::IngestClient;
 use ember_proto::v1::{Ack, Batch};
 use tonic::codec::CompressionEncoding;
+use tonic::codegen::http::Uri;
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -53,18 +55,32 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, ClientError> {
 }
 
 pub fn connect(url: &str, options: &ClientOptions) -> Result<Client, ClientError> {
+    connect_to(url, None, options)
+}
+
+/// A client for the collector at `url`; with `address`, connected to that address of the
+/// URL's host (one of those its name resolves to), still speaking to the host by name (the
+/// `:authority` header and, with TLS, the certificate's name).
+pub fn connect_to(url: &str, address: Option<SocketAddr>, options: &ClientOptions) -> Result<Client, ClientError> {
     let bad = |reason: String| ClientError::Url { url: url.to_string(), reason };
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(bad("the scheme must be http or https".into()));
     }
-    let mut endpoint = Endpoint::from_shared(url.to_string())
+    let uri: Uri = url.parse().map_err(|e: tonic::codegen::http::uri::InvalidUri| bad(e.to_string()))?;
+    let host = uri.host().ok_or_else(|| bad("no host".into()))?.trim_matches(['[', ']']).to_string();
+    let target = match address {
+        Some(addr) => format!("{}://{addr}", uri.scheme_str().unwrap_or("http")),
+        None => url.to_string(),
+    };
+    let mut endpoint = Endpoint::from_shared(target)
         .map_err(|e| bad(e.to_string()))?
+        .origin(uri.clone())
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .tcp_keepalive(Some(Duration::from_secs(30)));
     let tls_wanted = url.starts_with("https://") || options.tls_ca.is_some() || options.tls_cert.is_some();
     if tls_wanted {
-        let mut tls = ClientTlsConfig::new();
+        let mut tls = ClientTlsConfig::new().domain_name(host);
         tls = match &options.tls_ca {
             Some(ca) => tls.ca_certificate(Certificate::from_pem(read(ca)?)),
             None => tls.with_webpki_roots(),

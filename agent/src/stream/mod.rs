@@ -7,6 +7,7 @@ pub(crate) mod batch;
 pub(crate) mod buffer;
 pub(crate) mod client;
 mod clock;
+mod collectors;
 pub(crate) mod describe;
 pub(crate) mod discovery;
 mod kubernetes;
@@ -27,7 +28,7 @@ pub use sampler::StreamTargets;
 pub struct StreamConfig {
     pub targets: StreamTargets,
     pub sampling: SamplingConfig,
-    pub collector: String,
+    pub collectors: Vec<String>,
     pub client: ClientOptions,
     pub flush_interval: Duration,
     pub buffer_bytes: usize,
@@ -71,10 +72,10 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         .enable_all()
         .build()
         .map_err(StreamError::Runtime)?;
-    // The channel spawns its connection task on the runtime, so create it inside.
-    let client = {
+    // The channels spawn their connection tasks on the runtime, so create them inside.
+    let collectors = {
         let _inside = runtime.enter();
-        client::connect(&config.collector, &config.client)?
+        collectors::Collectors::new(config.collectors.clone(), config.client.clone())?
     };
     let metrics = Arc::new(metrics::AgentMetrics::new());
     if let Some(addr) = &config.metrics_listen {
@@ -110,7 +111,7 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         .spawn(move || sampler::run(sampler_config, tx, sampler_metrics, ready_tx))
         .map_err(StreamError::Runtime)?;
     match ready_rx.recv() {
-        Ok(Ok(text)) => tracing::info!(collector = %config.collector, "streaming {text}"),
+        Ok(Ok(text)) => tracing::info!(collectors = %config.collectors.join(", "), "streaming {text}"),
         Ok(Err(e)) => {
             let _ = sampler.join();
             return Err(e.into());
@@ -122,7 +123,7 @@ pub fn run(config: StreamConfig) -> Result<i32, StreamError> {
         buffer_bytes: config.buffer_bytes,
         final_flush: config.final_flush,
     };
-    runtime.block_on(sender::run(sender_config, client, rx, metrics));
+    runtime.block_on(sender::run(sender_config, collectors, rx, metrics));
     let child_exit = sampler.join().map_err(|_| StreamError::SamplerDied)?;
     Ok(child_exit.map_or(0, crate::process::launch::ChildExit::shell_status))
 }

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use super::buffer::SendBuffer;
-use super::client::{self, Client};
+use super::client;
+use super::collectors::Collectors;
 use super::metrics::AgentMetrics;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -78,10 +79,11 @@ fn accept(buffer: &mut SendBuffer, config: &SenderConfig, metrics: &AgentMetrics
 /// branches share that state and each is short.
 pub async fn run(
     config: SenderConfig,
-    mut client: Client,
+    mut collectors: Collectors,
     mut batches: mpsc::Receiver<v1::Batch>,
     metrics: Arc<AgentMetrics>,
 ) {
+    collectors.resolve().await;
     let mut buffer = SendBuffer::new(config.buffer_bytes);
     let mut backoff = Backoff::default();
     let mut next_attempt = Instant::now();
@@ -117,6 +119,8 @@ pub async fn run(
                 // While the request is out, the sampler may finish: from then on the request
                 // may only take until the final-flush deadline. Batches that arrive meanwhile
                 // join the buffer once it is answered, so the one in flight stays its front.
+                let (collector, mut client) = collectors.current();
+                let collector = collector.to_string();
                 let push = client::push(&mut client, batch);
                 tokio::pin!(push);
                 let mut arrived = Vec::new();
@@ -137,9 +141,10 @@ pub async fn run(
                     match pushed {
                         Ok(ack) => {
                             if failing {
-                                tracing::info!("collector reachable again; resending what it has not acknowledged");
+                                tracing::info!(%collector, "collector reachable again; resending what it has not acknowledged");
                                 failing = false;
                             }
+                            collectors.succeeded();
                             if let Some(done) = buffer.ack_front() {
                                 acked_batches += 1;
                                 acked_samples += done.samples;
@@ -152,9 +157,15 @@ pub async fn run(
                         }
                         Err(status) if retry(status.code()) => {
                             metrics.reconnects.inc();
-                            let delay = backoff.next_delay();
+                            // The next collector at once; a pause only when all have failed.
+                            let all_failed = collectors.failed();
+                            let delay = if all_failed { backoff.next_delay() } else { Duration::ZERO };
                             if !failing || status.code() == Code::Unauthenticated {
-                                tracing::warn!(sequence, "collector did not take the batch ({}: {}); retrying in {delay:?}", status.code(), status.message());
+                                let next = collectors.current().0.to_string();
+                                tracing::warn!(sequence, %collector, "collector did not take the batch ({}: {}); retrying in {delay:?} with {next}", status.code(), status.message());
+                            }
+                            if all_failed {
+                                collectors.resolve().await;
                             }
                             failing = true;
                             next_attempt = Instant::now() + delay;

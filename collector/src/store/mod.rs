@@ -3,6 +3,7 @@
 //! documented in `docs/STORAGE.md`.
 
 pub(crate) mod budget;
+pub mod clickhouse;
 pub(crate) mod codec;
 pub mod embedded;
 pub(crate) mod tasks;

@@ -6,6 +6,7 @@
 mod common;
 
 mod api;
+mod clickhouse;
 mod dashboards;
 mod hostile_ingest;
 mod hostile_net;

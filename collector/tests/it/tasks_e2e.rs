@@ -9,7 +9,7 @@ use crate::common::*;
 /// TaskGroups of one heavy and one light task the fixture runs.
 const ROUNDS: usize = 25;
 
-fn stream_asyncio(collector: &Collector, service: &str, args: &[&str]) -> u64 {
+pub fn stream_asyncio(collector: &Collector, service: &str, args: &[&str]) -> u64 {
     let py = python312().display().to_string();
     let script = fixture("asyncio_cpu.py").display().to_string();
     let mut command = vec![py.as_str(), script.as_str()];
@@ -39,7 +39,7 @@ fn profile_total(collector: &Collector, query: &str) -> (u64, Folded) {
     (folded.total(), folded)
 }
 
-fn check_tasks(collector: &Collector, service: &str, sent: u64) {
+pub fn check_tasks(collector: &Collector, service: &str, sent: u64) {
     let query = format!(r#"{{service="{service}"}}"#);
     let (status, body) = collector.get(&format!("/api/v1/timeline?from=now-1h&query={}", encode(&query)));
     assert_eq!(status, 200, "{body}");

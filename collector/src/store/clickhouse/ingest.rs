@@ -1,0 +1,208 @@
+//! Writing a batch: dictionaries first (frames, stacks, series: content-keyed, so a repeat
+//! only adds a row the next merge folds), then the batch's samples, tasks and slices under a
+//! random attempt number, and last one marker per day the batch touches.
+//!
+//! Exactly once across collectors: a query counts, for each batch, only the attempt with the
+//! smallest number among those with a marker (`read.rs`). A marker is written only after every
+//! row of its attempt was acknowledged, so an attempt cut short (a collector killed mid-way,
+//! ClickHouse refusing a part) has none and is never counted, and a batch resent to another
+//! collector adds a complete attempt that is counted instead of, never with, the first.
+
+use std::collections::{BTreeSet, HashSet};
+
+use ring::rand::SecureRandom;
+
+use super::ids::{content_id, day_of_ms, literal, Id, Rows};
+use super::ClickHouseStore;
+use crate::store::codec::{encode_frame, encode_labels};
+use crate::store::{IngestOutcome, NewBatch, StoreError};
+
+impl ClickHouseStore {
+    pub(super) fn write_batch(&self, batch: &NewBatch) -> Result<IngestOutcome, StoreError> {
+        let mut key = batch.agent_id.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&batch.sequence.to_le_bytes());
+        let batch_id = content_id(b"batch", &key);
+        let days = days_of(batch);
+        let day_list = days.iter().map(|&d| super::read::date(i64::from(d))).collect::<Vec<_>>().join(",");
+        let seen = self.query_text(&format!(
+            "SELECT count() FROM ember_batches WHERE day IN ({day_list}) AND batch = {} FORMAT TabSeparated",
+            literal(&batch_id)
+        ))?;
+        if seen.trim() != "0" {
+            return Ok(IngestOutcome::Duplicate);
+        }
+        let frame_ids = self.write_frames(batch)?;
+        let stack_ids = self.write_stacks(batch, &frame_ids)?;
+        let series_ids = self.write_series(batch)?;
+        let attempt = random_attempt()?;
+        self.write_samples(batch, &stack_ids, &series_ids, &batch_id, attempt)?;
+        self.write_tasks(batch, &series_ids, &batch_id, attempt)?;
+        let stored_ms = now_ms();
+        let mut markers = Rows::default();
+        for &day in &days {
+            markers.u16(day).id(&batch_id).u64(attempt).str(&batch.agent_id).u64(batch.sequence);
+            markers.u64(batch.sample_count()).u64(stored_ms);
+        }
+        self.insert("ember_batches", "day, batch, attempt, agent_id, sequence, samples, stored_ms", &markers)?;
+        Ok(IngestOutcome::Stored { samples: batch.sample_count() })
+    }
+
+    fn write_frames(&self, batch: &NewBatch) -> Result<Vec<Id>, StoreError> {
+        let mut rows = Rows::default();
+        let ids: Vec<Id> = batch.frames.iter().map(|f| content_id(b"frame", &encode_frame(f))).collect();
+        for (frame, id) in batch.frames.iter().zip(&ids) {
+            if self.written.fresh(id) {
+                rows.id(id).u8(frame.kind as u8).u8(u8::from(frame.interpreter_plumbing));
+                rows.str(&frame.text).str(&frame.function).str(&frame.file).nullable_u32(frame.line);
+            }
+        }
+        if !rows.0.is_empty() {
+            self.insert("ember_frames", "frame_id, kind, plumbing, text, function, file, line", &rows)?;
+        }
+        Ok(ids)
+    }
+
+    fn write_stacks(&self, batch: &NewBatch, frame_ids: &[Id]) -> Result<Vec<Id>, StoreError> {
+        let mut rows = Rows::default();
+        let mut ids = Vec::with_capacity(batch.stacks.len());
+        for stack in &batch.stacks {
+            let frames: Vec<&Id> = stack.iter().filter_map(|&i| frame_ids.get(i as usize)).collect();
+            let bytes: Vec<u8> = frames.iter().flat_map(|id| id.iter().copied()).collect();
+            let id = content_id(b"stack", &bytes);
+            if self.written.fresh(&id) {
+                rows.id(&id).ids(frames.into_iter());
+            }
+            ids.push(id);
+        }
+        if !rows.0.is_empty() {
+            self.insert("ember_stacks", "stack_id, frames", &rows)?;
+        }
+        Ok(ids)
+    }
+
+    fn write_series(&self, batch: &NewBatch) -> Result<Vec<Id>, StoreError> {
+        let mut rows = Rows::default();
+        let mut ids = Vec::with_capacity(batch.series.len());
+        for series in &batch.series {
+            let id = content_id(b"series", &encode_labels(&series.labels));
+            if self.written.fresh(&id) {
+                rows.id(&id);
+                rows.strs(series.labels.keys().map(String::as_str));
+                rows.strs(series.labels.values().map(String::as_str));
+            }
+            ids.push(id);
+        }
+        if !rows.0.is_empty() {
+            self.insert("ember_series", "series_id, label_names, label_values", &rows)?;
+        }
+        Ok(ids)
+    }
+
+    fn write_samples(
+        &self,
+        batch: &NewBatch,
+        stack_ids: &[Id],
+        series_ids: &[Id],
+        batch_id: &Id,
+        attempt: u64,
+    ) -> Result<(), StoreError> {
+        let mut rows = Rows::default();
+        for (series, series_id) in batch.series.iter().zip(series_ids) {
+            for s in &series.samples {
+                let Some(stack_id) = stack_ids.get(s.stack as usize) else { continue };
+                rows.u16(day_of_ms(s.time_unix_ns.div_euclid(1_000_000))).id(series_id).i64(s.time_unix_ns);
+                rows.id(stack_id).u32(s.tid).u32(s.weight).id(batch_id).u64(attempt);
+            }
+        }
+        if rows.0.is_empty() {
+            return Ok(());
+        }
+        self.insert("ember_samples", "day, series_id, time_ns, stack_id, tid, weight, batch, attempt", &rows)
+    }
+
+    fn write_tasks(&self, batch: &NewBatch, series_ids: &[Id], batch_id: &Id, attempt: u64) -> Result<(), StoreError> {
+        let (mut tasks, mut slices) = (Rows::default(), Rows::default());
+        for (series, series_id) in batch.series.iter().zip(series_ids) {
+            for t in &series.tasks.tasks {
+                tasks.u16(day_of_ms(t.created_ns.div_euclid(1_000_000))).id(series_id).u64(t.id);
+                tasks.str(&t.name).str(&t.coro).u64(t.parent).i64(t.created_ns);
+                match t.done_ns {
+                    Some(done) => tasks.u8(0).i64(done),
+                    None => tasks.u8(1),
+                };
+                tasks.u8(super::read::state_code(t.state)).str(&t.exception).id(batch_id).u64(attempt);
+            }
+            for s in &series.tasks.slices {
+                slices.u16(day_of_ms(s.start_ns.div_euclid(1_000_000))).id(series_id).i64(s.start_ns).i64(s.end_ns);
+                match s.ready_ns {
+                    Some(ready) => slices.u8(0).i64(ready),
+                    None => slices.u8(1),
+                };
+                slices.u64(s.task).u32(s.tid).id(batch_id).u64(attempt);
+            }
+        }
+        if !tasks.0.is_empty() {
+            let columns =
+                "day, series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, batch, attempt";
+            self.insert("ember_tasks", columns, &tasks)?;
+        }
+        if !slices.0.is_empty() {
+            let columns = "day, series_id, start_ns, end_ns, ready_ns, task_id, tid, batch, attempt";
+            self.insert("ember_slices", columns, &slices)?;
+        }
+        Ok(())
+    }
+}
+
+/// The days (ClickHouse `Date`) a batch's samples, tasks and slices fall on; today for an
+/// empty batch, so its repeat is still recognised.
+fn days_of(batch: &NewBatch) -> BTreeSet<u16> {
+    let mut days = BTreeSet::new();
+    for series in &batch.series {
+        days.extend(series.samples.iter().map(|s| day_of_ms(s.time_unix_ns.div_euclid(1_000_000))));
+        days.extend(series.tasks.tasks.iter().map(|t| day_of_ms(t.created_ns.div_euclid(1_000_000))));
+        days.extend(series.tasks.slices.iter().map(|s| day_of_ms(s.start_ns.div_euclid(1_000_000))));
+    }
+    if days.is_empty() {
+        days.insert(day_of_ms(now_ms() as i64));
+    }
+    days
+}
+
+fn random_attempt() -> Result<u64, StoreError> {
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Internal("no randomness for the batch's attempt number".into()))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Content ids this process has written, so a dictionary row is sent once per process, not
+/// once per batch. Bounded: when full it starts over (a row sent again only costs a merge).
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    seen: std::sync::Mutex<HashSet<Id>>,
+}
+
+const WRITTEN_MAX: usize = 1 << 20;
+
+impl Written {
+    /// Whether `id` was not written yet (and now counts as written). The caller must then
+    /// write it; a failed write forgets everything (`ClickHouseStore::insert`).
+    fn fresh(&self, id: &Id) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= WRITTEN_MAX {
+            seen.clear();
+        }
+        seen.insert(*id)
+    }
+
+    pub(super) fn forget_all(&self) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
