@@ -27,6 +27,9 @@ pub struct Cli {
     /// PEM certificates to trust for clickhouses:// instead of the Mozilla roots.
     #[arg(long)]
     pub clickhouse_ca: Option<PathBuf>,
+    /// Append every statement sent to ClickHouse to this file (to check it on another server).
+    #[arg(long)]
+    pub clickhouse_sql_log: Option<PathBuf>,
     /// Where the embedded store lives.
     #[arg(long, default_value = "./ember-data")]
     pub data_dir: PathBuf,
@@ -141,6 +144,7 @@ impl Cli {
                 password: self.clickhouse_password.filter(|p| !p.is_empty()),
                 password_file: self.clickhouse_password_file,
                 ca: self.clickhouse_ca,
+                sql_log: self.clickhouse_sql_log,
             }),
         };
         ServerConfig {

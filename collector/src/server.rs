@@ -66,6 +66,7 @@ pub struct ClickHouseConfig {
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
+    pub sql_log: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
@@ -86,6 +87,7 @@ impl ClickHouseConfig {
             None => self.password.clone(),
         };
         endpoint.ca_pem = self.ca.as_ref().map(read).transpose()?;
+        endpoint.sql_log = self.sql_log.clone();
         Ok(endpoint)
     }
 }

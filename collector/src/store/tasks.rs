@@ -31,6 +31,25 @@ pub struct TaskRecord {
     pub record_lost: bool,
 }
 
+impl TaskRecord {
+    /// The placeholder for a task whose slices arrived but whose record did not (a batch the
+    /// agent had to drop): it still shows, from when it first ran, rather than vanish with
+    /// its samples.
+    pub fn lost(id: u64, first_ran_ns: i64) -> Self {
+        TaskRecord {
+            id,
+            name: String::new(),
+            coro: String::new(),
+            parent: 0,
+            created_ns: first_ran_ns,
+            done_ns: None,
+            state: TaskState::Pending,
+            exception: String::new(),
+            record_lost: true,
+        }
+    }
+}
+
 /// When a task ran, on which thread, and when it had become ready to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskSlice {

@@ -106,19 +106,6 @@ impl ClickHouse {
     }
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 impl Drop for ClickHouse {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -126,9 +113,19 @@ impl Drop for ClickHouse {
     }
 }
 
+/// Where every collector of these tests logs its SQL, for `collector/tests/clickhouse_sql_check.py`
+/// to run on a current ClickHouse (chdb) in CI.
+pub fn sql_log_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("clickhouse-sql");
+    std::fs::create_dir_all(&dir).expect("the SQL log directory");
+    dir
+}
+
 /// A collector on ClickHouse; its data directory is unused but must exist.
 fn on_clickhouse(dir: &tempfile::TempDir, store: &str) -> Collector {
-    Collector::start(dir.path(), &["--store", store])
+    let name = dir.path().file_name().and_then(|n| n.to_str()).unwrap_or("c").trim_start_matches('.');
+    let log = sql_log_dir().join(format!("{name}.sql"));
+    Collector::start(dir.path(), &["--store", store, "--clickhouse-sql-log", &log.display().to_string()])
 }
 
 fn stacks(prefix: &str, n: usize) -> Vec<Vec<String>> {

@@ -16,6 +16,8 @@ pub struct Endpoint {
     pub password: Option<String>,
     /// PEM roots to trust instead of the Mozilla set, for a private CA.
     pub ca_pem: Option<Vec<u8>>,
+    /// Every statement sent is appended here (`--clickhouse-sql-log`), to run it elsewhere.
+    pub sql_log: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -33,6 +35,8 @@ pub enum ClientError {
     BadDatabase(String),
     #[error("the ClickHouse CA file is not PEM: {0}")]
     BadCa(String),
+    #[error("cannot open the ClickHouse SQL log {0}")]
+    SqlLog(String),
     #[error("cannot reach ClickHouse at {base}: {source}")]
     Transport { base: String, source: ureq::Error },
     /// The server refused the statement: ClickHouse's error code and text.
@@ -73,6 +77,7 @@ impl Endpoint {
             user: None,
             password: None,
             ca_pem: None,
+            sql_log: None,
         })
     }
 }
@@ -82,6 +87,7 @@ impl Endpoint {
 pub struct Client {
     endpoint: Endpoint,
     agent: ureq::Agent,
+    sql_log: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 /// The most a query answer may hold (a flame graph's distinct stacks and their frames).
@@ -110,7 +116,31 @@ impl Client {
             .max_idle_age(Duration::from_secs(2))
             .tls_config(tls.build())
             .build();
-        Ok(Self { endpoint, agent: config.into() })
+        let sql_log = match &endpoint.sql_log {
+            Some(path) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| ClientError::SqlLog(format!("{}: {e}", path.display())))?,
+            )),
+            None => None,
+        };
+        Ok(Self { endpoint, agent: config.into(), sql_log })
+    }
+
+    /// Appends a statement to the SQL log: `-- database` line, the statement, a `;;` line.
+    fn log(&self, statement: &[u8]) {
+        use std::io::Write;
+        if let Some(file) = &self.sql_log {
+            let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
+            let mut record = format!("-- database: {}\n", self.endpoint.database).into_bytes();
+            record.extend_from_slice(statement);
+            record.extend_from_slice(b"\n;;\n");
+            if let Err(e) = file.write_all(&record) {
+                tracing::warn!("cannot append to the ClickHouse SQL log: {e}");
+            }
+        }
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -119,6 +149,7 @@ impl Client {
 
     /// Runs a statement that answers nothing (DDL, ALTER).
     pub fn execute(&self, sql: &str) -> Result<(), ClientError> {
+        self.log(sql.as_bytes());
         self.post(&[], sql.as_bytes()).map(|_| ())
     }
 
@@ -132,12 +163,14 @@ impl Client {
     pub fn query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<Vec<u8>, ClientError> {
         let mut params = vec![("wait_end_of_query", "1")];
         params.extend_from_slice(settings);
+        self.log(sql.as_bytes());
         self.post(&params, sql.as_bytes())
     }
 
     /// Inserts `rows` (RowBinary) into `table`.
     pub fn insert(&self, table: &str, columns: &str, rows: &[u8]) -> Result<(), ClientError> {
         let statement = format!("INSERT INTO {table} ({columns}) FORMAT RowBinary");
+        self.log(statement.as_bytes());
         self.post(&[("query", &statement)], rows).map(|_| ())
     }
 

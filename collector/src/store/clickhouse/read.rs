@@ -403,19 +403,8 @@ impl ClickHouseStore {
                 found.entry(series).or_default().tasks.push(task);
             }
         }
-        // Slices whose task record never arrived still show, as in the embedded store.
         for ((series, id), first) in ran {
-            found.entry(series).or_default().tasks.push(TaskRecord {
-                id,
-                name: String::new(),
-                coro: String::new(),
-                parent: 0,
-                created_ns: first,
-                done_ns: None,
-                state: TaskState::Pending,
-                exception: String::new(),
-                record_lost: true,
-            });
+            found.entry(series).or_default().tasks.push(TaskRecord::lost(id, first));
         }
         let labels: HashMap<Id, &Labels> = series.iter().map(|(id, l)| (*id, l)).collect();
         Ok(found

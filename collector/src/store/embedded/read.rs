@@ -12,7 +12,7 @@ use crate::query::TimeRange;
 use crate::store::budget;
 use crate::store::codec::{self, RawSample};
 use crate::store::tasks::{self, SeriesTasks};
-use crate::store::{bucket_of, SeriesInfo, StackCounts, Steps, StoreError, TaskRecord, TaskState};
+use crate::store::{bucket_of, SeriesInfo, StackCounts, Steps, StoreError, TaskRecord};
 
 /// How far before a range the slices that run into it are looked for: one step of an asyncio
 /// task longer than this (a minute of blocking the loop) is missed by queries starting later.
@@ -190,20 +190,8 @@ pub fn tasks(
                 Ok(())
             },
         )?;
-        // Slices whose task record never arrived (a batch the agent had to drop) still show,
-        // under a placeholder, rather than vanish with their samples.
         for (id, first) in ran {
-            found.tasks.push(TaskRecord {
-                id,
-                name: String::new(),
-                coro: String::new(),
-                parent: 0,
-                created_ns: first,
-                done_ns: None,
-                state: TaskState::Pending,
-                exception: String::new(),
-                record_lost: true,
-            });
+            found.tasks.push(TaskRecord::lost(id, first));
         }
         if !found.tasks.is_empty() || !found.slices.is_empty() {
             out.push(found);
