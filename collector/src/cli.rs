@@ -19,11 +19,10 @@ pub struct Cli {
     /// ClickHouse user (default: the server's `default`).
     #[arg(long, env = "EMBER_CLICKHOUSE_USER")]
     pub clickhouse_user: Option<String>,
-    /// A file holding the ClickHouse password (else $EMBER_CLICKHOUSE_PASSWORD).
+    /// A file holding the ClickHouse password (else $EMBER_CLICKHOUSE_PASSWORD; never a flag,
+    /// which any user would see in `ps`).
     #[arg(long)]
     pub clickhouse_password_file: Option<PathBuf>,
-    #[arg(long, env = "EMBER_CLICKHOUSE_PASSWORD", hide = true, hide_env_values = true)]
-    pub clickhouse_password: Option<String>,
     /// PEM certificates to trust for clickhouses:// instead of the Mozilla roots.
     #[arg(long)]
     pub clickhouse_ca: Option<PathBuf>,
@@ -141,7 +140,7 @@ impl Cli {
             url => StoreConfig::ClickHouse(ClickHouseConfig {
                 url: url.to_string(),
                 user: self.clickhouse_user.filter(|u| !u.is_empty()),
-                password: self.clickhouse_password.filter(|p| !p.is_empty()),
+                password: std::env::var("EMBER_CLICKHOUSE_PASSWORD").ok().filter(|p| !p.is_empty()),
                 password_file: self.clickhouse_password_file,
                 ca: self.clickhouse_ca,
                 sql_log: self.clickhouse_sql_log,

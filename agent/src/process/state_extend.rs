@@ -78,10 +78,10 @@ struct Remembered {
 
 impl ThreadContinuations {
     fn find(&self, outermost: RawFrame, bytes: &[u8], place: &Place) -> Option<&Remembered> {
-        self.remembered.iter().find(|r| {
-            let common = r.bytes.len().min(bytes.len());
-            r.outermost == outermost && r.bytes[..common] == bytes[..common] && r.place == *place
-        })
+        // As many bytes as were kept, never fewer: a copy that ends where the frame starts
+        // tells nothing by its bytes.
+        let kept = &bytes[..bytes.len().min(KEPT_BYTES)];
+        self.remembered.iter().find(|r| r.outermost == outermost && *r.bytes == *kept && r.place == *place)
     }
 
     fn remember(&mut self, outermost: RawFrame, bytes: &[u8], callers: &[RawFrame], place: Place) {
@@ -201,12 +201,19 @@ impl ProcessState {
         let (Some(regs), Some((trampoline_sp, _))) = (sample.regs, self.first_trampoline(unwound)) else {
             return false;
         };
-        let Some(end) = regs.sp.checked_add(stack.len() as u64) else { return false };
+        // Everything read beyond the copy is read again with the chain, at one moment: the
+        // native frames between the copy and the Python call too, not only its callers.
+        let Some(beyond) = stack.get(sample.stack.len()..) else { return false };
+        let Some(copy_end) = regs.sp.checked_add(sample.stack.len() as u64) else { return false };
+        if trampoline_sp < copy_end {
+            return false;
+        }
         let native_id = self.ns_tid(sample.tid);
         let Slot::Attached(interpreter) = &mut self.interpreter else { return false };
-        let callers_len = usize::try_from(end.saturating_sub(trampoline_sp)).unwrap_or(0);
-        let Ok(snapshot) = interpreter.snapshot(native_id, trampoline_sp, callers_len, 0) else { return false };
-        snapshot.place().as_ref() == Some(place) && self.runs_innermost(&snapshot, sample, stack, unwound)
+        let Ok(snapshot) = interpreter.snapshot(native_id, copy_end, beyond.len(), 0) else { return false };
+        snapshot.stack_from(copy_end) == Some(beyond)
+            && snapshot.place().as_ref() == Some(place)
+            && self.runs_innermost(&snapshot, sample, stack, unwound)
     }
 
     /// Whether `snapshot` shows the thread in the Python call the continued walk reached as its

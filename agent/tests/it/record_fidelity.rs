@@ -249,7 +249,7 @@ fn build_no_cfi(dir: &Path) -> PathBuf {
 /// 8 KiB copy, as OpenBLAS's kernels fill the default one) leaves no Python call in the copy.
 /// The walk goes on in the thread's stack read from memory, taken only while the thread's
 /// innermost Python call is still the one running: a sample is then whole, or `[truncated]`
-/// when the call ended before the read (never another call's frames). Without reads, none is
+/// when the call ended before the read (never another call's frames). Without reads, few are
 /// whole.
 #[test]
 fn a_copy_cut_before_any_python_call_goes_on_in_the_stack_read_from_memory() {
@@ -292,7 +292,11 @@ fn a_copy_cut_before_any_python_call_goes_on_in_the_stack_read_from_memory() {
     assert!(whole * 10 >= realign * 9, "{whole} of {realign} samples whole\n{err}\n{:?}", folded.stacks);
     assert!(err.contains("cut before any Python call went on in the thread's stack read from memory"), "{err}");
 
+    // Without reads, only the thread's history completes a few (after a rare sample whose
+    // copy held the whole stack).
     let (folded, err) = profile(&["--no-interpreter-reads"]);
-    assert_eq!(folded.count(|s| in_realign(s) && whole_in_work(s)), 0, "{err}\n{:?}", folded.stacks);
-    assert!(folded.count(in_realign) >= 200, "{err}");
+    let (whole, realign) = (folded.count(|s| in_realign(s) && whole_in_work(s)), folded.count(in_realign));
+    assert!(realign >= 200, "{err}");
+    assert!(whole * 10 <= realign, "{whole} of {realign} whole without reads\n{err}");
+    assert!(!err.contains("went on in the thread's stack"), "{err}");
 }

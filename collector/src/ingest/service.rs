@@ -72,7 +72,7 @@ impl Ingest for IngestService {
             }
             Err(e) => {
                 self.metrics.batch("storage_error");
-                tracing::error!("storing a batch failed: {e}");
+                tracing::error!("storing a batch failed: {}", e.detail());
                 Err(Status::unavailable("collector could not store the batch (retry later); its log says why"))
             }
         }

@@ -25,9 +25,13 @@ impl ClickHouseStore {
         let batch_id = content_id(b"batch", &key);
         let days = days_of(batch);
         let day_list = days.iter().map(|&d| super::read::date(i64::from(d))).collect::<Vec<_>>().join(",");
+        // Stored means some attempt has its marker on every day: a marker insert spanning days
+        // writes one part per day, and may have stopped after some.
         let seen = self.query_text(&format!(
-            "SELECT count() FROM ember_batches WHERE day IN ({day_list}) AND batch = {} FORMAT TabSeparated",
-            literal(&batch_id)
+            "SELECT count() FROM (SELECT attempt FROM ember_batches WHERE day IN ({day_list}) AND batch = {} \
+             GROUP BY attempt HAVING uniqExact(day) = {}) FORMAT TabSeparated",
+            literal(&batch_id),
+            days.len()
         ))?;
         if seen.trim() != "0" {
             return Ok(IngestOutcome::Duplicate);
@@ -51,14 +55,16 @@ impl ClickHouseStore {
     fn write_frames(&self, batch: &NewBatch) -> Result<Vec<Id>, StoreError> {
         let mut rows = Rows::default();
         let ids: Vec<Id> = batch.frames.iter().map(|f| content_id(b"frame", &encode_frame(f))).collect();
+        let mut new = HashSet::new();
         for (frame, id) in batch.frames.iter().zip(&ids) {
-            if self.written.fresh(id) {
+            if !self.written.has(id) && new.insert(*id) {
                 rows.id(id).u8(frame.kind as u8).u8(u8::from(frame.interpreter_plumbing));
                 rows.str(&frame.text).str(&frame.function).str(&frame.file).nullable_u32(frame.line);
             }
         }
         if !rows.0.is_empty() {
             self.insert("ember_frames", "frame_id, kind, plumbing, text, function, file, line", &rows)?;
+            self.written.add(new);
         }
         Ok(ids)
     }
@@ -66,17 +72,19 @@ impl ClickHouseStore {
     fn write_stacks(&self, batch: &NewBatch, frame_ids: &[Id]) -> Result<Vec<Id>, StoreError> {
         let mut rows = Rows::default();
         let mut ids = Vec::with_capacity(batch.stacks.len());
+        let mut new = HashSet::new();
         for stack in &batch.stacks {
             let frames: Vec<&Id> = stack.iter().filter_map(|&i| frame_ids.get(i as usize)).collect();
             let bytes: Vec<u8> = frames.iter().flat_map(|id| id.iter().copied()).collect();
             let id = content_id(b"stack", &bytes);
-            if self.written.fresh(&id) {
+            if !self.written.has(&id) && new.insert(id) {
                 rows.id(&id).ids(frames.into_iter());
             }
             ids.push(id);
         }
         if !rows.0.is_empty() {
             self.insert("ember_stacks", "stack_id, frames", &rows)?;
+            self.written.add(new);
         }
         Ok(ids)
     }
@@ -84,9 +92,10 @@ impl ClickHouseStore {
     fn write_series(&self, batch: &NewBatch) -> Result<Vec<Id>, StoreError> {
         let mut rows = Rows::default();
         let mut ids = Vec::with_capacity(batch.series.len());
+        let mut new = HashSet::new();
         for series in &batch.series {
             let id = content_id(b"series", &encode_labels(&series.labels));
-            if self.written.fresh(&id) {
+            if !self.written.has(&id) && new.insert(id) {
                 rows.id(&id);
                 rows.strs(series.labels.keys().map(String::as_str));
                 rows.strs(series.labels.values().map(String::as_str));
@@ -95,6 +104,7 @@ impl ClickHouseStore {
         }
         if !rows.0.is_empty() {
             self.insert("ember_series", "series_id, label_names, label_values", &rows)?;
+            self.written.add(new);
         }
         Ok(ids)
     }
@@ -131,7 +141,8 @@ impl ClickHouseStore {
                     Some(done) => tasks.u8(0).i64(done),
                     None => tasks.u8(1),
                 };
-                tasks.u8(super::read::state_code(t.state)).str(&t.exception).id(batch_id).u64(attempt);
+                tasks.u8(super::read::state_code(t.state)).str(&t.exception).u64(batch.sequence);
+                tasks.id(batch_id).u64(attempt);
             }
             for s in &series.tasks.slices {
                 slices.u16(day_of_ms(s.start_ns.div_euclid(1_000_000))).id(series_id).i64(s.start_ns).i64(s.end_ns);
@@ -144,7 +155,7 @@ impl ClickHouseStore {
         }
         if !tasks.0.is_empty() {
             let columns =
-                "day, series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, batch, attempt";
+                "day, series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, sequence, batch, attempt";
             self.insert("ember_tasks", columns, &tasks)?;
         }
         if !slices.0.is_empty() {
@@ -182,8 +193,10 @@ pub(super) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Content ids this process has written, so a dictionary row is sent once per process, not
-/// once per batch. Bounded: when full it starts over (a row sent again only costs a merge).
+/// Content ids this process has written and ClickHouse acknowledged, so a dictionary row is
+/// sent once per process, not once per batch. An id is added only after its insert succeeded:
+/// a batch written meanwhile by another thread writes the row again rather than trust one that
+/// may never arrive. Bounded: when full it starts over (a row sent again only costs a merge).
 #[derive(Debug, Default)]
 pub(super) struct Written {
     seen: std::sync::Mutex<HashSet<Id>>,
@@ -192,17 +205,15 @@ pub(super) struct Written {
 const WRITTEN_MAX: usize = 1 << 20;
 
 impl Written {
-    /// Whether `id` was not written yet (and now counts as written). The caller must then
-    /// write it; a failed write forgets everything (`ClickHouseStore::insert`).
-    fn fresh(&self, id: &Id) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= WRITTEN_MAX {
-            seen.clear();
-        }
-        seen.insert(*id)
+    fn has(&self, id: &Id) -> bool {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).contains(id)
     }
 
-    pub(super) fn forget_all(&self) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    fn add(&self, ids: HashSet<Id>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() + ids.len() > WRITTEN_MAX {
+            seen.clear();
+        }
+        seen.extend(ids);
     }
 }

@@ -65,11 +65,7 @@ impl ClickHouseStore {
     }
 
     fn insert(&self, table: &str, columns: &str, rows: &ids::Rows) -> Result<(), StoreError> {
-        self.client.insert(table, columns, &rows.0).map_err(|e| {
-            // Dictionary rows marked written in this batch may not have arrived.
-            self.written.forget_all();
-            engine(e)
-        })
+        self.client.insert(table, columns, &rows.0).map_err(engine)
     }
 
     fn query_rows(&self, sql: &str) -> Result<Vec<u8>, StoreError> {
@@ -132,14 +128,23 @@ impl Store for ClickHouseStore {
 
     /// Whole days go: ClickHouse 18.16 has no TTL, and dropping a partition is cheap on any
     /// version. Data is kept up to a day longer than asked. Samples follow `--retention`;
-    /// tasks and slices, like the embedded store's raw data, `--raw-retention`.
+    /// tasks and slices, like the embedded store's raw data, `--raw-retention`; batch markers
+    /// the longer of the two, as long as any row they count. A table that cannot be cut (a
+    /// partition over ClickHouse's `max_partition_size_to_drop`) does not stop the others.
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError> {
         let day = |ms: i64| read::date(ms.div_euclid(86_400_000).clamp(0, ids::LAST_DAY));
+        let drop = |table: &str, before_ms: i64| match self.drop_days_before(table, &day(before_ms)) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(table, "retention could not drop old days: {}", e.detail());
+                0
+            }
+        };
         Ok(RetentionReport {
-            blobs_removed: self.drop_days_before("ember_samples", &day(keep_before_ms))?,
-            batches_forgotten: self.drop_days_before("ember_batches", &day(keep_before_ms))?,
-            raw_blobs_removed: self.drop_days_before("ember_slices", &day(raw_keep_before_ms))?,
-            tasks_removed: self.drop_days_before("ember_tasks", &day(raw_keep_before_ms))?,
+            blobs_removed: drop("ember_samples", keep_before_ms),
+            raw_blobs_removed: drop("ember_slices", raw_keep_before_ms),
+            tasks_removed: drop("ember_tasks", raw_keep_before_ms),
+            batches_forgotten: drop("ember_batches", keep_before_ms.min(raw_keep_before_ms)),
             series_removed: 0,
         })
     }

@@ -369,28 +369,31 @@ impl ClickHouseStore {
         // Every record of the tasks alive in the range or with slices in it; a task's latest
         // record is its finished one if it has one.
         let answer = self.query_rows(&format!(
-            "SELECT series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception FROM ember_tasks \
+            "SELECT series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, sequence \
+             FROM ember_tasks \
              WHERE series_id IN ({ids}) AND {} AND (series_id, task_id) IN (SELECT series_id, task_id FROM ember_tasks \
              WHERE series_id IN ({ids}) AND created_ns < {to_ns} AND (done_ns IS NULL OR done_ns >= {from_ns}) \
              UNION ALL SELECT series_id, task_id FROM ember_slices WHERE day BETWEEN {first} AND {last} \
              AND series_id IN ({ids}) AND end_ns >= {from_ns} AND start_ns < {to_ns}) FORMAT RowBinary",
             counted(&date(0), &date(LAST_DAY))
         ))?;
-        let mut records: BTreeMap<(Id, u64), TaskRecord> = BTreeMap::new();
+        // A task's record is resent as it is renamed or finishes: the finished one wins, else
+        // the one from the agent's latest batch.
+        let mut records: BTreeMap<(Id, u64), ((bool, u64), TaskRecord)> = BTreeMap::new();
         let mut a = Answer::new(&answer);
         while a.more() {
             let (series, id) = (a.id()?, a.u64()?);
             let (name, coro, parent, created_ns) = (a.string()?, a.string()?, a.u64()?, a.i64()?);
-            let (done_ns, state, exception) = (a.nullable_i64()?, state_of(a.u8()?), a.string()?);
+            let (done_ns, state, exception, sequence) = (a.nullable_i64()?, state_of(a.u8()?), a.string()?, a.u64()?);
             budget::charge(name.len() + coro.len() + exception.len() + 128)?;
+            let rank = (done_ns.is_some(), sequence);
             let record =
                 TaskRecord { id, name, coro, parent, created_ns, done_ns, state, exception, record_lost: false };
-            let slot = records.entry((series, id)).or_insert_with(|| record.clone());
-            if (slot.done_ns.is_none() && record.done_ns.is_some()) || (slot.name.is_empty() && !record.name.is_empty())
-            {
-                *slot = record;
+            if records.get(&(series, id)).is_none_or(|(kept, _)| *kept < rank) {
+                records.insert((series, id), (rank, record));
             }
         }
+        let records = records.into_iter().map(|(key, (_, record))| (key, record));
         let mut ran: HashMap<(Id, u64), i64> = HashMap::new();
         for (series, tasks) in &found {
             for sl in &tasks.slices {

@@ -81,7 +81,7 @@ pub fn statements(version: ServerVersion) -> Vec<String> {
         format!(
             "CREATE TABLE IF NOT EXISTS ember_tasks (day Date, series_id FixedString(16), task_id UInt64, \
              name String, coro String, parent UInt64, created_ns Int64, done_ns Nullable(Int64), state UInt8, \
-             exception String, batch FixedString(16){zstd}, attempt UInt64{zstd}) \
+             exception String, sequence UInt64, batch FixedString(16){zstd}, attempt UInt64{zstd}) \
              ENGINE = MergeTree() PARTITION BY day ORDER BY (series_id, task_id)"
         ),
         format!(
