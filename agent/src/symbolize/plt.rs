@@ -1,5 +1,6 @@
-//! Names of PLT stubs, `symbol@plt` as perf shows them. No symbol covers a stub, so a
-//! symbolizer answers with the nearest symbol before it (`_init`) or nothing.
+//! Names of PLT stubs, `symbol@plt` as perf shows them, and the lazy-binding header `.plt`.
+//! No symbol covers a stub, so a symbolizer answers with the nearest symbol before it (`_init`)
+//! or nothing.
 //!
 //! Each stub jumps through a GOT slot that a dynamic relocation names (`jmp *slot(%rip)`), or,
 //! in the lazy `.plt` of an IBT build, pushes its index into `.rela.plt` (`push $n`). The stub's
@@ -43,8 +44,15 @@ impl PltStubs {
                     Some(Jump::Index(n)) => by_index.get(n as usize),
                     None => None,
                 };
-                if let (Some(target), true) = (target, at + entry <= size) {
-                    stubs.push((file_offset + at, file_offset + at + entry, format!("{target}@plt")));
+                let label = match target {
+                    Some(target) => format!("{target}@plt"),
+                    // The lazy-binding header every first call goes through: `.plt`, as objdump
+                    // labels it, never the symbol before it (`_init`).
+                    None if i == 0 && name == ".plt" => ".plt".to_string(),
+                    None => continue,
+                };
+                if at + entry <= size {
+                    stubs.push((file_offset + at, file_offset + at + entry, label));
                 }
             }
         }
@@ -201,8 +209,10 @@ mod tests {
                 .expect("in a section")
         };
         let (stubs_labels, others): (Vec<_>, Vec<_>) = labels.iter().partition(|(_, l)| l.ends_with("@plt"));
+        // objdump labels the resolver header `.plt`, or relative to the first stub
+        // (`…@plt-0x10`); it is no one's stub, and never `_init`.
         for (address, label) in others {
-            assert_eq!(stubs.name_at(offset_of(*address)), None, "{label}: the resolver stub is no one's");
+            assert_eq!(stubs.name_at(offset_of(*address)), Some(".plt"), "the resolver stub ({label})");
         }
         let named: Vec<_> = stubs_labels.iter().filter(|(_, l)| !l.starts_with("*ABS*")).collect();
         assert!(!named.is_empty(), "libc calls ld.so through named PLT stubs: {labels:?}");
