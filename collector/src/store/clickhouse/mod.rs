@@ -132,7 +132,7 @@ impl Store for ClickHouseStore {
     /// the longer of the two, as long as any row they count. A table that cannot be cut (a
     /// partition over ClickHouse's `max_partition_size_to_drop`) does not stop the others.
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError> {
-        let day = |ms: i64| read::date(ms.div_euclid(86_400_000).clamp(0, ids::LAST_DAY));
+        let day = |ms: i64| read::date(i64::from(ids::day_of_ms(ms)));
         let drop = |table: &str, before_ms: i64| match self.drop_days_before(table, &day(before_ms)) {
             Ok(n) => n,
             Err(e) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ember_profile::{Frame, FrameKind};
 
-use super::ids::{literal, Id, LAST_DAY};
+use super::ids::{day_of_ms, literal, Id, LAST_DAY};
 use super::ClickHouseStore;
 use crate::query::{Selector, TimeRange};
 use crate::store::{
@@ -35,9 +35,8 @@ pub(super) fn date(days: i64) -> String {
 
 /// The days a range covers, clamped to what `Date` holds.
 fn days(range: TimeRange) -> (String, String) {
-    let first = range.from_ms.div_euclid(86_400_000).clamp(0, LAST_DAY);
-    let last = (range.to_ms.saturating_sub(1)).div_euclid(86_400_000).clamp(0, LAST_DAY);
-    (date(first), date(last))
+    let day = |ms: i64| date(i64::from(day_of_ms(ms)));
+    (day(range.from_ms), day(range.to_ms.saturating_sub(1)))
 }
 
 /// The counted attempt of each batch with rows on the given days.
