@@ -29,6 +29,10 @@ pub struct Cli {
     /// Append every statement sent to ClickHouse to this file (to check it on another server).
     #[arg(long)]
     pub clickhouse_sql_log: Option<PathBuf>,
+    /// Spread the tables over this cluster's shards (a name in the servers' `remote_servers`;
+    /// the servers need ZooKeeper for `ON CLUSTER` DDL). See docs/STORAGE.md.
+    #[arg(long)]
+    pub clickhouse_cluster: Option<String>,
     /// Where the embedded store lives.
     #[arg(long, default_value = "./ember-data")]
     pub data_dir: PathBuf,
@@ -135,15 +139,17 @@ impl Cli {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: self.tls_client_ca }),
             _ => None,
         };
-        let store = match self.store.as_str() {
-            "embedded" => StoreConfig::Embedded,
-            url => StoreConfig::ClickHouse(ClickHouseConfig {
+        // A cluster with the embedded store is refused when the URL `embedded` is parsed.
+        let store = match (self.store.as_str(), &self.clickhouse_cluster) {
+            ("embedded", None) => StoreConfig::Embedded,
+            (url, _) => StoreConfig::ClickHouse(ClickHouseConfig {
                 url: url.to_string(),
                 user: self.clickhouse_user.filter(|u| !u.is_empty()),
                 password: std::env::var("EMBER_CLICKHOUSE_PASSWORD").ok().filter(|p| !p.is_empty()),
                 password_file: self.clickhouse_password_file,
                 ca: self.clickhouse_ca,
                 sql_log: self.clickhouse_sql_log,
+                cluster: self.clickhouse_cluster,
             }),
         };
         ServerConfig {

@@ -67,18 +67,24 @@ pub struct ClickHouseConfig {
     pub password_file: Option<PathBuf>,
     pub ca: Option<PathBuf>,
     pub sql_log: Option<PathBuf>,
+    pub cluster: Option<String>,
 }
 
 impl std::fmt::Debug for ClickHouseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClickHouseConfig").field("url", &self.url).field("user", &self.user).finish()
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("cluster", &self.cluster)
+            .finish()
     }
 }
 
 impl ClickHouseConfig {
     fn endpoint(&self) -> Result<Endpoint, ServerError> {
         let bad = |e: ClientError| ServerError::StoreConfig(e.to_string());
-        let mut endpoint = Endpoint::parse(&self.url).map_err(bad)?;
+        let mut endpoint =
+            Endpoint::parse(&self.url).and_then(|e| e.with_cluster(self.cluster.as_deref())).map_err(bad)?;
         endpoint.user = self.user.clone();
         endpoint.password = match &self.password_file {
             Some(path) => {

@@ -8,6 +8,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub mod clickhouse;
+
 /// CPU-bound fixtures share two cores; running them one at a time keeps shares meaningful.
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());

@@ -76,7 +76,9 @@ pub fn connect_to(url: &str, address: Option<SocketAddr>, options: &ClientOption
         .map_err(|e| bad(e.to_string()))?
         .origin(uri.clone())
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
+        // Longer than a collector's own deadline for a call (`--grpc-request-timeout`, 60 s), so
+        // a slow store gets an answer from the collector rather than a resend to the next one.
+        .timeout(Duration::from_secs(75))
         .tcp_keepalive(Some(Duration::from_secs(30)));
     let tls_wanted = url.starts_with("https://") || options.tls_ca.is_some() || options.tls_cert.is_some();
     if tls_wanted {

@@ -70,6 +70,10 @@ impl Ingest for IngestService {
                 tracing::error!("not acknowledging batches: {e}");
                 Err(Status::unavailable(format!("collector storage is full, batch not stored (retry later): {e}")))
             }
+            Err(e @ StoreError::Refused(_)) => {
+                self.metrics.batch("invalid");
+                Err(Status::invalid_argument(format!("batch refused: {e}")))
+            }
             Err(e) => {
                 self.metrics.batch("storage_error");
                 tracing::error!("storing a batch failed: {}", e.detail());

@@ -152,6 +152,9 @@ pub enum StoreError {
     /// A query bound is reached; the query may be retried later.
     #[error("{0}")]
     Busy(String),
+    /// This store cannot take the batch as it is, now or later; resending will not help.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Corrupt(#[from] codec::CodecError),
 }

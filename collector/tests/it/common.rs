@@ -49,7 +49,8 @@ impl Collector {
         let mut cmd = collector_cmd();
         cmd.arg("--data-dir").arg(data_dir).args(["--grpc-listen", grpc, "--http-listen", http]).args(extra);
         let mut process = Running::start(&mut cmd);
-        process.wait_for_stderr("listening grpc=", Duration::from_secs(20));
+        // A collector on a ClickHouse cluster first creates its tables on every shard.
+        process.wait_for_stderr("listening grpc=", Duration::from_secs(60));
         Collector {
             process,
             grpc: grpc.to_string(),

@@ -7,6 +7,7 @@ mod common;
 
 mod api;
 mod clickhouse;
+mod clickhouse_cluster;
 mod dashboards;
 mod hostile_ingest;
 mod hostile_net;

@@ -18,12 +18,18 @@ pub struct Endpoint {
     pub ca_pem: Option<Vec<u8>>,
     /// Every statement sent is appended here (`--clickhouse-sql-log`), to run it elsewhere.
     pub sql_log: Option<std::path::PathBuf>,
+    /// The cluster whose shards hold the tables (`--clickhouse-cluster`), if any.
+    pub cluster: Option<String>,
 }
 
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the password.
-        f.debug_struct("Endpoint").field("base", &self.base).field("database", &self.database).finish()
+        f.debug_struct("Endpoint")
+            .field("base", &self.base)
+            .field("database", &self.database)
+            .field("cluster", &self.cluster)
+            .finish()
     }
 }
 
@@ -33,12 +39,19 @@ pub enum ClientError {
     BadUrl(String),
     #[error("the database name {0:?} is not a plain identifier (letters, digits, underscores)")]
     BadDatabase(String),
+    #[error("the cluster name {0:?} is not a plain identifier (letters, digits, underscores)")]
+    BadCluster(String),
     #[error("the ClickHouse CA file is not PEM: {0}")]
     BadCa(String),
     #[error("cannot open the ClickHouse SQL log {0}")]
     SqlLog(String),
     #[error("cannot reach ClickHouse at {base}: {source}")]
     Transport { base: String, source: ureq::Error },
+    #[error("reading ClickHouse's answer from {base} failed: {source}")]
+    Answer { base: String, source: std::io::Error },
+    /// The caller's bound refused part of the answer as it arrived.
+    #[error("ClickHouse's answer is larger than this query may hold")]
+    OverBudget,
     /// The server refused the statement: ClickHouse's error code and text.
     #[error("ClickHouse error {code}: {text}")]
     Server { code: u32, text: String },
@@ -68,7 +81,7 @@ impl Endpoint {
                 format!("{host_port}:{default_port}")
             };
         let database = database.trim_end_matches('/');
-        if database.is_empty() || !database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if !is_identifier(database) {
             return Err(ClientError::BadDatabase(database.to_string()));
         }
         Ok(Self {
@@ -78,8 +91,25 @@ impl Endpoint {
             password: None,
             ca_pem: None,
             sql_log: None,
+            cluster: None,
         })
     }
+
+    /// Puts the tables on `cluster`'s shards (a name from the servers' `remote_servers`).
+    pub fn with_cluster(mut self, cluster: Option<&str>) -> Result<Self, ClientError> {
+        if let Some(name) = cluster {
+            if !is_identifier(name) {
+                return Err(ClientError::BadCluster(name.to_string()));
+            }
+        }
+        self.cluster = cluster.map(str::to_string);
+        Ok(self)
+    }
+}
+
+/// What may stand unquoted in SQL as a database or cluster name.
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A connection pool to one ClickHouse server.
@@ -89,6 +119,12 @@ pub struct Client {
     agent: ureq::Agent,
     sql_log: Option<std::sync::Mutex<std::fs::File>>,
 }
+
+/// Settings of every statement on a cluster. An insert is acknowledged once every shard has
+/// its rows, not when they are queued on this server: a batch's markers must never be written
+/// before its samples. A batch's markers and rows share a shard, so the check that counts one
+/// attempt per batch reads each shard's own tables.
+const CLUSTER_SETTINGS: [(&str, &str); 2] = [("insert_distributed_sync", "1"), ("distributed_product_mode", "local")];
 
 /// The most a query answer may hold (a flame graph's distinct stacks and their frames).
 const MAX_ANSWER_BYTES: u64 = 1 << 30;
@@ -135,6 +171,10 @@ impl Client {
         if let Some(file) = &self.sql_log {
             let mut file = file.lock().unwrap_or_else(|p| p.into_inner());
             let mut record = format!("-- database: {}\n", self.endpoint.database).into_bytes();
+            if self.endpoint.cluster.is_some() {
+                let settings: Vec<String> = CLUSTER_SETTINGS.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                record.extend_from_slice(format!("-- settings: {}\n", settings.join(" ")).as_bytes());
+            }
             record.extend_from_slice(statement);
             record.extend_from_slice(b"\n;;\n");
             if let Err(e) = file.write_all(&record) {
@@ -150,32 +190,50 @@ impl Client {
     /// Runs a statement that answers nothing (DDL, ALTER).
     pub fn execute(&self, sql: &str) -> Result<(), ClientError> {
         self.log(sql.as_bytes());
-        self.post(&[], sql.as_bytes()).map(|_| ())
+        self.post(&[], sql.as_bytes(), &mut |_| true).map(|_| ())
     }
 
     /// Runs a query and returns its answer (`FORMAT` given in `sql`).
     pub fn query(&self, sql: &str) -> Result<Vec<u8>, ClientError> {
-        self.query_with(sql, &[])
+        self.query_with(sql, &[], &mut |_| true)
     }
 
-    /// [`Client::query`] with settings (`name`, `value`) for this statement. The answer is
-    /// buffered by the server until complete, so an error can never follow a 200.
-    pub fn query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<Vec<u8>, ClientError> {
+    /// [`Client::query`] with settings (`name`, `value`) for this statement, and `take`, asked
+    /// for each part of the answer as it arrives whether it may be held (a query's memory
+    /// bound). The answer is buffered by the server until complete, so an error can never
+    /// follow a 200.
+    pub fn query_with(
+        &self,
+        sql: &str,
+        settings: &[(&str, &str)],
+        take: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<u8>, ClientError> {
         let mut params = vec![("wait_end_of_query", "1")];
         params.extend_from_slice(settings);
         self.log(sql.as_bytes());
-        self.post(&params, sql.as_bytes())
+        self.post(&params, sql.as_bytes(), take)
     }
 
     /// Inserts `rows` (RowBinary) into `table`.
     pub fn insert(&self, table: &str, columns: &str, rows: &[u8]) -> Result<(), ClientError> {
         let statement = format!("INSERT INTO {table} ({columns}) FORMAT RowBinary");
         self.log(statement.as_bytes());
-        self.post(&[("query", &statement)], rows).map(|_| ())
+        self.post(&[("query", &statement)], rows, &mut |_| true).map(|_| ())
     }
 
-    fn post(&self, params: &[(&str, &str)], body: &[u8]) -> Result<Vec<u8>, ClientError> {
+    fn post(
+        &self,
+        params: &[(&str, &str)],
+        body: &[u8],
+        take: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        use std::io::Read;
         let mut request = self.agent.post(self.endpoint.base.as_str()).query("database", &self.endpoint.database);
+        if self.endpoint.cluster.is_some() {
+            for (name, value) in CLUSTER_SETTINGS {
+                request = request.query(name, value);
+            }
+        }
         for (name, value) in params {
             request = request.query(*name, *value);
         }
@@ -185,10 +243,21 @@ impl Client {
         if let Some(password) = &self.endpoint.password {
             request = request.header("X-ClickHouse-Key", password);
         }
-        let transport = |source| ClientError::Transport { base: self.endpoint.base.clone(), source };
-        let mut response = request.send(body).map_err(transport)?;
+        let base = || self.endpoint.base.clone();
+        let mut response = request.send(body).map_err(|source| ClientError::Transport { base: base(), source })?;
         let status = response.status().as_u16();
-        let answer = response.body_mut().with_config().limit(MAX_ANSWER_BYTES).read_to_vec().map_err(transport)?;
+        let mut reader = response.body_mut().with_config().limit(MAX_ANSWER_BYTES).reader();
+        let (mut answer, mut chunk) = (Vec::new(), vec![0u8; 64 << 10]);
+        loop {
+            let n = reader.read(&mut chunk).map_err(|source| ClientError::Answer { base: base(), source })?;
+            if n == 0 {
+                break;
+            }
+            if status == 200 && !take(n) {
+                return Err(ClientError::OverBudget);
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
         if status == 200 {
             return Ok(answer);
         }

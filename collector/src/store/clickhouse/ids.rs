@@ -34,16 +34,32 @@ pub fn literal(id: &Id) -> String {
     out
 }
 
-/// Small numbers for content ids, stable for the life of the process (a query's answers refer
-/// to each other by them: raw samples to stacks, tasks to series). Grows with the distinct
-/// stacks and series queried.
+/// Small numbers for content ids (a query's answers refer to each other by them: raw samples
+/// to stacks, tasks to series). Bounded: numbers are handed out in generations of at most
+/// [`PER_GENERATION`]; the current generation and the one before it can be looked up, so a
+/// number stays good while at least that many others are handed out after it. A query that
+/// outlives that is told to retry.
 #[derive(Debug, Default)]
 pub struct LocalIds {
-    inner: Mutex<Map>,
+    inner: Mutex<Generations>,
+}
+
+/// Ids per generation: with the previous generation kept, the map holds at most twice this
+/// (about 50 bytes each).
+const PER_GENERATION: usize = if cfg!(test) { 4 } else { 1 << 21 };
+/// The top bits of a local number name its generation, the rest its index.
+const INDEX_BITS: u32 = 28;
+const GENERATIONS: u32 = 1 << (32 - INDEX_BITS);
+
+#[derive(Debug, Default)]
+struct Generations {
+    number: u32,
+    current: Generation,
+    previous: Generation,
 }
 
 #[derive(Debug, Default)]
-struct Map {
+struct Generation {
     of: HashMap<Id, u32>,
     ids: Vec<Id>,
 }
@@ -51,18 +67,30 @@ struct Map {
 impl LocalIds {
     pub fn local(&self, id: Id) -> u32 {
         let mut map = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(&n) = map.of.get(&id) {
+        if let Some(&n) = map.current.of.get(&id) {
             return n;
         }
-        let n = u32::try_from(map.ids.len()).unwrap_or(u32::MAX);
-        map.ids.push(id);
-        map.of.insert(id, n);
+        if map.current.ids.len() >= PER_GENERATION {
+            map.previous = std::mem::take(&mut map.current);
+            map.number = (map.number + 1) % GENERATIONS;
+        }
+        let n = (map.number << INDEX_BITS) | map.current.ids.len() as u32;
+        map.current.ids.push(id);
+        map.current.of.insert(id, n);
         n
     }
 
+    /// The content id of a local number, unless its generation was let go.
     pub fn content(&self, local: u32) -> Option<Id> {
         let map = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        map.ids.get(local as usize).copied()
+        let (generation, index) = (local >> INDEX_BITS, (local & ((1 << INDEX_BITS) - 1)) as usize);
+        if generation == map.number {
+            map.current.ids.get(index).copied()
+        } else if generation == (map.number + GENERATIONS - 1) % GENERATIONS {
+            map.previous.ids.get(index).copied()
+        } else {
+            None
+        }
     }
 }
 
@@ -142,6 +170,23 @@ pub fn day_of_ms(ms: i64) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_numbers_live_two_generations() {
+        let ids = LocalIds::default();
+        let first: Vec<u32> = (0..4u8).map(|i| ids.local([i; 16])).collect();
+        assert_eq!(first, vec![0, 1, 2, 3]);
+        assert_eq!(ids.local([2; 16]), 2, "the same id, the same number");
+        let second = ids.local([9; 16]);
+        assert_eq!(second, 1 << INDEX_BITS, "a new generation");
+        assert_eq!((ids.content(first[3]), ids.content(second)), (Some([3; 16]), Some([9; 16])));
+        for i in 10..17u8 {
+            ids.local([i; 16]);
+        }
+        assert_eq!(ids.content(first[0]), None, "two generations later, let go");
+        assert_eq!(ids.content(second), Some([9; 16]));
+        assert_eq!(ids.content(u32::MAX), None);
+    }
 
     #[test]
     fn ids_depend_on_domain_and_bytes() {

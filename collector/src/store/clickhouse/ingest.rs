@@ -24,6 +24,14 @@ impl ClickHouseStore {
         key.extend_from_slice(&batch.sequence.to_le_bytes());
         let batch_id = content_id(b"batch", &key);
         let days = days_of(batch);
+        if days.len() > MAX_DAYS_PER_BATCH {
+            return Err(StoreError::Refused(format!(
+                "its samples and task slices fall on {} different days, more than the {MAX_DAYS_PER_BATCH} a batch \
+                 may touch in ClickHouse (a partition per day); an agent's batch covers its flush interval: check \
+                 the agent host's clock",
+                days.len()
+            )));
+        }
         let day_list = days.iter().map(|&d| super::read::date(i64::from(d))).collect::<Vec<_>>().join(",");
         // Stored means some attempt has its marker on every day: a marker insert spanning days
         // writes one part per day, and may have stopped after some.
@@ -166,6 +174,11 @@ impl ClickHouseStore {
     }
 }
 
+/// The most days one batch may touch: each is a partition of every table written, and current
+/// servers refuse an insert into more than 100 (`max_partitions_per_insert_block`), which an
+/// agent would then resend for ever.
+const MAX_DAYS_PER_BATCH: usize = 32;
+
 /// The days (ClickHouse `Date`) a batch's samples, tasks and slices fall on; today for an
 /// empty batch, so its repeat is still recognised.
 fn days_of(batch: &NewBatch) -> BTreeSet<u16> {
@@ -174,6 +187,9 @@ fn days_of(batch: &NewBatch) -> BTreeSet<u16> {
         days.extend(series.samples.iter().map(|s| day_of_ms(s.time_unix_ns.div_euclid(1_000_000))));
         days.extend(series.tasks.tasks.iter().map(|t| day_of_ms(t.created_ns.div_euclid(1_000_000))));
         days.extend(series.tasks.slices.iter().map(|s| day_of_ms(s.start_ns.div_euclid(1_000_000))));
+        if days.len() > MAX_DAYS_PER_BATCH {
+            break;
+        }
     }
     if days.is_empty() {
         days.insert(day_of_ms(now_ms() as i64));

@@ -32,6 +32,7 @@ const SIZE_TTL: Duration = Duration::from_secs(10);
 
 pub struct ClickHouseStore {
     client: Client,
+    layout: schema::Layout,
     written: ingest::Written,
     stack_local: ids::LocalIds,
     series_local: ids::LocalIds,
@@ -51,12 +52,14 @@ fn engine(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError 
 impl ClickHouseStore {
     /// Connects, checks the server's version, and creates or migrates the schema.
     pub fn open(endpoint: Endpoint) -> Result<Self, StoreError> {
+        let layout = schema::Layout { cluster: endpoint.cluster.clone(), database: endpoint.database.clone() };
         let client = Client::new(endpoint, STATEMENT_TIMEOUT).map_err(engine)?;
         let version = schema::server_version(&client).map_err(engine)?;
-        schema::migrate(&client, version).map_err(engine)?;
-        tracing::info!(server = version.0, "ClickHouse store ready");
+        schema::migrate(&client, version, &layout).map_err(engine)?;
+        tracing::info!(server = version.0, cluster = layout.cluster.as_deref().unwrap_or(""), "ClickHouse store ready");
         Ok(Self {
             client,
+            layout,
             written: ingest::Written::default(),
             stack_local: ids::LocalIds::default(),
             series_local: ids::LocalIds::default(),
@@ -69,18 +72,26 @@ impl ClickHouseStore {
     }
 
     fn query_rows(&self, sql: &str) -> Result<Vec<u8>, StoreError> {
-        self.client.query_with(sql, &[("max_query_size", MAX_QUERY_BYTES)]).map_err(engine)
+        // The answer counts against the query's memory bound as it arrives, before it is parsed.
+        let mut take = |n: usize| super::budget::charge(n).is_ok();
+        match self.client.query_with(sql, &[("max_query_size", MAX_QUERY_BYTES)], &mut take) {
+            Err(ClientError::OverBudget) => Err(StoreError::Busy(
+                "queries in progress already hold the query memory limit (--query-memory); retry later".into(),
+            )),
+            other => other.map_err(engine),
+        }
     }
 
     fn query_text(&self, sql: &str) -> Result<String, StoreError> {
         Ok(String::from_utf8_lossy(&self.query_rows(sql)?).into_owned())
     }
 
-    /// Drops every day of `table` before `keep_from_day` (a `Date` literal); returns how many.
+    /// Drops every day of `table` before `keep_from_day` (a `Date` literal), on every shard;
+    /// returns how many.
     fn drop_days_before(&self, table: &str, keep_from_day: &str) -> Result<u64, StoreError> {
-        let database = &self.client.endpoint().database;
+        let (database, parts, table) = (&self.layout.database, self.layout.parts(), self.layout.storage(table));
         let partitions = self.query_text(&format!(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = '{database}' AND table = '{table}' \
+            "SELECT DISTINCT partition FROM {parts} WHERE database = '{database}' AND table = '{table}' \
              AND active AND min_date < {keep_from_day} AND max_date < {keep_from_day} FORMAT TabSeparated"
         ))?;
         let mut dropped = 0;
@@ -90,7 +101,8 @@ impl ClickHouseStore {
             if !name.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
                 continue;
             }
-            self.client.execute(&format!("ALTER TABLE {table} DROP PARTITION '{name}'")).map_err(engine)?;
+            let (on_cluster, table) = (self.layout.on_cluster(), self.layout.qualified(&table));
+            self.client.execute(&format!("ALTER TABLE {table}{on_cluster} DROP PARTITION '{name}'")).map_err(engine)?;
             dropped += 1;
         }
         Ok(dropped)
@@ -156,10 +168,10 @@ impl Store for ClickHouseStore {
                 return bytes;
             }
         }
-        let database = &self.client.endpoint().database;
+        let (database, parts) = (&self.layout.database, self.layout.parts());
         let bytes = self
             .query_text(&format!(
-                "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = '{database}' AND active FORMAT TabSeparated"
+                "SELECT sum(bytes_on_disk) FROM {parts} WHERE database = '{database}' AND active FORMAT TabSeparated"
             ))
             .ok()
             .and_then(|t| t.trim().parse().ok())

@@ -277,7 +277,7 @@ impl ClickHouseStore {
             .iter()
             .map(|&(local, n)| {
                 self.stack_local.content(local).map(|id| (id, n)).ok_or_else(|| {
-                    StoreError::Internal(format!("stack {local} was not named by this collector's answers"))
+                    StoreError::Busy("the collector named too many stacks while this query ran; retry it".into())
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -366,11 +366,12 @@ impl ClickHouseStore {
             found.entry(series).or_default().slices.push(TaskSlice { task, tid, start_ns, end_ns, ready_ns });
         }
         // Every record of the tasks alive in the range or with slices in it; a task's latest
-        // record is its finished one if it has one.
+        // record is its finished one if it has one. GLOBAL: on a cluster, a task's records and
+        // slices come in different batches, so they may be on different shards.
         let answer = self.query_rows(&format!(
             "SELECT series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, sequence \
-             FROM ember_tasks \
-             WHERE series_id IN ({ids}) AND {} AND (series_id, task_id) IN (SELECT series_id, task_id FROM ember_tasks \
+             FROM ember_tasks WHERE series_id IN ({ids}) AND {} AND (series_id, task_id) GLOBAL IN \
+             (SELECT series_id, task_id FROM ember_tasks \
              WHERE series_id IN ({ids}) AND created_ns < {to_ns} AND (done_ns IS NULL OR done_ns >= {from_ns}) \
              UNION ALL SELECT series_id, task_id FROM ember_slices WHERE day BETWEEN {first} AND {last} \
              AND series_id IN ({ids}) AND end_ns >= {from_ns} AND start_ns < {to_ns}) FORMAT RowBinary",
