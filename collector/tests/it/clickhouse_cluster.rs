@@ -69,7 +69,10 @@ fn two_shards_answer_as_one_server() {
 
     // Ten-day-old batches, then a collector keeping two days: the old days go on every shard,
     // the rest stays.
-    let old_day = format!("SELECT count() FROM {db}.ember_samples_local WHERE day < today() - 5");
+    let old_day = format!(
+        "SELECT (SELECT count() FROM {db}.ember_samples_local WHERE day < today() - 5) + \
+         (SELECT count() FROM {db}.ember_counts_local WHERE day < today() - 5)"
+    );
     for sequence in 101..=108u64 {
         let mut batch = stacks_batch(sequence, 4100, "old", &stacks("old", 5));
         batch.samples[0].base_time_nanos = now_ns() - 10 * DAY_NS;

@@ -1,6 +1,7 @@
 //! Writing a batch: dictionaries first (frames, stacks, series: content-keyed, so a repeat
-//! only adds a row the next merge folds), then the batch's samples, tasks and slices under a
-//! random attempt number, and last one marker per day the batch touches.
+//! only adds a row the next merge folds), then the batch's samples (each one, and their sums per
+//! 10 s bucket and stack, and per series and day), tasks and slices under a random attempt
+//! number, and last one marker per day the batch touches.
 //!
 //! Exactly once across collectors: a query counts, for each batch, only the attempt with the
 //! smallest number among those with a marker (`read.rs`). A marker is written only after every
@@ -8,14 +9,14 @@
 //! ClickHouse refusing a part) has none and is never counted, and a batch resent to another
 //! collector adds a complete attempt that is counted instead of, never with, the first.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ring::rand::SecureRandom;
 
 use super::ids::{content_id, day_of_ms, literal, Id, Rows};
 use super::ClickHouseStore;
 use crate::store::codec::{encode_frame, encode_labels};
-use crate::store::{IngestOutcome, NewBatch, StoreError};
+use crate::store::{bucket_of, IngestOutcome, NewBatch, StoreError};
 
 impl ClickHouseStore {
     pub(super) fn write_batch(&self, batch: &NewBatch) -> Result<IngestOutcome, StoreError> {
@@ -126,17 +127,39 @@ impl ClickHouseStore {
         attempt: u64,
     ) -> Result<(), StoreError> {
         let mut rows = Rows::default();
-        for (series, series_id) in batch.series.iter().zip(series_ids) {
+        // Per series: (bucket, stack) → weight, and (day) → first, last, samples.
+        let mut counts: BTreeMap<(usize, i64, u32), u64> = BTreeMap::new();
+        let mut seen: BTreeMap<(usize, u16), (i64, i64, u64)> = BTreeMap::new();
+        for (i, (series, series_id)) in batch.series.iter().zip(series_ids).enumerate() {
             for s in &series.samples {
                 let Some(stack_id) = stack_ids.get(s.stack as usize) else { continue };
-                rows.u16(day_of_ms(s.time_unix_ns.div_euclid(1_000_000))).id(series_id).i64(s.time_unix_ns);
+                let ms = s.time_unix_ns.div_euclid(1_000_000);
+                rows.u16(day_of_ms(ms)).id(series_id).i64(s.time_unix_ns);
                 rows.id(stack_id).u32(s.tid).u32(s.weight).id(batch_id).u64(attempt);
+                *counts.entry((i, bucket_of(ms), s.stack)).or_default() += u64::from(s.weight);
+                let day = seen.entry((i, day_of_ms(ms))).or_insert((s.time_unix_ns, s.time_unix_ns, 0));
+                *day = (day.0.min(s.time_unix_ns), day.1.max(s.time_unix_ns), day.2 + u64::from(s.weight));
             }
         }
         if rows.0.is_empty() {
             return Ok(());
         }
-        self.insert("ember_samples", "day, series_id, time_ns, stack_id, tid, weight, batch, attempt", &rows)
+        self.insert("ember_samples", "day, series_id, time_ns, stack_id, tid, weight, batch, attempt", &rows)?;
+        let mut aggregated = Rows::default();
+        for ((series, bucket, stack), weight) in counts {
+            let (Some(series_id), Some(stack_id)) = (series_ids.get(series), stack_ids.get(stack as usize)) else {
+                continue;
+            };
+            aggregated.u16(day_of_ms(bucket)).id(series_id).i64(bucket).id(stack_id).u64(weight);
+            aggregated.id(batch_id).u64(attempt);
+        }
+        self.insert("ember_counts", "day, series_id, bucket_ms, stack_id, weight, batch, attempt", &aggregated)?;
+        let mut summaries = Rows::default();
+        for ((series, day), (first_ns, last_ns, samples)) in seen {
+            let Some(series_id) = series_ids.get(series) else { continue };
+            summaries.u16(day).id(series_id).i64(first_ns).i64(last_ns).u64(samples).id(batch_id).u64(attempt);
+        }
+        self.insert("ember_seen", "day, series_id, first_ns, last_ns, samples, batch, attempt", &summaries)
     }
 
     fn write_tasks(&self, batch: &NewBatch, series_ids: &[Id], batch_id: &Id, attempt: u64) -> Result<(), StoreError> {

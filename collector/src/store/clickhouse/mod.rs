@@ -139,10 +139,11 @@ impl Store for ClickHouseStore {
     }
 
     /// Whole days go: ClickHouse 18.16 has no TTL, and dropping a partition is cheap on any
-    /// version. Data is kept up to a day longer than asked. Samples follow `--retention`;
-    /// tasks and slices, like the embedded store's raw data, `--raw-retention`; batch markers
-    /// the longer of the two, as long as any row they count. A table that cannot be cut (a
-    /// partition over ClickHouse's `max_partition_size_to_drop`) does not stop the others.
+    /// version. Data is kept up to a day longer than asked. As in the embedded store, the
+    /// per-bucket stack counts and series summaries follow `--retention`; every sample with its
+    /// exact time, tasks and slices, `--raw-retention`; batch markers the longer of the two, as
+    /// long as any row they count. A table that cannot be cut (a partition over ClickHouse's
+    /// `max_partition_size_to_drop`) does not stop the others.
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError> {
         let day = |ms: i64| read::date(i64::from(ids::day_of_ms(ms)));
         let drop = |table: &str, before_ms: i64| match self.drop_days_before(table, &day(before_ms)) {
@@ -153,8 +154,8 @@ impl Store for ClickHouseStore {
             }
         };
         Ok(RetentionReport {
-            blobs_removed: drop("ember_samples", keep_before_ms),
-            raw_blobs_removed: drop("ember_slices", raw_keep_before_ms),
+            blobs_removed: drop("ember_counts", keep_before_ms) + drop("ember_seen", keep_before_ms),
+            raw_blobs_removed: drop("ember_samples", raw_keep_before_ms) + drop("ember_slices", raw_keep_before_ms),
             tasks_removed: drop("ember_tasks", raw_keep_before_ms),
             batches_forgotten: drop("ember_batches", keep_before_ms.min(raw_keep_before_ms)),
             series_removed: 0,

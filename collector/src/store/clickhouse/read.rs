@@ -1,6 +1,7 @@
 //! Queries. Series are matched against their labels here, as the embedded store does; the
-//! sums run in ClickHouse over the samples of each batch's counted attempt (`ingest.rs`), and
-//! stacks and frames are read for the ids the sums name.
+//! sums run in ClickHouse over each batch's counted attempt (`ingest.rs`): flame graphs and
+//! time series over the per-bucket stack counts, series over the per-batch summaries, raw
+//! samples over every sample kept; stacks and frames are read for the ids the sums name.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use super::ids::{day_of_ms, literal, Id, LAST_DAY};
 use super::ClickHouseStore;
 use crate::query::{Selector, TimeRange};
 use crate::store::{
-    budget, Labels, RawSample, SeriesInfo, SeriesTasks, StackCounts, Steps, StoreError, TaskRecord, TaskSlice,
-    TaskState,
+    bucket_of, budget, Labels, RawSample, SeriesInfo, SeriesTasks, StackCounts, Steps, StoreError, TaskRecord,
+    TaskSlice, TaskState,
 };
 
 /// Ids per `IN (…)` list, so a statement stays well under the query size we allow.
@@ -172,18 +173,32 @@ impl ClickHouseStore {
         )
     }
 
+    /// The filter of the per-bucket sums: the buckets from `first_bucket` to the one holding
+    /// the range's end, as the embedded store reads its aggregates.
+    fn bucket_filter(&self, series: &[(Id, Labels)], first_bucket: i64, range: TimeRange) -> String {
+        let last_bucket = bucket_of(range.to_ms.saturating_sub(1));
+        let (first, last) = days(TimeRange { from_ms: first_bucket, to_ms: last_bucket.saturating_add(1) });
+        format!(
+            "day BETWEEN {first} AND {last} AND bucket_ms BETWEEN {first_bucket} AND {last_bucket} \
+             AND series_id IN ({}) AND {}",
+            id_list(series.iter().map(|(id, _)| id)),
+            counted(&first, &last)
+        )
+    }
+
     pub(super) fn read_series(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesInfo>, StoreError> {
         let series = self.matching(selector)?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
         // First and last seen and the count over the whole history, as the embedded store
-        // keeps them; the range only selects the series seen in it.
-        let all = TimeRange { from_ms: 0, to_ms: i64::MAX / 1_000_000 };
+        // keeps them, from one summary row per batch and day; the range only selects the
+        // series seen in it.
         let answer = self.query_rows(&format!(
-            "SELECT series_id, min(time_ns), max(time_ns), sum(weight) FROM ember_samples WHERE {} \
-             GROUP BY series_id FORMAT RowBinary",
-            self.sample_filter(&series, all)
+            "SELECT series_id, min(first_ns), max(last_ns), sum(samples) FROM ember_seen \
+             WHERE series_id IN ({}) AND {} GROUP BY series_id FORMAT RowBinary",
+            id_list(series.iter().map(|(id, _)| id)),
+            counted(&date(0), &date(LAST_DAY))
         ))?;
         let labels: HashMap<Id, &Labels> = series.iter().map(|(id, l)| (*id, l)).collect();
         let mut a = Answer::new(&answer);
@@ -207,8 +222,8 @@ impl ClickHouseStore {
             return Ok(StackCounts::default());
         }
         let answer = self.query_rows(&format!(
-            "SELECT stack_id, sum(weight) FROM ember_samples WHERE {} GROUP BY stack_id FORMAT RowBinary",
-            self.sample_filter(&series, range)
+            "SELECT stack_id, sum(weight) FROM ember_counts WHERE {} GROUP BY stack_id FORMAT RowBinary",
+            self.bucket_filter(&series, bucket_of(range.from_ms), range)
         ))?;
         let mut a = Answer::new(&answer);
         let mut counts = Vec::new();
@@ -230,19 +245,14 @@ impl ClickHouseStore {
         if series.is_empty() {
             return Ok(steps.points());
         }
-        // The step Steps uses: at least a bucket.
-        let (start_ms, step) = (steps.start(), step_ms.max(crate::store::BUCKET_MS));
         let answer = self.query_rows(&format!(
-            "SELECT intDiv(time_ns - {}, {}) AS slot, sum(weight) FROM ember_samples WHERE {} \
-             GROUP BY slot FORMAT RowBinary",
-            start_ms.saturating_mul(1_000_000),
-            step.saturating_mul(1_000_000),
-            self.sample_filter(&series, range)
+            "SELECT bucket_ms, sum(weight) FROM ember_counts WHERE {} GROUP BY bucket_ms FORMAT RowBinary",
+            self.bucket_filter(&series, steps.start(), range)
         ))?;
         let mut a = Answer::new(&answer);
         while a.more() {
-            let (slot, count) = (a.i64()?, a.u64()?);
-            steps.add(start_ms.saturating_add(slot.saturating_mul(step)), count);
+            let (bucket, count) = (a.i64()?, a.u64()?);
+            steps.add(bucket, count);
         }
         Ok(steps.points())
     }

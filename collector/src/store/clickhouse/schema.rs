@@ -169,6 +169,23 @@ pub fn statements(version: ServerVersion, layout: &Layout) -> Vec<String> {
             shard_by: by_batch,
         },
         Table {
+            name: "ember_counts",
+            columns: format!(
+                "day Date, series_id FixedString(16), bucket_ms Int64, stack_id FixedString(16){zstd}, \
+                 weight UInt64{zstd}, batch FixedString(16){zstd}, attempt UInt64{zstd}"
+            ),
+            engine: "MergeTree() PARTITION BY day ORDER BY (series_id, bucket_ms, stack_id)",
+            shard_by: by_batch,
+        },
+        Table {
+            name: "ember_seen",
+            columns: "day Date, series_id FixedString(16), first_ns Int64, last_ns Int64, samples UInt64, \
+                      batch FixedString(16), attempt UInt64"
+                .into(),
+            engine: "MergeTree() PARTITION BY day ORDER BY (series_id, batch)",
+            shard_by: by_batch,
+        },
+        Table {
             name: "ember_batches",
             columns: "day Date, batch FixedString(16), attempt UInt64, agent_id String, sequence UInt64, \
                       samples UInt64, stored_ms UInt64"
