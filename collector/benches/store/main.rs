@@ -83,6 +83,7 @@ pub struct Row {
     all_ms: f64,
     one_ms: f64,
     bytes: f64,
+    aged_bytes: f64,
 }
 
 /// The flame-graph queries of a filled store: all series, and one service's.
@@ -134,7 +135,7 @@ fn embedded(w: &Workload, checkpoints: &[usize], start_ns: u64) -> Vec<Row> {
             all_ms / 500.0,
         );
         let per_core = samples as f64 / cpu.max(1e-9);
-        rows.push(Row { samples, per_core, all_ms, one_ms, bytes: compacted_bytes });
+        rows.push(Row { samples, per_core, all_ms, one_ms, bytes: compacted_bytes, aged_bytes });
     }
     println!();
     rows
@@ -165,12 +166,13 @@ fn main() {
         println!("| ---: | ---: | ---: | ---: | ---: |");
         for (e, c) in embedded_rows.iter().zip(&clickhouse_rows) {
             println!(
-                "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
                 e.samples,
                 c.per_core / e.per_core,
                 c.all_ms / e.all_ms,
                 c.one_ms / e.one_ms,
-                c.bytes / e.bytes
+                c.bytes / e.bytes,
+                c.aged_bytes / e.aged_bytes
             );
         }
     }
