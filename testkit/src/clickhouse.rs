@@ -83,18 +83,7 @@ impl ClickHouse {
     }
 
     pub fn try_query(&self, sql: &str) -> Option<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-        let request = format!(
-            // HTTP/1.0: the answer comes whole, never chunked.
-            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
-            sql.len()
-        );
-        stream.write_all(request.as_bytes()).ok()?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw).ok()?;
-        let (head, body) = raw.split_once("\r\n\r\n")?;
-        head.split(' ').nth(1).is_some_and(|status| status == "200").then(|| body.to_string())
+        query_at(self.http_port, sql)
     }
 
     pub fn query(&self, sql: &str) -> String {
@@ -123,6 +112,43 @@ impl Drop for ClickHouse {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `sql` on the ClickHouse server whose HTTP interface is on loopback `http_port`; its
+/// answer, or None if it refused or could not be reached.
+pub fn query_at(http_port: u16, sql: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", http_port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let request = format!(
+        // HTTP/1.0: the answer comes whole, never chunked.
+        "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
+        sql.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.split(' ').nth(1).is_some_and(|status| status == "200").then(|| body.to_string())
+}
+
+/// What runs the collector's API and end-to-end tests on ClickHouse instead of the embedded
+/// store: `EMBER_TEST_STORE=clickhouse://127.0.0.1:PORT`, set by
+/// `cargo run -p ember-testkit --example with-clickhouse -- COMMAND…`.
+pub const TEST_STORE_VAR: &str = "EMBER_TEST_STORE";
+
+/// With [`TEST_STORE_VAR`] set, `--store` for a fresh database named after `key`; else nothing.
+pub fn test_store_args(key: &str) -> Vec<String> {
+    let Ok(base) = std::env::var(TEST_STORE_VAR) else { return Vec::new() };
+    let port: u16 = base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .unwrap_or_else(|| panic!("{TEST_STORE_VAR}={base}: expected clickhouse://127.0.0.1:PORT"));
+    let name: String = key.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let database = format!("test_{name}");
+    query_at(port, &format!("CREATE DATABASE IF NOT EXISTS {database}"))
+        .unwrap_or_else(|| panic!("ClickHouse at {base} did not create {database}"));
+    vec!["--store".into(), format!("{}/{database}", base.trim_end_matches('/'))]
 }
 
 /// A standalone ZooKeeper server (Debian's `zookeeper` package, run with the JVM directly).

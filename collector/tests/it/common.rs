@@ -45,7 +45,15 @@ impl Collector {
         Self::start_on(data_dir, &grpc, &http, extra)
     }
 
+    /// Under `EMBER_TEST_STORE` (CI's second pass), a collector not given `--store` keeps its
+    /// data in a ClickHouse database of its own, named after its data directory.
     pub fn start_on(data_dir: &Path, grpc: &str, http: &str, extra: &[&str]) -> Self {
+        let store = match extra.contains(&"--store") {
+            true => Vec::new(),
+            false => ember_testkit::clickhouse::test_store_args(&data_dir.display().to_string()),
+        };
+        let extra: Vec<&str> = extra.iter().copied().chain(store.iter().map(String::as_str)).collect();
+        let extra = &extra[..];
         let mut cmd = collector_cmd();
         cmd.arg("--data-dir").arg(data_dir).args(["--grpc-listen", grpc, "--http-listen", http]).args(extra);
         let mut process = Running::start(&mut cmd);
