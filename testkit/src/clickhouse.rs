@@ -38,6 +38,12 @@ impl ClickHouse {
 
     /// A server on the given ports, with `extra` XML (clusters, ZooKeeper) in its config.
     pub fn start_with(http_port: u16, tcp_port: u16, extra: &str) -> Self {
+        Self::start_with_users(http_port, tcp_port, extra, "")
+    }
+
+    /// As [`Self::start_with`], with `users` XML (more users, beside the password-less
+    /// `default` the harness itself queries as) in its users file.
+    pub fn start_with_users(http_port: u16, tcp_port: u16, extra: &str, users: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().display().to_string();
         let config = format!(
@@ -57,13 +63,15 @@ impl ClickHouse {
 </yandex>
 "#
         );
-        let users = r#"<?xml version="1.0"?>
+        let users = format!(
+            r#"<?xml version="1.0"?>
 <yandex>
   <profiles><default></default></profiles>
-  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <users><default><password></password><networks><ip>127.0.0.1</ip></networks><profile>default</profile><quota>default</quota></default>{users}</users>
   <quotas><default></default></quotas>
 </yandex>
-"#;
+"#
+        );
         std::fs::write(dir.path().join("config.xml"), config).expect("config");
         std::fs::write(dir.path().join("users.xml"), users).expect("users");
         let log = std::fs::File::create(dir.path().join("stdout.log")).expect("log");

@@ -146,3 +146,52 @@ fn the_agent_fails_over_when_its_collector_is_killed() {
     assert!(sent >= 500, "6 s of CPU at 199 Hz: {sent}\n{err}");
     assert_eq!(second.total(query, "now-1h"), sent, "{err}");
 }
+
+/// HTTPS to ClickHouse, with a private CA, as a user whose password comes from a file; the
+/// same from the environment with the wrong password, or without the CA, stops the collector at
+/// start-up with ClickHouse's or TLS's reason.
+#[test]
+fn https_with_a_private_ca_and_a_password() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("a certificate");
+    let (cert, private, password) =
+        (certs.path().join("server.pem"), certs.path().join("server.key"), certs.path().join("password"));
+    std::fs::write(&cert, key.cert.pem()).expect("cert");
+    std::fs::write(&private, key.signing_key.serialize_pem()).expect("key");
+    std::fs::write(&password, "s3cret\n").expect("password");
+    let https_port = ember_testkit::clickhouse::free_port();
+    let tls = format!(
+        "<https_port>{https_port}</https_port><openSSL><server><certificateFile>{}</certificateFile>\
+         <privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode>\
+         <loadDefaultCAFile>false</loadDefaultCAFile></server></openSSL>",
+        cert.display(),
+        private.display()
+    );
+    let user = "<ember><password>s3cret</password><networks><ip>127.0.0.1</ip></networks>\
+                <profile>default</profile><quota>default</quota></ember>";
+    let (http_port, tcp_port) = (ember_testkit::clickhouse::free_port(), ember_testkit::clickhouse::free_port());
+    let server = ClickHouse::start_with_users(http_port, tcp_port, &tls, user);
+    server.query("CREATE DATABASE ember_tls");
+    let store = format!("clickhouses://127.0.0.1:{https_port}/ember_tls");
+    let (ca, password) = (cert.display().to_string(), password.display().to_string());
+
+    let refused = |args: &[&str], reason: &str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = collector_cmd();
+        cmd.arg("--data-dir").arg(dir.path()).args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+        cmd.args(["--store", &store, "--clickhouse-user", "ember"]).args(args);
+        let mut collector = Running::start(cmd.env("EMBER_CLICKHOUSE_PASSWORD", "wrong"));
+        collector.wait_for_stderr(reason, Duration::from_secs(60));
+        assert!(!collector.finish().status.success());
+    };
+    refused(&["--clickhouse-ca", &ca], "Wrong password for user ember");
+    refused(&["--clickhouse-password-file", &password], "UnknownIssuer");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trusted = ["--clickhouse-ca", &ca, "--clickhouse-user", "ember", "--clickhouse-password-file", &password];
+    let collector = on_clickhouse(&dir, &store, &trusted);
+    let batch = stacks_batch(1, 99, "tls", &stacks("t", 20));
+    assert!(!push_batch(&collector.grpc, None, batch).expect("stored").duplicate);
+    assert_eq!(profile(&collector).values().sum::<u64>(), 20);
+    assert_eq!(server.count("SELECT count() FROM ember_tls.ember_samples"), 20);
+}
