@@ -107,7 +107,9 @@ fn open_store(config: &ServerConfig) -> Result<Arc<dyn Store>, ServerError> {
         StoreConfig::ClickHouse(ch) => {
             let endpoint = ch.endpoint()?;
             let at = format!("{} (database {})", endpoint.base, endpoint.database);
-            Arc::new(ClickHouseStore::open(endpoint).map_err(|source| ServerError::Store { at, source })?)
+            Arc::new(
+                ClickHouseStore::open(endpoint, config.max_disk).map_err(|source| ServerError::Store { at, source })?,
+            )
         }
     })
 }

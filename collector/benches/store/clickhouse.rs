@@ -37,7 +37,7 @@ fn bytes_on_disk(server: &ClickHouse) -> (u64, u64) {
 pub fn run(w: &Workload, checkpoints: &[usize], start_ns: u64) -> Vec<Row> {
     let server = ClickHouse::start();
     let url = server.store("bench");
-    let store = ClickHouseStore::open(Endpoint::parse(&url).expect("url")).expect("the ClickHouse store opens");
+    let store = ClickHouseStore::open(Endpoint::parse(&url).expect("url"), None).expect("the ClickHouse store opens");
     let mut feed = Feed::new(w, start_ns);
     let (mut samples, mut wall, mut cpu, mut server_cpu) = (0usize, Duration::ZERO, 0.0, 0.0);
     let mut rows = Vec::new();

@@ -161,9 +161,9 @@ fn main() {
         let clickhouse_rows = clickhouse::run(&w, &checkpoints, start_ns);
         println!("ClickHouse against the embedded store, same batches, same run:\n");
         println!(
-            "| stored samples | ingest per collector core | flame graph, all series | one service | bytes/sample |"
+            "| stored samples | ingest per collector core | flame graph, all series | one service | bytes/sample, merged | raw times expired |"
         );
-        println!("| ---: | ---: | ---: | ---: | ---: |");
+        println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
         for (e, c) in embedded_rows.iter().zip(&clickhouse_rows) {
             println!(
                 "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",

@@ -304,7 +304,7 @@ fn task_block(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn valid() -> v1::Batch {

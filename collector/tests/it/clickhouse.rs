@@ -55,6 +55,11 @@ fn the_clickhouse_store_answers_as_the_embedded_one() {
             assert!(!ack.duplicate);
         }
     }
+    // A process whose tasks only awaited: no samples, yet listed with its tasks' span.
+    let idle = tasks_only_batch(4, 5151, "idle");
+    for collector in [&embedded, &clickhouse] {
+        assert!(!push_batch(&collector.grpc, None, idle.clone()).expect("stored").duplicate);
+    }
     let expected = profile(&embedded);
     assert_eq!(expected.values().sum::<u64>(), 95);
     assert_eq!(profile(&clickhouse), expected);
@@ -64,7 +69,48 @@ fn the_clickhouse_store_answers_as_the_embedded_one() {
     assert_eq!(clickhouse.get(&path), embedded.get(&path));
     let (status, targets) = clickhouse.get("/api/v1/targets?from=now-1h");
     assert_eq!(status, 200, "{targets}");
+    assert!(targets.contains(r#""service":"idle""#), "{targets}");
     assert_eq!(parse_json(&targets), parse_json(&embedded.get("/api/v1/targets?from=now-1h").1));
+}
+
+/// A batch of one process with a task that ran once and no samples.
+fn tasks_only_batch(sequence: u64, pid: u32, service: &str) -> ember_proto::v1::Batch {
+    use ember_proto::v1;
+    let mut batch = stacks_batch(sequence, pid, service, &[]);
+    batch.samples.clear();
+    batch.strings.extend(["serve".to_string(), "serve()".to_string()]);
+    let (name, coro) = (batch.strings.len() as u32 - 2, batch.strings.len() as u32 - 1);
+    let created = now_ns() - 3_000_000_000;
+    let task = v1::TaskInfo {
+        id: 7,
+        name,
+        coro,
+        created_nanos: created,
+        state: v1::TaskState::Pending as i32,
+        ..Default::default()
+    };
+    batch.tasks = vec![v1::TaskBlock {
+        process: 1,
+        tasks: vec![task],
+        slice_task: vec![7],
+        slice_tid: vec![pid],
+        slice_start_nanos: vec![created + 1_000_000],
+        slice_duration_nanos: vec![2_000_000],
+        ..Default::default()
+    }];
+    batch
+}
+
+#[test]
+fn max_disk_refuses_batches_while_the_database_is_larger() {
+    let server = ClickHouse::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The schema's own first row makes the database larger than one byte.
+    let collector = on_clickhouse(&dir, &server.store("ember_full"), &["--max-disk", "1"]);
+    let refused = push_batch(&collector.grpc, None, stacks_batch(1, 9, "svc", &stacks("f", 5))).expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("storage is full"), "{refused:?}");
+    assert_eq!(server.count("SELECT count() FROM ember_full.ember_samples"), 0);
 }
 
 #[test]

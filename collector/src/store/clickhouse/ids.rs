@@ -47,9 +47,11 @@ pub struct LocalIds {
 /// Ids per generation: with the previous generation kept, the map holds at most twice this
 /// (about 50 bytes each).
 const PER_GENERATION: usize = if cfg!(test) { 4 } else { 1 << 21 };
-/// The top bits of a local number name its generation, the rest its index.
-const INDEX_BITS: u32 = 28;
+/// The top bits of a local number name its generation, the rest its index. 2,048 generations
+/// (4G ids) go by before a number could name another id: a number that old is long let go.
+const INDEX_BITS: u32 = 21;
 const GENERATIONS: u32 = 1 << (32 - INDEX_BITS);
+const _: () = assert!(PER_GENERATION <= 1 << INDEX_BITS);
 
 #[derive(Debug, Default)]
 struct Generations {
@@ -67,7 +69,9 @@ struct Generation {
 impl LocalIds {
     pub fn local(&self, id: Id) -> u32 {
         let mut map = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(&n) = map.current.of.get(&id) {
+        // One id, one number while it is kept: a query that named it before a new generation
+        // began must find the same number after.
+        if let Some(&n) = map.current.of.get(&id).or_else(|| map.previous.of.get(&id)) {
             return n;
         }
         if map.current.ids.len() >= PER_GENERATION {
@@ -180,6 +184,7 @@ mod tests {
         let second = ids.local([9; 16]);
         assert_eq!(second, 1 << INDEX_BITS, "a new generation");
         assert_eq!((ids.content(first[3]), ids.content(second)), (Some([3; 16]), Some([9; 16])));
+        assert_eq!(ids.local([1; 16]), first[1], "an id of the previous generation keeps its number");
         for i in 10..17u8 {
             ids.local([i; 16]);
         }

@@ -45,11 +45,12 @@ impl ClickHouseStore {
         if seen.trim() != "0" {
             return Ok(IngestOutcome::Duplicate);
         }
+        self.check_size()?;
         let frame_ids = self.write_frames(batch)?;
         let stack_ids = self.write_stacks(batch, &frame_ids)?;
-        let series_ids = self.write_series(batch)?;
+        let series_ids = self.write_series(batch, &days)?;
         let attempt = random_attempt()?;
-        self.write_samples(batch, &stack_ids, &series_ids, &batch_id, attempt)?;
+        self.write_samples(batch, &days, &stack_ids, &series_ids, &batch_id, attempt)?;
         self.write_tasks(batch, &series_ids, &batch_id, attempt)?;
         let stored_ms = now_ms();
         let mut markers = Rows::default();
@@ -98,21 +99,27 @@ impl ClickHouseStore {
         Ok(ids)
     }
 
-    fn write_series(&self, batch: &NewBatch) -> Result<Vec<Id>, StoreError> {
+    /// A row per series and day the batch touches: queries read only the series of their
+    /// days, and retention drops a series' row with its last day, so processes long gone (a
+    /// `pid` label makes a series per process) cost nothing.
+    fn write_series(&self, batch: &NewBatch, days: &BTreeSet<u16>) -> Result<Vec<Id>, StoreError> {
         let mut rows = Rows::default();
         let mut ids = Vec::with_capacity(batch.series.len());
         let mut new = HashSet::new();
         for series in &batch.series {
             let id = content_id(b"series", &encode_labels(&series.labels));
-            if !self.written.has(&id) && new.insert(id) {
-                rows.id(&id);
-                rows.strs(series.labels.keys().map(String::as_str));
-                rows.strs(series.labels.values().map(String::as_str));
+            for &day in days {
+                let written = content_id(b"series-day", &[&id[..], &day.to_le_bytes()].concat());
+                if !self.written.has(&written) && new.insert(written) {
+                    rows.u16(day).id(&id);
+                    rows.strs(series.labels.keys().map(String::as_str));
+                    rows.strs(series.labels.values().map(String::as_str));
+                }
             }
             ids.push(id);
         }
         if !rows.0.is_empty() {
-            self.insert("ember_series", "series_id, label_names, label_values", &rows)?;
+            self.insert("ember_series", "day, series_id, label_names, label_values", &rows)?;
             self.written.add(new);
         }
         Ok(ids)
@@ -121,6 +128,7 @@ impl ClickHouseStore {
     fn write_samples(
         &self,
         batch: &NewBatch,
+        days: &BTreeSet<u16>,
         stack_ids: &[Id],
         series_ids: &[Id],
         batch_id: &Id,
@@ -131,6 +139,15 @@ impl ClickHouseStore {
         let mut counts: BTreeMap<(usize, i64, u32), u64> = BTreeMap::new();
         let mut seen: BTreeMap<(usize, u16), (i64, i64, u64)> = BTreeMap::new();
         for (i, (series, series_id)) in batch.series.iter().zip(series_ids).enumerate() {
+            // A series is seen while its tasks run too, as the embedded store counts it (one
+            // that only awaited still shows): their span goes to the batch's day it starts on.
+            if let Some((first_ns, last_ns)) = series.tasks.time_span() {
+                let starts = day_of_ms(first_ns.div_euclid(1_000_000));
+                if let Some(&on) = days.range(..=starts).next_back().or(days.first()) {
+                    let day = seen.entry((i, on)).or_insert((first_ns, last_ns, 0));
+                    *day = (day.0.min(first_ns), day.1.max(last_ns), day.2);
+                }
+            }
             for s in &series.samples {
                 let Some(stack_id) = stack_ids.get(s.stack as usize) else { continue };
                 let ms = s.time_unix_ns.div_euclid(1_000_000);
@@ -141,10 +158,9 @@ impl ClickHouseStore {
                 *day = (day.0.min(s.time_unix_ns), day.1.max(s.time_unix_ns), day.2 + u64::from(s.weight));
             }
         }
-        if rows.0.is_empty() {
-            return Ok(());
+        if !rows.0.is_empty() {
+            self.insert("ember_samples", "day, series_id, time_ns, stack_id, tid, weight, batch, attempt", &rows)?;
         }
-        self.insert("ember_samples", "day, series_id, time_ns, stack_id, tid, weight, batch, attempt", &rows)?;
         let mut aggregated = Rows::default();
         for ((series, bucket, stack), weight) in counts {
             let (Some(series_id), Some(stack_id)) = (series_ids.get(series), stack_ids.get(stack as usize)) else {
@@ -153,11 +169,16 @@ impl ClickHouseStore {
             aggregated.u16(day_of_ms(bucket)).id(series_id).i64(bucket).id(stack_id).u64(weight);
             aggregated.id(batch_id).u64(attempt);
         }
-        self.insert("ember_counts", "day, series_id, bucket_ms, stack_id, weight, batch, attempt", &aggregated)?;
+        if !aggregated.0.is_empty() {
+            self.insert("ember_counts", "day, series_id, bucket_ms, stack_id, weight, batch, attempt", &aggregated)?;
+        }
         let mut summaries = Rows::default();
         for ((series, day), (first_ns, last_ns, samples)) in seen {
             let Some(series_id) = series_ids.get(series) else { continue };
             summaries.u16(day).id(series_id).i64(first_ns).i64(last_ns).u64(samples).id(batch_id).u64(attempt);
+        }
+        if summaries.0.is_empty() {
+            return Ok(());
         }
         self.insert("ember_seen", "day, series_id, first_ns, last_ns, samples, batch, attempt", &summaries)
     }

@@ -11,6 +11,7 @@ mod ingest;
 mod read;
 mod schema;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,17 @@ use crate::query::{Selector, TimeRange};
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most SQL text a query may have (its `IN` lists of ids); ClickHouse's default is 256 KiB.
 const MAX_QUERY_BYTES: &str = "67108864";
-/// How long the database's size is reused before it is asked again (it is reported per batch).
+/// How long the database's size is reused before it is asked again.
 const SIZE_TTL: Duration = Duration::from_secs(10);
+
+/// The database's size on disk, asked of ClickHouse from threads that may block (a batch's
+/// write, retention), never from a request handler's: a slow server must not hold up `/metrics`
+/// or the async runtime.
+#[derive(Debug, Default)]
+struct Size {
+    bytes: AtomicU64,
+    asked: Mutex<Option<Instant>>,
+}
 
 pub struct ClickHouseStore {
     client: Client,
@@ -36,7 +46,9 @@ pub struct ClickHouseStore {
     written: ingest::Written,
     stack_local: ids::LocalIds,
     series_local: ids::LocalIds,
-    size: Mutex<Option<(Instant, u64)>>,
+    size: Size,
+    /// `--max-disk`: batches are refused while the database is larger.
+    max_disk: Option<u64>,
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -51,20 +63,52 @@ fn engine(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError 
 
 impl ClickHouseStore {
     /// Connects, checks the server's version, and creates or migrates the schema.
-    pub fn open(endpoint: Endpoint) -> Result<Self, StoreError> {
+    pub fn open(endpoint: Endpoint, max_disk: Option<u64>) -> Result<Self, StoreError> {
         let layout = schema::Layout { cluster: endpoint.cluster.clone(), database: endpoint.database.clone() };
         let client = Client::new(endpoint, STATEMENT_TIMEOUT).map_err(engine)?;
         let version = schema::server_version(&client).map_err(engine)?;
         schema::migrate(&client, version, &layout).map_err(engine)?;
         tracing::info!(server = version.0, cluster = layout.cluster.as_deref().unwrap_or(""), "ClickHouse store ready");
-        Ok(Self {
+        let store = Self {
             client,
             layout,
             written: ingest::Written::default(),
             stack_local: ids::LocalIds::default(),
             series_local: ids::LocalIds::default(),
-            size: Mutex::new(None),
-        })
+            size: Size::default(),
+            max_disk,
+        };
+        store.refresh_size();
+        Ok(store)
+    }
+
+    /// Asks ClickHouse for the database's size if the last answer is older than [`SIZE_TTL`]
+    /// and no other thread is asking. Blocks: only for writes and retention.
+    fn refresh_size(&self) {
+        let Ok(mut asked) = self.size.asked.try_lock() else { return };
+        if asked.is_some_and(|at| at.elapsed() < SIZE_TTL) {
+            return;
+        }
+        *asked = Some(Instant::now());
+        let (database, parts) = (&self.layout.database, self.layout.parts());
+        let answer = self.query_text(&format!(
+            "SELECT sum(bytes_on_disk) FROM {parts} WHERE database = '{database}' AND active FORMAT TabSeparated"
+        ));
+        match answer.map(|t| t.trim().parse::<u64>()) {
+            Ok(Ok(bytes)) => self.size.bytes.store(bytes, Ordering::Relaxed),
+            Ok(Err(_)) => tracing::warn!("ClickHouse's answer to the database's size is not a number"),
+            Err(e) => tracing::warn!("cannot ask ClickHouse for the database's size: {}", e.detail()),
+        }
+    }
+
+    /// Refuses a batch while the database is over `--max-disk` (as of its last size).
+    fn check_size(&self) -> Result<(), StoreError> {
+        self.refresh_size();
+        let used = self.size.bytes.load(Ordering::Relaxed);
+        match self.max_disk {
+            Some(max) if used >= max => Err(StoreError::Full { used, max }),
+            _ => Ok(()),
+        }
     }
 
     fn insert(&self, table: &str, columns: &str, rows: &ids::Rows) -> Result<(), StoreError> {
@@ -140,7 +184,7 @@ impl Store for ClickHouseStore {
 
     /// Whole days go: ClickHouse 18.16 has no TTL, and dropping a partition is cheap on any
     /// version. Data is kept up to a day longer than asked. As in the embedded store, the
-    /// per-bucket stack counts and series summaries follow `--retention`; every sample with its
+    /// per-bucket stack counts, series summaries and series labels follow `--retention`; every sample with its
     /// exact time, tasks and slices, `--raw-retention`; batch markers the longer of the two, as
     /// long as any row they count. A table that cannot be cut (a partition over ClickHouse's
     /// `max_partition_size_to_drop`) does not stop the others.
@@ -153,31 +197,21 @@ impl Store for ClickHouseStore {
                 0
             }
         };
-        Ok(RetentionReport {
-            blobs_removed: drop("ember_counts", keep_before_ms) + drop("ember_seen", keep_before_ms),
+        let report = RetentionReport {
+            blobs_removed: drop("ember_counts", keep_before_ms)
+                + drop("ember_seen", keep_before_ms)
+                + drop("ember_series", keep_before_ms),
             raw_blobs_removed: drop("ember_samples", raw_keep_before_ms) + drop("ember_slices", raw_keep_before_ms),
             tasks_removed: drop("ember_tasks", raw_keep_before_ms),
             batches_forgotten: drop("ember_batches", keep_before_ms.min(raw_keep_before_ms)),
             series_removed: 0,
-        })
+        };
+        self.refresh_size();
+        Ok(report)
     }
 
+    /// As of the last write or retention pass (at most [`SIZE_TTL`] old while batches arrive).
     fn disk_bytes(&self) -> u64 {
-        let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, bytes)) = *size {
-            if at.elapsed() < SIZE_TTL {
-                return bytes;
-            }
-        }
-        let (database, parts) = (&self.layout.database, self.layout.parts());
-        let bytes = self
-            .query_text(&format!(
-                "SELECT sum(bytes_on_disk) FROM {parts} WHERE database = '{database}' AND active FORMAT TabSeparated"
-            ))
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-            .unwrap_or(0);
-        *size = Some((Instant::now(), bytes));
-        bytes
+        self.size.bytes.load(Ordering::Relaxed)
     }
 }

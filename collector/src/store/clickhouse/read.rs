@@ -145,49 +145,83 @@ fn id_list<'a>(ids: impl Iterator<Item = &'a Id>) -> String {
     ids.map(literal).collect::<Vec<_>>().join(",")
 }
 
+/// The series a query reads: those with data on its days whose labels match.
+struct Matched {
+    series: Vec<(Id, Labels)>,
+    /// Every series of those days matched (an unfiltered query): no id list is needed.
+    all: bool,
+}
+
+impl Matched {
+    fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
+    /// ` AND series_id IN (…)`, or nothing when every series of the days matched.
+    fn filter(&self) -> String {
+        match self.all {
+            true => String::new(),
+            false => format!(" AND series_id IN ({})", id_list(self.series.iter().map(|(id, _)| id))),
+        }
+    }
+}
+
 impl ClickHouseStore {
-    /// Every series whose labels match, with its content id.
-    fn matching(&self, selector: &Selector) -> Result<Vec<(Id, Labels)>, StoreError> {
-        let answer =
-            self.query_rows("SELECT series_id, label_names, label_values FROM ember_series FORMAT RowBinary")?;
+    /// The series with rows on the days `range` touches whose labels match, with their
+    /// content ids. Labels are matched here, as the embedded store matches its index.
+    fn matching(&self, selector: &Selector, range: TimeRange) -> Result<Matched, StoreError> {
+        let (first, last) = days(range);
+        let answer = self.query_rows(&format!(
+            "SELECT DISTINCT series_id, label_names, label_values FROM ember_series \
+             WHERE day BETWEEN {first} AND {last} FORMAT RowBinary"
+        ))?;
         let mut a = Answer::new(&answer);
-        let mut found = BTreeMap::new();
+        let (mut found, mut all) = (BTreeMap::new(), true);
         while a.more() {
             let (id, names, values) = (a.id()?, a.strings()?, a.strings()?);
             let labels: Labels = names.into_iter().zip(values).collect();
-            if selector.matches(&labels) {
-                found.insert(id, labels);
+            budget::charge(labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>() + 64)?;
+            match selector.matches(&labels) {
+                true => {
+                    found.insert(id, labels);
+                }
+                false => all = false,
             }
         }
-        Ok(found.into_iter().collect())
+        Ok(Matched { series: found.into_iter().collect(), all })
     }
 
     /// The sample filter of a query: its range, its series, the counted attempts.
-    fn sample_filter(&self, series: &[(Id, Labels)], range: TimeRange) -> String {
+    fn sample_filter(&self, series: &Matched, range: TimeRange) -> String {
         let (first, last) = days(range);
         let (from_ns, to_ns) = (range.from_ms.saturating_mul(1_000_000), range.to_ms.saturating_mul(1_000_000));
         format!(
-            "day BETWEEN {first} AND {last} AND time_ns >= {from_ns} AND time_ns < {to_ns} AND series_id IN ({}) AND {}",
-            id_list(series.iter().map(|(id, _)| id)),
+            "day BETWEEN {first} AND {last} AND time_ns >= {from_ns} AND time_ns < {to_ns}{} AND {}",
+            series.filter(),
             counted(&first, &last)
         )
     }
 
+    /// The days of the per-bucket sums a range reads: from `first_bucket`'s to the one
+    /// holding the range's end.
+    fn bucket_days(first_bucket: i64, range: TimeRange) -> TimeRange {
+        TimeRange { from_ms: first_bucket, to_ms: bucket_of(range.to_ms.saturating_sub(1)).saturating_add(1) }
+    }
+
     /// The filter of the per-bucket sums: the buckets from `first_bucket` to the one holding
     /// the range's end, as the embedded store reads its aggregates.
-    fn bucket_filter(&self, series: &[(Id, Labels)], first_bucket: i64, range: TimeRange) -> String {
+    fn bucket_filter(&self, series: &Matched, first_bucket: i64, range: TimeRange) -> String {
         let last_bucket = bucket_of(range.to_ms.saturating_sub(1));
-        let (first, last) = days(TimeRange { from_ms: first_bucket, to_ms: last_bucket.saturating_add(1) });
+        let (first, last) = days(Self::bucket_days(first_bucket, range));
         format!(
-            "day BETWEEN {first} AND {last} AND bucket_ms BETWEEN {first_bucket} AND {last_bucket} \
-             AND series_id IN ({}) AND {}",
-            id_list(series.iter().map(|(id, _)| id)),
+            "day BETWEEN {first} AND {last} AND bucket_ms BETWEEN {first_bucket} AND {last_bucket}{} AND {}",
+            series.filter(),
             counted(&first, &last)
         )
     }
 
     pub(super) fn read_series(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesInfo>, StoreError> {
-        let series = self.matching(selector)?;
+        let series = self.matching(selector, range)?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
@@ -197,10 +231,10 @@ impl ClickHouseStore {
         let answer = self.query_rows(&format!(
             "SELECT series_id, min(first_ns), max(last_ns), sum(samples) FROM ember_seen \
              WHERE series_id IN ({}) AND {} GROUP BY series_id FORMAT RowBinary",
-            id_list(series.iter().map(|(id, _)| id)),
+            id_list(series.series.iter().map(|(id, _)| id)),
             counted(&date(0), &date(LAST_DAY))
         ))?;
-        let labels: HashMap<Id, &Labels> = series.iter().map(|(id, l)| (*id, l)).collect();
+        let labels: HashMap<Id, &Labels> = series.series.iter().map(|(id, l)| (*id, l)).collect();
         let mut a = Answer::new(&answer);
         let mut out = Vec::new();
         while a.more() {
@@ -217,13 +251,14 @@ impl ClickHouseStore {
     }
 
     pub(super) fn read_stack_counts(&self, selector: &Selector, range: TimeRange) -> Result<StackCounts, StoreError> {
-        let series = self.matching(selector)?;
+        let first_bucket = bucket_of(range.from_ms);
+        let series = self.matching(selector, Self::bucket_days(first_bucket, range))?;
         if series.is_empty() {
             return Ok(StackCounts::default());
         }
         let answer = self.query_rows(&format!(
             "SELECT stack_id, sum(weight) FROM ember_counts WHERE {} GROUP BY stack_id FORMAT RowBinary",
-            self.bucket_filter(&series, bucket_of(range.from_ms), range)
+            self.bucket_filter(&series, first_bucket, range)
         ))?;
         let mut a = Answer::new(&answer);
         let mut counts = Vec::new();
@@ -241,7 +276,7 @@ impl ClickHouseStore {
         step_ms: i64,
     ) -> Result<Vec<(i64, u64)>, StoreError> {
         let mut steps = Steps::new(range, step_ms);
-        let series = self.matching(selector)?;
+        let series = self.matching(selector, Self::bucket_days(steps.start(), range))?;
         if series.is_empty() {
             return Ok(steps.points());
         }
@@ -262,7 +297,7 @@ impl ClickHouseStore {
         selector: &Selector,
         range: TimeRange,
     ) -> Result<Vec<(u32, RawSample)>, StoreError> {
-        let series = self.matching(selector)?;
+        let series = self.matching(selector, range)?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
@@ -353,14 +388,15 @@ impl ClickHouseStore {
     }
 
     pub(super) fn read_tasks(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesTasks>, StoreError> {
-        let series = self.matching(selector)?;
+        let (from_ns, to_ns) = (range.from_ms.saturating_mul(1_000_000), range.to_ms.saturating_mul(1_000_000));
+        // Slices that start up to a day before the range and run into it.
+        let with_day_before = TimeRange { from_ms: range.from_ms.saturating_sub(86_400_000), to_ms: range.to_ms };
+        let series = self.matching(selector, with_day_before)?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
-        let (from_ns, to_ns) = (range.from_ms.saturating_mul(1_000_000), range.to_ms.saturating_mul(1_000_000));
-        // Slices that start up to a day before the range and run into it.
-        let (first, last) = days(TimeRange { from_ms: range.from_ms.saturating_sub(86_400_000), to_ms: range.to_ms });
-        let ids = id_list(series.iter().map(|(id, _)| id));
+        let (first, last) = days(with_day_before);
+        let ids = id_list(series.series.iter().map(|(id, _)| id));
         let answer = self.query_rows(&format!(
             "SELECT series_id, task_id, tid, start_ns, end_ns, ready_ns FROM ember_slices \
              WHERE day BETWEEN {first} AND {last} AND series_id IN ({ids}) AND end_ns >= {from_ns} \
@@ -419,7 +455,7 @@ impl ClickHouseStore {
         for ((series, id), first) in ran {
             found.entry(series).or_default().tasks.push(TaskRecord::lost(id, first));
         }
-        let labels: HashMap<Id, &Labels> = series.iter().map(|(id, l)| (*id, l)).collect();
+        let labels: HashMap<Id, &Labels> = series.series.iter().map(|(id, l)| (*id, l)).collect();
         Ok(found
             .into_iter()
             .filter_map(|(id, mut tasks)| {

@@ -43,7 +43,12 @@ pub fn server_version(client: &Client) -> Result<ServerVersion, SchemaError> {
     let text = String::from_utf8_lossy(&client.query("SELECT version() FORMAT TabSeparated")?).trim().to_string();
     let parts: Vec<u64> = text.split('.').take(3).map(|p| p.parse().unwrap_or(0)).collect();
     let [major, minor, patch] = parts[..] else { return Err(SchemaError::Version(text)) };
-    let version = ServerVersion(major * 1_000_000 + minor * 1_000 + patch);
+    let version = major
+        .checked_mul(1_000_000)
+        .zip(minor.checked_mul(1_000))
+        .and_then(|(a, b)| a.checked_add(b)?.checked_add(patch))
+        .map(ServerVersion)
+        .ok_or_else(|| SchemaError::Version(text.clone()))?;
     if version < ServerVersion(18_016_000) {
         return Err(SchemaError::TooOld { found: text });
     }
@@ -155,8 +160,9 @@ pub fn statements(version: ServerVersion, layout: &Layout) -> Vec<String> {
         },
         Table {
             name: "ember_series",
-            columns: "series_id FixedString(16), label_names Array(String), label_values Array(String)".into(),
-            engine: "ReplacingMergeTree() ORDER BY series_id",
+            columns: "day Date, series_id FixedString(16), label_names Array(String), label_values Array(String)"
+                .into(),
+            engine: "ReplacingMergeTree() PARTITION BY day ORDER BY series_id",
             shard_by: "cityHash64(series_id)",
         },
         Table {
