@@ -71,7 +71,36 @@ fn the_clickhouse_store_answers_as_the_embedded_one() {
     assert_eq!(status, 200, "{targets}");
     assert!(targets.contains(r#""service":"idle""#), "{targets}");
     assert_eq!(parse_json(&targets), parse_json(&embedded.get("/api/v1/targets?from=now-1h").1));
+    // Days with nothing in them: a process seen three days ago and now is listed for the day
+    // between; one whose task has waited since three days ago shows it today.
+    let gap = stacks_batch(5, 6161, "gap", &stacks("gap", 4));
+    let mut old = gap.clone();
+    old.sequence = 6;
+    old.samples[0].base_time_nanos -= 3 * DAY_NS;
+    let waiting = tasks_only_batch(7, 7171, "waiting");
+    let mut waiting_since = waiting.clone();
+    waiting_since.tasks[0].tasks[0].created_nanos -= 3 * DAY_NS;
+    waiting_since.tasks[0].slice_start_nanos[0] -= 3 * DAY_NS;
+    for collector in [&embedded, &clickhouse] {
+        for batch in [gap.clone(), old.clone(), waiting_since.clone()] {
+            assert!(!push_batch(&collector.grpc, None, batch).expect("stored").duplicate);
+        }
+    }
+    // Absolute times: both collectors answer for the same range.
+    let now_ms = now_ns() / 1_000_000;
+    let between = format!("/api/v1/targets?from={}&to={}", now_ms - 2 * DAY_MS, now_ms - DAY_MS);
+    let (status, listed) = clickhouse.get(&between);
+    assert!(status == 200 && listed.contains(r#""service":"gap""#), "{status} {listed}");
+    assert_eq!(parse_json(&listed), parse_json(&embedded.get(&between).1));
+    let query = encode(r#"{service="waiting"}"#);
+    let timeline = format!("/api/v1/timeline?from={}&to={now_ms}&query={query}", now_ms - 3_600_000);
+    let (status, tasks) = clickhouse.get(&timeline);
+    assert!(status == 200 && tasks.contains(r#""name":"serve""#), "{status} {tasks}");
+    assert_eq!(parse_json(&tasks), parse_json(&embedded.get(&timeline).1));
 }
+
+const DAY_NS: u64 = 86_400_000_000_000;
+const DAY_MS: u64 = 86_400_000;
 
 /// A batch of one process with a task that ran once and no samples.
 fn tasks_only_batch(sequence: u64, pid: u32, service: &str) -> ember_proto::v1::Batch {
@@ -99,6 +128,70 @@ fn tasks_only_batch(sequence: u64, pid: u32, service: &str) -> ember_proto::v1::
         ..Default::default()
     }];
     batch
+}
+
+/// Raw retention keeps a running task's record (carried from day to day while its process is
+/// seen), drops one finished longer ago, and a task of a process gone with its labels. Rows are
+/// aged by moving today's partitions back, as ClickHouse has no clock to turn.
+#[test]
+fn retention_keeps_the_records_of_running_tasks() {
+    use ember_proto::v1;
+    let server = ClickHouse::start();
+    let store = server.store("ember_carry");
+    let today = server.query("SELECT toString(today())").trim().to_string();
+    let age = |table: &str, columns: &str, days: u32| {
+        server.query(&format!(
+            "INSERT INTO ember_carry.{table} SELECT toDate('{today}') - {days}, {columns} \
+             FROM ember_carry.{table} WHERE day = '{today}'"
+        ));
+        server.query(&format!("ALTER TABLE ember_carry.{table} DROP PARTITION '{today}'"));
+    };
+    let tasks_columns = "series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, sequence, \
+                         batch, attempt";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = on_clickhouse(&dir, &store, &[]);
+    // A process whose labels are older than --retention: gone, with its task.
+    assert!(!push_batch(&writer.grpc, None, tasks_only_batch(1, 9191, "gone")).expect("stored").duplicate);
+    age("ember_series", "series_id, label_names, label_values", 10);
+    age("ember_tasks", tasks_columns, 3);
+    // A live process: a task running for three days, and one that finished three days ago.
+    let mut live = tasks_only_batch(2, 8181, "live");
+    let created = live.tasks[0].tasks[0].created_nanos - 3 * DAY_NS;
+    live.strings.push("done".into());
+    let block = &mut live.tasks[0];
+    block.tasks[0].created_nanos = created;
+    block.slice_start_nanos[0] = created + 1_000_000;
+    let finished = v1::TaskInfo {
+        id: 8,
+        name: live.strings.len() as u32 - 1,
+        created_nanos: created,
+        done_nanos: created + 5_000_000,
+        state: v1::TaskState::Finished as i32,
+        ..block.tasks[0]
+    };
+    block.tasks.push(finished);
+    assert!(!push_batch(&writer.grpc, None, live).expect("stored").duplicate);
+    age("ember_tasks", tasks_columns, 3);
+    drop(writer);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let retention = on_clickhouse(&dir, &store, &["--retention-interval", "1s"]);
+    let old_rows = format!(
+        "SELECT (SELECT count() FROM ember_carry.ember_tasks WHERE day < '{today}') \
+         + (SELECT count() FROM ember_carry.ember_series WHERE day < toDate('{today}') - 8)"
+    );
+    ember_testkit::wait_until(Duration::from_secs(60), "retention to drop the old days", || {
+        server.count(&old_rows) == 0
+    });
+    let (status, timeline) = retention.get("/api/v1/timeline?from=now-4d");
+    assert_eq!(status, 200, "{timeline}");
+    let tasks: Vec<(String, String)> = parse_json(&timeline)["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap_or_default().into(), t["pid"].as_str().unwrap_or_default().into()))
+        .collect();
+    assert_eq!(tasks, [("serve".to_string(), "8181".to_string())], "the live process' running task: {timeline}");
 }
 
 #[test]

@@ -36,16 +36,17 @@ pub fn literal(id: &Id) -> String {
 
 /// Small numbers for content ids (a query's answers refer to each other by them: raw samples
 /// to stacks, tasks to series). Bounded: numbers are handed out in generations of at most
-/// [`PER_GENERATION`]; the current generation and the one before it can be looked up, so a
-/// number stays good while at least that many others are handed out after it. A query that
-/// outlives that is told to retry.
+/// [`PER_GENERATION`]; an id of the current generation or the one before keeps its number, and
+/// numbers of the generation before those still resolve, so a number stays good while at least
+/// [`PER_GENERATION`] others are handed out after it was last given (even one given again from
+/// the previous generation). A query that outlives that is told to retry.
 #[derive(Debug, Default)]
 pub struct LocalIds {
     inner: Mutex<Generations>,
 }
 
-/// Ids per generation: with the previous generation kept, the map holds at most twice this
-/// (about 50 bytes each).
+/// Ids per generation: with the previous generation kept, the maps hold at most twice this
+/// (about 50 bytes each), and the one before that 16 bytes each.
 const PER_GENERATION: usize = if cfg!(test) { 4 } else { 1 << 21 };
 /// The top bits of a local number name its generation, the rest its index. 2,048 generations
 /// (4G ids) go by before a number could name another id: a number that old is long let go.
@@ -58,6 +59,9 @@ struct Generations {
     number: u32,
     current: Generation,
     previous: Generation,
+    /// Only resolves numbers: a number found in `previous` may be handed out until the
+    /// rollover that makes its generation this one.
+    older: Vec<Id>,
 }
 
 #[derive(Debug, Default)]
@@ -75,7 +79,8 @@ impl LocalIds {
             return n;
         }
         if map.current.ids.len() >= PER_GENERATION {
-            map.previous = std::mem::take(&mut map.current);
+            let current = std::mem::take(&mut map.current);
+            map.older = std::mem::replace(&mut map.previous, current).ids;
             map.number = (map.number + 1) % GENERATIONS;
         }
         let n = (map.number << INDEX_BITS) | map.current.ids.len() as u32;
@@ -92,6 +97,8 @@ impl LocalIds {
             map.current.ids.get(index).copied()
         } else if generation == (map.number + GENERATIONS - 1) % GENERATIONS {
             map.previous.ids.get(index).copied()
+        } else if generation == (map.number + GENERATIONS - 2) % GENERATIONS {
+            map.older.get(index).copied()
         } else {
             None
         }
@@ -176,7 +183,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_numbers_live_two_generations() {
+    fn local_numbers_live_while_a_generation_of_others_is_handed_out() {
         let ids = LocalIds::default();
         let first: Vec<u32> = (0..4u8).map(|i| ids.local([i; 16])).collect();
         assert_eq!(first, vec![0, 1, 2, 3]);
@@ -185,10 +192,14 @@ mod tests {
         assert_eq!(second, 1 << INDEX_BITS, "a new generation");
         assert_eq!((ids.content(first[3]), ids.content(second)), (Some([3; 16]), Some([9; 16])));
         assert_eq!(ids.local([1; 16]), first[1], "an id of the previous generation keeps its number");
-        for i in 10..17u8 {
+        for i in 10..14u8 {
             ids.local([i; 16]);
         }
-        assert_eq!(ids.content(first[0]), None, "two generations later, let go");
+        assert_eq!(ids.content(first[1]), Some([1; 16]), "a generation's worth of ids after it was given again");
+        for i in 14..18u8 {
+            ids.local([i; 16]);
+        }
+        assert_eq!(ids.content(first[0]), None, "three generations later, let go");
         assert_eq!(ids.content(second), Some([9; 16]));
         assert_eq!(ids.content(u32::MAX), None);
     }

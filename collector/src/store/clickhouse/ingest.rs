@@ -16,7 +16,7 @@ use ring::rand::SecureRandom;
 use super::ids::{content_id, day_of_ms, literal, Id, Rows};
 use super::ClickHouseStore;
 use crate::store::codec::{encode_frame, encode_labels};
-use crate::store::{bucket_of, IngestOutcome, NewBatch, StoreError};
+use crate::store::{bucket_of, IngestOutcome, NewBatch, NewSeries, StoreError};
 
 impl ClickHouseStore {
     pub(super) fn write_batch(&self, batch: &NewBatch) -> Result<IngestOutcome, StoreError> {
@@ -48,9 +48,10 @@ impl ClickHouseStore {
         self.check_size()?;
         let frame_ids = self.write_frames(batch)?;
         let stack_ids = self.write_stacks(batch, &frame_ids)?;
-        let series_ids = self.write_series(batch, &days)?;
+        let series_days: Vec<BTreeSet<u16>> = batch.series.iter().map(|s| days_of_series(s, &days)).collect();
+        let series_ids = self.write_series(batch, &series_days)?;
         let attempt = random_attempt()?;
-        self.write_samples(batch, &days, &stack_ids, &series_ids, &batch_id, attempt)?;
+        self.write_samples(batch, &series_days, &stack_ids, &series_ids, &batch_id, attempt)?;
         self.write_tasks(batch, &series_ids, &batch_id, attempt)?;
         let stored_ms = now_ms();
         let mut markers = Rows::default();
@@ -99,14 +100,14 @@ impl ClickHouseStore {
         Ok(ids)
     }
 
-    /// A row per series and day the batch touches: queries read only the series of their
-    /// days, and retention drops a series' row with its last day, so processes long gone (a
-    /// `pid` label makes a series per process) cost nothing.
-    fn write_series(&self, batch: &NewBatch, days: &BTreeSet<u16>) -> Result<Vec<Id>, StoreError> {
+    /// A row per series and day it has data on: queries read only the series of their days,
+    /// and retention drops a series' row with its last day, so processes long gone (a `pid`
+    /// label makes a series per process) cost nothing.
+    fn write_series(&self, batch: &NewBatch, series_days: &[BTreeSet<u16>]) -> Result<Vec<Id>, StoreError> {
         let mut rows = Rows::default();
         let mut ids = Vec::with_capacity(batch.series.len());
         let mut new = HashSet::new();
-        for series in &batch.series {
+        for (series, days) in batch.series.iter().zip(series_days) {
             let id = content_id(b"series", &encode_labels(&series.labels));
             for &day in days {
                 let written = content_id(b"series-day", &[&id[..], &day.to_le_bytes()].concat());
@@ -128,7 +129,7 @@ impl ClickHouseStore {
     fn write_samples(
         &self,
         batch: &NewBatch,
-        days: &BTreeSet<u16>,
+        series_days: &[BTreeSet<u16>],
         stack_ids: &[Id],
         series_ids: &[Id],
         batch_id: &Id,
@@ -138,9 +139,9 @@ impl ClickHouseStore {
         // Per series: (bucket, stack) → weight, and (day) → first, last, samples.
         let mut counts: BTreeMap<(usize, i64, u32), u64> = BTreeMap::new();
         let mut seen: BTreeMap<(usize, u16), (i64, i64, u64)> = BTreeMap::new();
-        for (i, (series, series_id)) in batch.series.iter().zip(series_ids).enumerate() {
+        for (i, ((series, series_id), days)) in batch.series.iter().zip(series_ids).zip(series_days).enumerate() {
             // A series is seen while its tasks run too, as the embedded store counts it (one
-            // that only awaited still shows): their span goes to the batch's day it starts on.
+            // that only awaited still shows): their span goes to the series' day it starts on.
             if let Some((first_ns, last_ns)) = series.tasks.time_span() {
                 let starts = day_of_ms(first_ns.div_euclid(1_000_000));
                 if let Some(&on) = days.range(..=starts).next_back().or(days.first()) {
@@ -185,9 +186,12 @@ impl ClickHouseStore {
 
     fn write_tasks(&self, batch: &NewBatch, series_ids: &[Id], batch_id: &Id, attempt: u64) -> Result<(), StoreError> {
         let (mut tasks, mut slices) = (Rows::default(), Rows::default());
+        // A record goes on the day it is written: it lives --raw-retention from the task's last
+        // change, and retention carries a running task's record on (`retention.rs`).
+        let today = day_of_ms(now_ms() as i64);
         for (series, series_id) in batch.series.iter().zip(series_ids) {
             for t in &series.tasks.tasks {
-                tasks.u16(day_of_ms(t.created_ns.div_euclid(1_000_000))).id(series_id).u64(t.id);
+                tasks.u16(today).id(series_id).u64(t.id);
                 tasks.str(&t.name).str(&t.coro).u64(t.parent).i64(t.created_ns);
                 match t.done_ns {
                     Some(done) => tasks.u8(0).i64(done),
@@ -228,9 +232,7 @@ const MAX_DAYS_PER_BATCH: usize = 32;
 fn days_of(batch: &NewBatch) -> BTreeSet<u16> {
     let mut days = BTreeSet::new();
     for series in &batch.series {
-        days.extend(series.samples.iter().map(|s| day_of_ms(s.time_unix_ns.div_euclid(1_000_000))));
-        days.extend(series.tasks.tasks.iter().map(|t| day_of_ms(t.created_ns.div_euclid(1_000_000))));
-        days.extend(series.tasks.slices.iter().map(|s| day_of_ms(s.start_ns.div_euclid(1_000_000))));
+        days.extend(own_days(series));
         if days.len() > MAX_DAYS_PER_BATCH {
             break;
         }
@@ -238,6 +240,24 @@ fn days_of(batch: &NewBatch) -> BTreeSet<u16> {
     if days.is_empty() {
         days.insert(day_of_ms(now_ms() as i64));
     }
+    days
+}
+
+/// The days of one series' samples, task creations and slices; the batch's first day for a
+/// series with none, so its labels are still found.
+fn days_of_series(series: &NewSeries, batch_days: &BTreeSet<u16>) -> BTreeSet<u16> {
+    let mut days = own_days(series);
+    if days.is_empty() {
+        days.extend(batch_days.first());
+    }
+    days
+}
+
+fn own_days(series: &NewSeries) -> BTreeSet<u16> {
+    let day = |ns: i64| day_of_ms(ns.div_euclid(1_000_000));
+    let mut days: BTreeSet<u16> = series.samples.iter().map(|s| day(s.time_unix_ns)).collect();
+    days.extend(series.tasks.tasks.iter().map(|t| day(t.created_ns)));
+    days.extend(series.tasks.slices.iter().map(|s| day(s.start_ns)));
     days
 }
 

@@ -3,12 +3,13 @@
 //! queries. Schema and its evolution: docs/STORAGE.md.
 //!
 //! Stages: [`client`] (the HTTP interface), [`schema`] (creation and migration), [`ids`]
-//! (content ids and the row encoding), [`ingest`], [`read`] (queries), retention below.
+//! (content ids and the row encoding), [`ingest`], [`read`] (queries), [`retention`].
 
 pub mod client;
 mod ids;
 mod ingest;
 mod read;
+mod retention;
 mod schema;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,8 +79,30 @@ impl ClickHouseStore {
             size: Size::default(),
             max_disk,
         };
-        store.refresh_size();
+        match (max_disk, store.ask_size()) {
+            // --max-disk is not to be off without a word: without the size at start, stop.
+            (Some(_), Err(e)) => {
+                return Err(engine(format!(
+                    "--max-disk needs the database's size from {}: {}",
+                    store.layout.parts(),
+                    e.detail()
+                )))
+            }
+            (_, Ok(bytes)) => store.size.bytes.store(bytes, Ordering::Relaxed),
+            (None, Err(e)) => tracing::warn!("cannot ask ClickHouse for the database's size: {}", e.detail()),
+        }
         Ok(store)
+    }
+
+    fn ask_size(&self) -> Result<u64, StoreError> {
+        let (database, parts) = (&self.layout.database, self.layout.parts());
+        let answer = self.query_text(&format!(
+            "SELECT sum(bytes_on_disk) FROM {parts} WHERE database = '{database}' AND active FORMAT TabSeparated"
+        ))?;
+        answer
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| StoreError::Internal("ClickHouse's answer to the database's size is not a number".into()))
     }
 
     /// Asks ClickHouse for the database's size if the last answer is older than [`SIZE_TTL`]
@@ -90,13 +113,8 @@ impl ClickHouseStore {
             return;
         }
         *asked = Some(Instant::now());
-        let (database, parts) = (&self.layout.database, self.layout.parts());
-        let answer = self.query_text(&format!(
-            "SELECT sum(bytes_on_disk) FROM {parts} WHERE database = '{database}' AND active FORMAT TabSeparated"
-        ));
-        match answer.map(|t| t.trim().parse::<u64>()) {
-            Ok(Ok(bytes)) => self.size.bytes.store(bytes, Ordering::Relaxed),
-            Ok(Err(_)) => tracing::warn!("ClickHouse's answer to the database's size is not a number"),
+        match self.ask_size() {
+            Ok(bytes) => self.size.bytes.store(bytes, Ordering::Relaxed),
             Err(e) => tracing::warn!("cannot ask ClickHouse for the database's size: {}", e.detail()),
         }
     }
@@ -129,28 +147,6 @@ impl ClickHouseStore {
     fn query_text(&self, sql: &str) -> Result<String, StoreError> {
         Ok(String::from_utf8_lossy(&self.query_rows(sql)?).into_owned())
     }
-
-    /// Drops every day of `table` before `keep_from_day` (a `Date` literal), on every shard;
-    /// returns how many.
-    fn drop_days_before(&self, table: &str, keep_from_day: &str) -> Result<u64, StoreError> {
-        let (database, parts, table) = (&self.layout.database, self.layout.parts(), self.layout.storage(table));
-        let partitions = self.query_text(&format!(
-            "SELECT DISTINCT partition FROM {parts} WHERE database = '{database}' AND table = '{table}' \
-             AND active AND min_date < {keep_from_day} AND max_date < {keep_from_day} FORMAT TabSeparated"
-        ))?;
-        let mut dropped = 0;
-        for partition in partitions.lines().map(str::trim).filter(|p| !p.is_empty()) {
-            // `partition` is ClickHouse's own text for a Date partition: digits and dashes.
-            let name = partition.trim_matches('\'');
-            if !name.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-                continue;
-            }
-            let (on_cluster, table) = (self.layout.on_cluster(), self.layout.qualified(&table));
-            self.client.execute(&format!("ALTER TABLE {table}{on_cluster} DROP PARTITION '{name}'")).map_err(engine)?;
-            dropped += 1;
-        }
-        Ok(dropped)
-    }
 }
 
 impl Store for ClickHouseStore {
@@ -182,30 +178,8 @@ impl Store for ClickHouseStore {
         self.expand_local(counts)
     }
 
-    /// Whole days go: ClickHouse 18.16 has no TTL, and dropping a partition is cheap on any
-    /// version. Data is kept up to a day longer than asked. As in the embedded store, the
-    /// per-bucket stack counts, series summaries and series labels follow `--retention`; every sample with its
-    /// exact time, tasks and slices, `--raw-retention`; batch markers the longer of the two, as
-    /// long as any row they count. A table that cannot be cut (a partition over ClickHouse's
-    /// `max_partition_size_to_drop`) does not stop the others.
     fn apply_retention(&self, keep_before_ms: i64, raw_keep_before_ms: i64) -> Result<RetentionReport, StoreError> {
-        let day = |ms: i64| read::date(i64::from(ids::day_of_ms(ms)));
-        let drop = |table: &str, before_ms: i64| match self.drop_days_before(table, &day(before_ms)) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(table, "retention could not drop old days: {}", e.detail());
-                0
-            }
-        };
-        let report = RetentionReport {
-            blobs_removed: drop("ember_counts", keep_before_ms)
-                + drop("ember_seen", keep_before_ms)
-                + drop("ember_series", keep_before_ms),
-            raw_blobs_removed: drop("ember_samples", raw_keep_before_ms) + drop("ember_slices", raw_keep_before_ms),
-            tasks_removed: drop("ember_tasks", raw_keep_before_ms),
-            batches_forgotten: drop("ember_batches", keep_before_ms.min(raw_keep_before_ms)),
-            series_removed: 0,
-        };
+        let report = self.drop_old_days(keep_before_ms, raw_keep_before_ms);
         self.refresh_size();
         Ok(report)
     }

@@ -41,7 +41,7 @@ fn days(range: TimeRange) -> (String, String) {
 }
 
 /// The counted attempt of each batch with rows on the given days.
-fn counted(first_day: &str, last_day: &str) -> String {
+pub(super) fn counted(first_day: &str, last_day: &str) -> String {
     format!(
         "(batch, attempt) IN (SELECT batch, min(attempt) FROM ember_batches \
          WHERE day BETWEEN {first_day} AND {last_day} GROUP BY batch)"
@@ -148,7 +148,8 @@ fn id_list<'a>(ids: impl Iterator<Item = &'a Id>) -> String {
 /// The series a query reads: those with data on its days whose labels match.
 struct Matched {
     series: Vec<(Id, Labels)>,
-    /// Every series of those days matched (an unfiltered query): no id list is needed.
+    /// The selector is empty: no id list is needed. (Not "every series read matched": one
+    /// written after the read would then slip into a filtered answer.)
     all: bool,
 }
 
@@ -157,7 +158,7 @@ impl Matched {
         self.series.is_empty()
     }
 
-    /// ` AND series_id IN (…)`, or nothing when every series of the days matched.
+    /// ` AND series_id IN (…)`, or nothing for an empty selector.
     fn filter(&self) -> String {
         match self.all {
             true => String::new(),
@@ -170,25 +171,32 @@ impl ClickHouseStore {
     /// The series with rows on the days `range` touches whose labels match, with their
     /// content ids. Labels are matched here, as the embedded store matches its index.
     fn matching(&self, selector: &Selector, range: TimeRange) -> Result<Matched, StoreError> {
-        let (first, last) = days(range);
+        self.matching_days(selector, days(range))
+    }
+
+    /// As [`Self::matching`], over every day up to the range's end: for answers about series
+    /// that may have no row in the range itself (one seen before and after it, one whose tasks
+    /// have only waited since an earlier day), as the embedded store searches its whole index.
+    fn matching_up_to(&self, selector: &Selector, range: TimeRange) -> Result<Matched, StoreError> {
+        self.matching_days(selector, (date(0), days(range).1))
+    }
+
+    fn matching_days(&self, selector: &Selector, (first, last): (String, String)) -> Result<Matched, StoreError> {
         let answer = self.query_rows(&format!(
             "SELECT DISTINCT series_id, label_names, label_values FROM ember_series \
              WHERE day BETWEEN {first} AND {last} FORMAT RowBinary"
         ))?;
         let mut a = Answer::new(&answer);
-        let (mut found, mut all) = (BTreeMap::new(), true);
+        let mut found = BTreeMap::new();
         while a.more() {
             let (id, names, values) = (a.id()?, a.strings()?, a.strings()?);
             let labels: Labels = names.into_iter().zip(values).collect();
             budget::charge(labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>() + 64)?;
-            match selector.matches(&labels) {
-                true => {
-                    found.insert(id, labels);
-                }
-                false => all = false,
+            if selector.matches(&labels) {
+                found.insert(id, labels);
             }
         }
-        Ok(Matched { series: found.into_iter().collect(), all })
+        Ok(Matched { series: found.into_iter().collect(), all: selector.matchers.is_empty() })
     }
 
     /// The sample filter of a query: its range, its series, the counted attempts.
@@ -221,7 +229,7 @@ impl ClickHouseStore {
     }
 
     pub(super) fn read_series(&self, selector: &Selector, range: TimeRange) -> Result<Vec<SeriesInfo>, StoreError> {
-        let series = self.matching(selector, range)?;
+        let series = self.matching_up_to(selector, range)?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
@@ -391,7 +399,8 @@ impl ClickHouseStore {
         let (from_ns, to_ns) = (range.from_ms.saturating_mul(1_000_000), range.to_ms.saturating_mul(1_000_000));
         // Slices that start up to a day before the range and run into it.
         let with_day_before = TimeRange { from_ms: range.from_ms.saturating_sub(86_400_000), to_ms: range.to_ms };
-        let series = self.matching(selector, with_day_before)?;
+        // Every series up to the range's end: a process whose tasks all wait sends nothing.
+        let series = self.matching_up_to(selector, range)?;
         if series.is_empty() {
             return Ok(Vec::new());
         }
