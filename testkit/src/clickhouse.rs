@@ -59,6 +59,7 @@ impl ClickHouse {
   <default_profile>default</default_profile>
   <default_database>default</default_database>
   <mark_cache_size>536870912</mark_cache_size>
+  <timezone>UTC</timezone>
   {extra}
 </yandex>
 "#

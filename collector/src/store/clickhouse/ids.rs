@@ -73,8 +73,10 @@ struct Generation {
 impl LocalIds {
     pub fn local(&self, id: Id) -> u32 {
         let mut map = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        // One id, one number while it is kept: a query that named it before a new generation
-        // began must find the same number after.
+        // One id, one number while its generation can be looked up: a query that named it
+        // before a new generation began finds the same number after. An id last given two
+        // generations ago gets a new number while the old one still resolves; an answer that
+        // spans that names one stack twice, which the tree it is merged into folds.
         if let Some(&n) = map.current.of.get(&id).or_else(|| map.previous.of.get(&id)) {
             return n;
         }

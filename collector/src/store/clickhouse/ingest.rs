@@ -1,7 +1,7 @@
 //! Writing a batch: dictionaries first (frames, stacks, series: content-keyed, so a repeat
 //! only adds a row the next merge folds), then the batch's samples (each one, and their sums per
 //! 10 s bucket and stack, and per series and day), tasks and slices under a random attempt
-//! number, and last one marker per day the batch touches.
+//! number, and last one marker per day the batch writes on.
 //!
 //! Exactly once across collectors: a query counts, for each batch, only the attempt with the
 //! smallest number among those with a marker (`read.rs`). A marker is written only after every
@@ -24,7 +24,8 @@ impl ClickHouseStore {
         key.push(0);
         key.extend_from_slice(&batch.sequence.to_le_bytes());
         let batch_id = content_id(b"batch", &key);
-        let days = days_of(batch);
+        let today = day_of_ms(now_ms() as i64);
+        let days = days_of(batch, today);
         if days.len() > MAX_DAYS_PER_BATCH {
             return Err(StoreError::Refused(format!(
                 "its samples and task slices fall on {} different days, more than the {MAX_DAYS_PER_BATCH} a batch \
@@ -33,14 +34,21 @@ impl ClickHouseStore {
                 days.len()
             )));
         }
-        let day_list = days.iter().map(|&d| super::read::date(i64::from(d))).collect::<Vec<_>>().join(",");
-        // Stored means some attempt has its marker on every day: a marker insert spanning days
-        // writes one part per day, and may have stopped after some.
+        // Stored means some attempt has its marker on every day of the batch's samples and
+        // slices (a marker insert spanning days writes one part per day, and may have stopped
+        // after some); the day its task records were written differs between attempts.
+        let data_days = data_days(batch);
+        let covers = match data_days.is_empty() {
+            true => String::new(),
+            false => {
+                let list = data_days.iter().map(|&d| super::read::date(i64::from(d))).collect::<Vec<_>>().join(",");
+                format!(" HAVING uniqExactIf(day, day IN ({list})) = {}", data_days.len())
+            }
+        };
         let seen = self.query_text(&format!(
-            "SELECT count() FROM (SELECT attempt FROM ember_batches WHERE day IN ({day_list}) AND batch = {} \
-             GROUP BY attempt HAVING uniqExact(day) = {}) FORMAT TabSeparated",
-            literal(&batch_id),
-            days.len()
+            "SELECT count() FROM (SELECT attempt FROM ember_batches WHERE batch = {} GROUP BY attempt{covers}) \
+             FORMAT TabSeparated",
+            literal(&batch_id)
         ))?;
         if seen.trim() != "0" {
             return Ok(IngestOutcome::Duplicate);
@@ -48,11 +56,11 @@ impl ClickHouseStore {
         self.check_size()?;
         let frame_ids = self.write_frames(batch)?;
         let stack_ids = self.write_stacks(batch, &frame_ids)?;
-        let series_days: Vec<BTreeSet<u16>> = batch.series.iter().map(|s| days_of_series(s, &days)).collect();
+        let series_days: Vec<BTreeSet<u16>> = batch.series.iter().map(|s| days_of_series(s, &days, today)).collect();
         let series_ids = self.write_series(batch, &series_days)?;
         let attempt = random_attempt()?;
         self.write_samples(batch, &series_days, &stack_ids, &series_ids, &batch_id, attempt)?;
-        self.write_tasks(batch, &series_ids, &batch_id, attempt)?;
+        self.write_tasks(batch, &series_ids, &batch_id, attempt, today)?;
         let stored_ms = now_ms();
         let mut markers = Rows::default();
         for &day in &days {
@@ -184,11 +192,17 @@ impl ClickHouseStore {
         self.insert("ember_seen", "day, series_id, first_ns, last_ns, samples, batch, attempt", &summaries)
     }
 
-    fn write_tasks(&self, batch: &NewBatch, series_ids: &[Id], batch_id: &Id, attempt: u64) -> Result<(), StoreError> {
+    /// A task record goes on `today`, the day it is written: it lives --raw-retention from the
+    /// task's last change, and retention carries a running task's record on (`retention.rs`).
+    fn write_tasks(
+        &self,
+        batch: &NewBatch,
+        series_ids: &[Id],
+        batch_id: &Id,
+        attempt: u64,
+        today: u16,
+    ) -> Result<(), StoreError> {
         let (mut tasks, mut slices) = (Rows::default(), Rows::default());
-        // A record goes on the day it is written: it lives --raw-retention from the task's last
-        // change, and retention carries a running task's record on (`retention.rs`).
-        let today = day_of_ms(now_ms() as i64);
         for (series, series_id) in batch.series.iter().zip(series_ids) {
             for t in &series.tasks.tasks {
                 tasks.u16(today).id(series_id).u64(t.id);
@@ -227,37 +241,53 @@ impl ClickHouseStore {
 /// agent would then resend for ever.
 const MAX_DAYS_PER_BATCH: usize = 32;
 
-/// The days (ClickHouse `Date`) a batch's samples, tasks and slices fall on; today for an
-/// empty batch, so its repeat is still recognised.
-fn days_of(batch: &NewBatch) -> BTreeSet<u16> {
+/// The days (ClickHouse `Date`) a batch writes on, and so its markers': those of its samples
+/// and slices, and `today` for its task records (written on the day they arrive, whenever the
+/// task was created); today for an empty batch, so its repeat is still recognised.
+fn days_of(batch: &NewBatch, today: u16) -> BTreeSet<u16> {
     let mut days = BTreeSet::new();
     for series in &batch.series {
-        days.extend(own_days(series));
+        days.extend(own_days(series, today));
         if days.len() > MAX_DAYS_PER_BATCH {
             break;
         }
     }
     if days.is_empty() {
-        days.insert(day_of_ms(now_ms() as i64));
+        days.insert(today);
     }
     days
 }
 
-/// The days of one series' samples, task creations and slices; the batch's first day for a
-/// series with none, so its labels are still found.
-fn days_of_series(series: &NewSeries, batch_days: &BTreeSet<u16>) -> BTreeSet<u16> {
-    let mut days = own_days(series);
+/// The days of a batch's samples and slices: the same for every attempt to store it.
+fn data_days(batch: &NewBatch) -> BTreeSet<u16> {
+    let mut days = BTreeSet::new();
+    for series in &batch.series {
+        days.extend(own_days(series, None));
+        if days.len() > MAX_DAYS_PER_BATCH {
+            break;
+        }
+    }
+    days
+}
+
+/// The days of one series' data; the batch's first day for a series with none, so its labels
+/// are still found.
+fn days_of_series(series: &NewSeries, batch_days: &BTreeSet<u16>, today: u16) -> BTreeSet<u16> {
+    let mut days = own_days(series, today);
     if days.is_empty() {
         days.extend(batch_days.first());
     }
     days
 }
 
-fn own_days(series: &NewSeries) -> BTreeSet<u16> {
+/// The days of a series' samples and slices, and `records_day` if it has task records.
+fn own_days(series: &NewSeries, records_day: impl Into<Option<u16>>) -> BTreeSet<u16> {
     let day = |ns: i64| day_of_ms(ns.div_euclid(1_000_000));
     let mut days: BTreeSet<u16> = series.samples.iter().map(|s| day(s.time_unix_ns)).collect();
-    days.extend(series.tasks.tasks.iter().map(|t| day(t.created_ns)));
     days.extend(series.tasks.slices.iter().map(|s| day(s.start_ns)));
+    if !series.tasks.tasks.is_empty() {
+        days.extend(records_day.into());
+    }
     days
 }
 

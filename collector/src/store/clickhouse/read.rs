@@ -238,9 +238,9 @@ impl ClickHouseStore {
         // series seen in it.
         let answer = self.query_rows(&format!(
             "SELECT series_id, min(first_ns), max(last_ns), sum(samples) FROM ember_seen \
-             WHERE series_id IN ({}) AND {} GROUP BY series_id FORMAT RowBinary",
-            id_list(series.series.iter().map(|(id, _)| id)),
-            counted(&date(0), &date(LAST_DAY))
+             WHERE {}{} GROUP BY series_id FORMAT RowBinary",
+            counted(&date(0), &date(LAST_DAY)),
+            series.filter()
         ))?;
         let labels: HashMap<Id, &Labels> = series.series.iter().map(|(id, l)| (*id, l)).collect();
         let mut a = Answer::new(&answer);
@@ -405,10 +405,11 @@ impl ClickHouseStore {
             return Ok(Vec::new());
         }
         let (first, last) = days(with_day_before);
-        let ids = id_list(series.series.iter().map(|(id, _)| id));
+        // No id list for an empty selector: rows of series without labels are left out below.
+        let ids = series.filter();
         let answer = self.query_rows(&format!(
             "SELECT series_id, task_id, tid, start_ns, end_ns, ready_ns FROM ember_slices \
-             WHERE day BETWEEN {first} AND {last} AND series_id IN ({ids}) AND end_ns >= {from_ns} \
+             WHERE day BETWEEN {first} AND {last}{ids} AND end_ns >= {from_ns} \
              AND start_ns < {to_ns} AND {} ORDER BY start_ns FORMAT RowBinary",
             counted(&first, &last)
         ))?;
@@ -425,11 +426,11 @@ impl ClickHouseStore {
         // slices come in different batches, so they may be on different shards.
         let answer = self.query_rows(&format!(
             "SELECT series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, sequence \
-             FROM ember_tasks WHERE series_id IN ({ids}) AND {} AND (series_id, task_id) GLOBAL IN \
+             FROM ember_tasks WHERE {}{ids} AND (series_id, task_id) GLOBAL IN \
              (SELECT series_id, task_id FROM ember_tasks \
-             WHERE series_id IN ({ids}) AND created_ns < {to_ns} AND (done_ns IS NULL OR done_ns >= {from_ns}) \
-             UNION ALL SELECT series_id, task_id FROM ember_slices WHERE day BETWEEN {first} AND {last} \
-             AND series_id IN ({ids}) AND end_ns >= {from_ns} AND start_ns < {to_ns}) FORMAT RowBinary",
+             WHERE created_ns < {to_ns} AND (done_ns IS NULL OR done_ns >= {from_ns}){ids} \
+             UNION ALL SELECT series_id, task_id FROM ember_slices WHERE day BETWEEN {first} AND {last}{ids} \
+             AND end_ns >= {from_ns} AND start_ns < {to_ns}) FORMAT RowBinary",
             counted(&date(0), &date(LAST_DAY))
         ))?;
         // A task's record is resent as it is renamed or finishes: the finished one wins, else

@@ -26,11 +26,23 @@ impl ClickHouseStore {
                 0
             }
         };
-        // Without the live records carried, their days stay until a pass can carry them.
-        let tasks_removed = match self.carry_live_tasks(&day(raw_keep_before_ms), &day(keep_before_ms)) {
-            Ok(()) => drop("ember_tasks", raw_keep_before_ms),
+        // Carrying reads every task record and batch marker, so it runs only when a day of
+        // records is due to go (about once a day); if it fails, the day stays for the next pass.
+        let tasks_day = day(raw_keep_before_ms);
+        let tasks_removed = match self.old_partitions("ember_tasks", &tasks_day) {
+            Ok(old) if old.is_empty() => 0,
+            Ok(old) => match self.carry_live_tasks(&tasks_day, &day(keep_before_ms)) {
+                Ok(()) => self.drop_partitions("ember_tasks", &old).unwrap_or_else(|e| {
+                    tracing::warn!(table = "ember_tasks", "retention could not drop old days: {}", e.detail());
+                    0
+                }),
+                Err(e) => {
+                    tracing::warn!("retention could not carry the records of running tasks: {}", e.detail());
+                    0
+                }
+            },
             Err(e) => {
-                tracing::warn!("retention could not carry the records of running tasks: {}", e.detail());
+                tracing::warn!(table = "ember_tasks", "retention could not list old days: {}", e.detail());
                 0
             }
         };
@@ -77,22 +89,31 @@ impl ClickHouseStore {
     /// Drops every day of `table` before `keep_from_day` (a `Date` literal), on every shard;
     /// returns how many.
     fn drop_days_before(&self, table: &str, keep_from_day: &str) -> Result<u64, StoreError> {
+        let old = self.old_partitions(table, keep_from_day)?;
+        self.drop_partitions(table, &old)
+    }
+
+    /// The partitions (days) of `table` wholly before `keep_from_day`, on every shard.
+    fn old_partitions(&self, table: &str, keep_from_day: &str) -> Result<Vec<String>, StoreError> {
         let (database, parts, table) = (&self.layout.database, self.layout.parts(), self.layout.storage(table));
         let partitions = self.query_text(&format!(
             "SELECT DISTINCT partition FROM {parts} WHERE database = '{database}' AND table = '{table}' \
              AND active AND min_date < {keep_from_day} AND max_date < {keep_from_day} FORMAT TabSeparated"
         ))?;
-        let mut dropped = 0;
-        for partition in partitions.lines().map(str::trim).filter(|p| !p.is_empty()) {
-            // `partition` is ClickHouse's own text for a Date partition: digits and dashes.
-            let name = partition.trim_matches('\'');
-            if !name.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-                continue;
-            }
-            let (on_cluster, table) = (self.layout.on_cluster(), self.layout.qualified(&table));
+        // `partition` is ClickHouse's own text for a Date partition: digits and dashes.
+        Ok(partitions
+            .lines()
+            .map(|p| p.trim().trim_matches('\''))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn drop_partitions(&self, table: &str, partitions: &[String]) -> Result<u64, StoreError> {
+        let (on_cluster, table) = (self.layout.on_cluster(), self.layout.qualified(&self.layout.storage(table)));
+        for name in partitions {
             self.client.execute(&format!("ALTER TABLE {table}{on_cluster} DROP PARTITION '{name}'")).map_err(engine)?;
-            dropped += 1;
         }
-        Ok(dropped)
+        Ok(partitions.len() as u64)
     }
 }
