@@ -197,6 +197,11 @@ impl ZooKeeper {
 
     fn ruok(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        // A ZooKeeper still starting can take the connection and never answer: ask again.
+        let bound = Some(Duration::from_secs(2));
+        if stream.set_read_timeout(bound).is_err() || stream.set_write_timeout(bound).is_err() {
+            return false;
+        }
         let mut answer = String::new();
         stream.write_all(b"ruok").is_ok() && stream.read_to_string(&mut answer).is_ok() && answer == "imok"
     }
