@@ -81,8 +81,7 @@ fn the_clickhouse_store_answers_as_the_embedded_one() {
     let mut old = gap.clone();
     old.sequence = 6;
     old.samples[0].base_time_nanos -= 3 * DAY_NS;
-    let waiting = tasks_only_batch(7, 7171, "waiting");
-    let mut waiting_since = waiting.clone();
+    let mut waiting_since = tasks_only_batch(7, 7171, "waiting");
     waiting_since.tasks[0].tasks[0].created_nanos -= 3 * DAY_NS;
     waiting_since.tasks[0].slice_start_nanos[0] -= 3 * DAY_NS;
     for collector in [&embedded, &clickhouse] {

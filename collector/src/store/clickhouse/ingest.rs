@@ -25,7 +25,11 @@ impl ClickHouseStore {
         key.extend_from_slice(&batch.sequence.to_le_bytes());
         let batch_id = content_id(b"batch", &key);
         let today = day_of_ms(now_ms() as i64);
-        let days = days_of(batch, today);
+        let mut days = days_of(batch, Some(today));
+        if days.is_empty() {
+            // An empty batch still gets a marker, so its repeat is recognised.
+            days.insert(today);
+        }
         if days.len() > MAX_DAYS_PER_BATCH {
             return Err(StoreError::Refused(format!(
                 "its samples and task slices fall on {} different days, more than the {MAX_DAYS_PER_BATCH} a batch \
@@ -37,7 +41,7 @@ impl ClickHouseStore {
         // Stored means some attempt has its marker on every day of the batch's samples and
         // slices (a marker insert spanning days writes one part per day, and may have stopped
         // after some); the day its task records were written differs between attempts.
-        let data_days = data_days(batch);
+        let data_days = days_of(batch, None);
         let covers = match data_days.is_empty() {
             true => String::new(),
             false => {
@@ -241,28 +245,13 @@ impl ClickHouseStore {
 /// agent would then resend for ever.
 const MAX_DAYS_PER_BATCH: usize = 32;
 
-/// The days (ClickHouse `Date`) a batch writes on, and so its markers': those of its samples
-/// and slices, and `today` for its task records (written on the day they arrive, whenever the
-/// task was created); today for an empty batch, so its repeat is still recognised.
-fn days_of(batch: &NewBatch, today: u16) -> BTreeSet<u16> {
+/// The days (ClickHouse `Date`) a batch writes on: those of its samples and slices, and
+/// `records_day` if it has task records (written on the day they arrive, whenever the task was
+/// created). Without `records_day`, the days every attempt to store the batch shares.
+fn days_of(batch: &NewBatch, records_day: Option<u16>) -> BTreeSet<u16> {
     let mut days = BTreeSet::new();
     for series in &batch.series {
-        days.extend(own_days(series, today));
-        if days.len() > MAX_DAYS_PER_BATCH {
-            break;
-        }
-    }
-    if days.is_empty() {
-        days.insert(today);
-    }
-    days
-}
-
-/// The days of a batch's samples and slices: the same for every attempt to store it.
-fn data_days(batch: &NewBatch) -> BTreeSet<u16> {
-    let mut days = BTreeSet::new();
-    for series in &batch.series {
-        days.extend(own_days(series, None));
+        days.extend(own_days(series, records_day));
         if days.len() > MAX_DAYS_PER_BATCH {
             break;
         }
@@ -273,7 +262,7 @@ fn data_days(batch: &NewBatch) -> BTreeSet<u16> {
 /// The days of one series' data; the batch's first day for a series with none, so its labels
 /// are still found.
 fn days_of_series(series: &NewSeries, batch_days: &BTreeSet<u16>, today: u16) -> BTreeSet<u16> {
-    let mut days = own_days(series, today);
+    let mut days = own_days(series, Some(today));
     if days.is_empty() {
         days.extend(batch_days.first());
     }
@@ -281,12 +270,12 @@ fn days_of_series(series: &NewSeries, batch_days: &BTreeSet<u16>, today: u16) ->
 }
 
 /// The days of a series' samples and slices, and `records_day` if it has task records.
-fn own_days(series: &NewSeries, records_day: impl Into<Option<u16>>) -> BTreeSet<u16> {
+fn own_days(series: &NewSeries, records_day: Option<u16>) -> BTreeSet<u16> {
     let day = |ns: i64| day_of_ms(ns.div_euclid(1_000_000));
     let mut days: BTreeSet<u16> = series.samples.iter().map(|s| day(s.time_unix_ns)).collect();
     days.extend(series.tasks.slices.iter().map(|s| day(s.start_ns)));
     if !series.tasks.tasks.is_empty() {
-        days.extend(records_day.into());
+        days.extend(records_day);
     }
     days
 }

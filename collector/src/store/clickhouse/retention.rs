@@ -26,26 +26,15 @@ impl ClickHouseStore {
                 0
             }
         };
-        // Carrying reads every task record and batch marker, so it runs only when a day of
-        // records is due to go (about once a day); if it fails, the day stays for the next pass.
-        let tasks_day = day(raw_keep_before_ms);
-        let tasks_removed = match self.old_partitions("ember_tasks", &tasks_day) {
-            Ok(old) if old.is_empty() => 0,
-            Ok(old) => match self.carry_live_tasks(&tasks_day, &day(keep_before_ms)) {
-                Ok(()) => self.drop_partitions("ember_tasks", &old).unwrap_or_else(|e| {
-                    tracing::warn!(table = "ember_tasks", "retention could not drop old days: {}", e.detail());
-                    0
-                }),
-                Err(e) => {
-                    tracing::warn!("retention could not carry the records of running tasks: {}", e.detail());
-                    0
-                }
-            },
-            Err(e) => {
-                tracing::warn!(table = "ember_tasks", "retention could not list old days: {}", e.detail());
+        let tasks_removed =
+            self.carry_and_drop_tasks(&day(raw_keep_before_ms), &day(keep_before_ms)).unwrap_or_else(|e| {
+                tracing::warn!(
+                    table = "ember_tasks",
+                    "retention could not carry running tasks and drop old days: {}",
+                    e.detail()
+                );
                 0
-            }
-        };
+            });
         RetentionReport {
             blobs_removed: drop("ember_counts", keep_before_ms)
                 + drop("ember_seen", keep_before_ms)
@@ -57,13 +46,27 @@ impl ClickHouseStore {
         }
     }
 
+    /// Carrying reads every task record and batch marker, so it runs only when a day of records
+    /// is due to go (about once a day); if it fails, the day stays for the next pass.
+    fn carry_and_drop_tasks(&self, keep_from_day: &str, series_from_day: &str) -> Result<u64, StoreError> {
+        let old = self.old_partitions("ember_tasks", keep_from_day)?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        self.carry_live_tasks(keep_from_day, series_from_day)?;
+        self.drop_partitions("ember_tasks", &old)
+    }
+
     /// Writes today a copy of the latest record of each task whose records are all on days
     /// before `keep_from_day`, none of them finished, and whose series has labels from
     /// `series_from_day` on. The copy is counted under its own batch marker, as the original's
     /// may go first; two collectors carrying at once write the same rows, which queries fold.
     fn carry_live_tasks(&self, keep_from_day: &str, series_from_day: &str) -> Result<(), StoreError> {
-        let today = date(i64::from(day_of_ms(super::ingest::now_ms() as i64)));
-        let batch = literal(&content_id(b"carried-tasks", today.as_bytes()));
+        let now_ms = super::ingest::now_ms();
+        let today_day = day_of_ms(now_ms as i64);
+        let today = date(i64::from(today_day));
+        let batch_id = content_id(b"carried-tasks", today.as_bytes());
+        let batch = literal(&batch_id);
         let every_day = counted(&date(0), &date(LAST_DAY));
         self.client
             .execute(&format!(
@@ -81,8 +84,7 @@ impl ClickHouseStore {
             .map_err(engine)?;
         // The marker after the rows, as for a batch: rows without it are never counted.
         let mut marker = super::ids::Rows::default();
-        marker.u16(day_of_ms(super::ingest::now_ms() as i64)).id(&content_id(b"carried-tasks", today.as_bytes()));
-        marker.u64(0).str("").u64(0).u64(0).u64(super::ingest::now_ms());
+        marker.u16(today_day).id(&batch_id).u64(0).str("").u64(0).u64(0).u64(now_ms);
         self.insert("ember_batches", "day, batch, attempt, agent_id, sequence, samples, stored_ms", &marker)
     }
 
