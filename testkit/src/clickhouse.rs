@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::wait_until;
+use crate::{free_port, wait_until};
 
 /// A clickhouse-server of its own.
 #[derive(Debug)]
@@ -25,10 +25,6 @@ fn server_binary() -> PathBuf {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .expect("clickhouse-server is not installed: apt-get install clickhouse-server (Debian's 18.16)")
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 impl ClickHouse {

@@ -9,6 +9,9 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub mod clickhouse;
+mod ports;
+
+pub use ports::free_port;
 
 /// CPU-bound fixtures share two cores; running them one at a time keeps shares meaningful.
 pub fn serial() -> MutexGuard<'static, ()> {

@@ -179,8 +179,8 @@ fn a_full_disk_stops_acks_without_corrupting_the_store() {
         "mount -t tmpfs -o size=3m tmpfs {d} && exec {bin} --data-dir {d} --grpc-listen 127.0.0.1:{g} --http-listen 127.0.0.1:{h}",
         d = data.display(),
         bin = env!("CARGO_BIN_EXE_ember-collector"),
-        g = free(),
-        h = free(),
+        g = ember_testkit::free_port(),
+        h = ember_testkit::free_port(),
     );
     let mut process =
         Running::start(std::process::Command::new("unshare").args(["--mount", "--", "sh", "-c", &script]));
@@ -220,8 +220,4 @@ fn a_full_disk_stops_acks_without_corrupting_the_store() {
     drop(rt);
     process.signal(15);
     process.wait();
-}
-
-fn free() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }

@@ -309,7 +309,7 @@ fn https_with_a_private_ca_and_a_password() {
     std::fs::write(&cert, key.cert.pem()).expect("cert");
     std::fs::write(&private, key.signing_key.serialize_pem()).expect("key");
     std::fs::write(&password, "s3cret\n").expect("password");
-    let https_port = ember_testkit::clickhouse::free_port();
+    let https_port = ember_testkit::free_port();
     let tls = format!(
         "<https_port>{https_port}</https_port><openSSL><server><certificateFile>{}</certificateFile>\
          <privateKeyFile>{}</privateKeyFile><verificationMode>none</verificationMode>\
@@ -319,7 +319,7 @@ fn https_with_a_private_ca_and_a_password() {
     );
     let user = "<ember><password>s3cret</password><networks><ip>127.0.0.1</ip></networks>\
                 <profile>default</profile><quota>default</quota></ember>";
-    let (http_port, tcp_port) = (ember_testkit::clickhouse::free_port(), ember_testkit::clickhouse::free_port());
+    let (http_port, tcp_port) = (ember_testkit::free_port(), ember_testkit::free_port());
     let server = ClickHouse::start_with_users(http_port, tcp_port, &tls, user);
     server.query("CREATE DATABASE ember_tls");
     let store = format!("clickhouses://127.0.0.1:{https_port}/ember_tls");

@@ -33,10 +33,6 @@ pub struct Collector {
     extra: Vec<String>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
 impl Collector {
     /// Starts on fresh ports and waits (by reading its log) until it listens.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
