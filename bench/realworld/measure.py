@@ -24,6 +24,30 @@ STARTUP = ("Py_InitializeFromConfig [", "Py_FinalizeEx [")
 PROCESS_ROOT = re.compile(r'^process \d+( \(|:")')
 
 
+# ember's own asyncio task monitor in the target: its Python callbacks (ember folds them into one
+# frame, py-spy and perf name them from the agent's temporary directory) and its C accelerator.
+MONITOR = ("[ember task monitor]", "[_ember_accel.abi3.so]", "ember_monitor/", "/_ember_accel.abi3.so")
+# A frame of an import in progress, in ember's and perf's naming alike.
+IMPORTING = "_find_and_load"
+
+
+def is_monitor(frame):
+    return any(m in frame for m in MONITOR)
+
+
+def left_out_of_shares(stack):
+    """A sample in ember's task monitor, called from the application's innermost Python frame
+    (the monitor also wraps the event loop's run_forever, on every loop stack). Its cost is
+    measured on its own (docs/BENCHMARKS.md), and each profiler charges it differently (ember to
+    the coroutine that raised the event), so share comparisons leave such samples out."""
+    for frame in reversed(stack):
+        if is_monitor(frame):
+            return True
+        if is_python(frame):
+            return False
+    return False
+
+
 def read_folded(path):
     """{stack tuple (root first): count}"""
     stacks = collections.Counter()
@@ -33,6 +57,12 @@ def read_folded(path):
             if stack and count.isdigit():
                 stacks[tuple(stack.split(";"))] += int(count)
     return stacks
+
+
+def process_of(stack):
+    """The PID of ember's innermost `process PID (comm)` root, or None."""
+    pids = [int(f.split()[1]) for f in stack if PROCESS_ROOT.match(f)]
+    return pids[-1] if pids else None
 
 
 def without_process(stack):
@@ -101,6 +131,8 @@ def innermost_shares(stacks, python_only_frames):
     shares = collections.Counter()
     for stack, n in stacks.items():
         stack = without_process(stack)
+        if left_out_of_shares(stack):
+            continue
         frames = stack if python_only_frames else [f for f in stack if is_python(f)]
         if frames:
             shares[normalize(frames[-1])] += n

@@ -6,7 +6,10 @@ perf and ember both charge a sample to the function whose trampoline is innermos
 stack: the C frame the CPU is in. py-spy charges it to the frame CPython's thread state points
 at, which CPython sets after its eval loop's prologue and, on return, moves to the caller before
 it clears the returning frame's locals (GH-99729). On call-heavy code that moves a few points of
-samples from callees to callers: perf tells that difference from an error of ember's."""
+samples from callees to callers: perf tells that difference from an error of ember's.
+
+perf samples CPU time in the kernel too, as ember does as root (`cpu-clock`, not `cpu-clock:u`):
+on the servers a tenth of the time is in socket writes, which py-spy `--gil` cannot see."""
 
 import collections
 import glob
@@ -23,14 +26,11 @@ STACK_BYTES = 16384
 MAX_COVERAGE_LOSS = 0.05
 
 
-def command(pids, out):
-    """User-only CPU time, as ember samples it."""
-    return ["perf", "record", "-q", "-e", "cpu-clock:u", "-F", str(RATE), "--call-graph", f"dwarf,{STACK_BYTES}"] + [
-        "-o",
-        out,
-        "-p",
-        ",".join(str(p) for p in pids),
-    ]
+def command(out, pids=()):
+    """CPU time in user mode and in the kernel, as ember samples it as root: of `pids`, or
+    (none given) of the command that follows."""
+    cmd = ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(RATE), "--call-graph", f"dwarf,{STACK_BYTES}"]
+    return cmd + ["-o", out] + (["-p", ",".join(str(p) for p in pids)] if pids else ["--"])
 
 
 def sampling(perf_pid):
@@ -60,31 +60,65 @@ def link_maps(root):
     return made
 
 
-def samples(path):
-    """[(pid, innermost Python function or None)] of a perf.data, from `perf script`."""
-    cmd = ["perf", "script", "-F", "pid,ip,sym", "-i", path]
+def samples(path, without_imports=False):
+    """[(pid, innermost Python function or None)] of a perf.data, from `perf script`; samples
+    ember's share comparisons leave out are left out here too (see measure.left_out_of_shares),
+    and those in an import where asked."""
+    cmd = ["perf", "script", "-F", "pid,ip,sym,dso", "-i", path]
     text = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=600).stdout
     out = []
     for block in text.split("\n\n"):
         lines = block.strip().splitlines()
         if not lines or not lines[0].strip().isdigit():
             continue
-        function = None
+        function, monitor = None, False
+        # "    7f12a4c0 py::qualname:/path/file.py (/tmp/perf-PID.map)" (the chain: innermost first).
         for line in lines[1:]:
-            # "    7f12a4c0 py::qualname:/path/file.py" (the call chain: innermost first).
-            symbol = line.strip().partition(" ")[2]
-            if symbol.startswith("py::"):
+            symbol = line.strip().partition(" ")[2].rpartition(" (")[0]
+            monitor = measure.is_monitor(line)
+            if monitor or symbol.startswith("py::"):
                 qualname, _, file = symbol[len("py::") :].rpartition(":")
                 function = measure.normalize(f"{qualname} ({file})")
                 break
-        out.append((int(lines[0]), function))
+        if not monitor and not (without_imports and any(measure.IMPORTING in line for line in lines[1:])):
+            out.append((int(lines[0]), function))
     return out
 
 
-def shares(path):
-    """({innermost Python function: share}, share of samples that had one)."""
-    found = samples(path)
+def shares(paths):
+    """({innermost Python function: share}, share of samples that had one, PIDs attached late)
+    over perf.data files. A process in a later file, attached once it had started (see
+    `spawned`), is taken from there alone, and without its imports: perf missed part of them."""
+    found, late = [], set()
+    for i, path in enumerate(reversed(paths)):
+        these = samples(path, without_imports=i < len(paths) - 1)
+        found += [(pid, f) for pid, f in these if pid not in late]
+        late |= {pid for pid, _ in these} if i < len(paths) - 1 else set()
     counts = collections.Counter(f for _, f in found if f)
     total = sum(counts.values())
     with_python = total / len(found) if found else 0.0
-    return ({k: v / total for k, v in counts.items()} if total else {}), with_python
+    return ({k: v / total for k, v in counts.items()} if total else {}), with_python, late
+
+
+def spawned(parent, wanted):
+    """The first `wanted` children of `parent` that have exec'd (their command line is not the
+    parent's); None until there are that many."""
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            own = f.read()
+        kids = []
+        for task in os.listdir(f"/proc/{parent}/task"):
+            with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                kids += [int(c) for c in f.read().split()]
+    except OSError:
+        return None
+    ready = []
+    for kid in sorted(kids):
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                execd = f.read() != own
+        except OSError:
+            continue
+        if execd:
+            ready.append(kid)
+    return ready[:wanted] if len(ready) >= wanted else None

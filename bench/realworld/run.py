@@ -7,10 +7,11 @@ Each workload starts behind `gate.py` (so start-up is not profiled), the profile
 by PID, then it does a fixed amount of work and exits. Prints a Markdown table; with `--check`,
 exits 1 unless every workload meets the stack bar of issue 12 (complete stacks ≥ 99%,
 `[truncated]` < 0.5%, no garbage frames, no `_init`, every request in a task) and its top-10
-innermost-function shares are within PERF_GATE points of perf's on the pyperformance rows (perf
-charges samples as ember does, py-spy not quite: see perf_peer.py), and elsewhere within
-SHARE_GATE points of py-spy's unless the row names why they cannot be. The passes column says "yes" where py-spy's
-are within SHARE_BAR points, "yes, as perf" where perf's are. Needs root, the agent built
+innermost-function shares are within PERF_GATE points of perf's, where perf unwinds the row
+(perf charges samples as ember does, CPU time in the kernel too; py-spy `--gil` not quite: see
+perf_peer.py and workloads.py), and elsewhere within SHARE_GATE points of py-spy's unless the row
+names why they cannot be. The passes column says "yes" where py-spy's are within SHARE_BAR
+points, "yes, as perf" where perf's are. Needs root, the agent built
 (`cargo build -p ember-agent`), perf, pyenv's 3.12 and 3.13, and debootstrap."""
 
 import argparse
@@ -127,6 +128,14 @@ def start_profiler(cmd, says, procs):
     return said
 
 
+def start_perf(pids, out, procs):
+    with open(out + ".log", "w") as log:
+        perf = subprocess.Popen(perf_peer.command(out, pids), stdout=log, stderr=log)
+    procs.append(perf)
+    poll("perf to open its events", lambda: perf_peer.sampling(perf.pid))
+    return out
+
+
 def profile(w, ember, tmp):
     """Runs workload `w` under the three profilers; returns (ember's output, py-spy stacks, perf.data)."""
     env = dict(os.environ, PYTHONPERFSUPPORT="1", OPENBLAS_NUM_THREADS="1", **w.env)
@@ -154,25 +163,30 @@ def profile(w, ember, tmp):
         if not w.launch:
             ember_log = start_profiler([*ember_cmd, "--pid", str(target)], "recording", procs)
         start_profiler([*pyspy_cmd, "--pid", str(target)], "Sampling process", procs)
+        perf_outs = []
         if w.perf:
-            with open(perf_out + ".log", "w") as log:
-                perf = subprocess.Popen(perf_peer.command([target], perf_out), stdout=log, stderr=log)
-            procs.append(perf)
-            poll("perf to open its events", lambda: perf_peer.sampling(perf.pid))
+            perf_outs.append(start_perf([target, *(children(target) if w.subprocesses else [])], perf_out, procs))
         if w.gate:
             main.stdin.write("go\n")
             main.stdin.flush()
+        if w.perf_spawned:
+            # Attached by inheritance, perf cannot unwind children that exec: it attaches to
+            # them once their interpreters are up (ember, meanwhile, has their start-up too).
+            spawned = poll("the spawned children", lambda: perf_peer.spawned(target, w.perf_spawned))
+            perf_outs.append(start_perf(spawned, perf_out + ".spawned", procs))
         if w.client:
             client = [*workloads.venv_python(), w.path(w.client), *w.client_args]
             subprocess.run(client, env=env, check=True, timeout=600)
-        main.wait(timeout=600)
+        if main.wait(timeout=600) != 0:
+            # A workload that failed part-way would be judged on the part it did.
+            raise RuntimeError(f"{w.name} exited with status {main.returncode}: {output.text()[-2000:]}")
         for p in procs:
             p.wait(timeout=120)
         if not w.launch:
             # What ember said, for a row whose profile is empty or missing.
             with open(ember_out + ".log", "w") as log:
                 log.write(ember_log.text())
-        return ember_out, measure.read_folded(pyspy_out), perf_out if w.perf else None
+        return ember_out, measure.read_folded(pyspy_out), perf_outs
     finally:
         for p in procs:
             if p.poll() is None:
@@ -183,7 +197,7 @@ def profile(w, ember, tmp):
                     p.kill()
 
 
-def row(w, ember_out, pyspy_stacks, perf_out):
+def row(w, ember_out, pyspy_stacks, perf_outs):
     tasks_ok, tasks_text = True, "n/a"
     if w.tasks:
         ember_stacks, tasks = measure.read_trace(ember_out)
@@ -203,7 +217,7 @@ def row(w, ember_out, pyspy_stacks, perf_out):
     ember_shares = measure.innermost_shares(ember_stacks, python_only_frames=False)
     pyspy_shares = measure.innermost_shares(pyspy_stacks, python_only_frames=True)
     (pyspy_gap, pyspy_worst), compared = measure.top_differences(ember_shares, pyspy_shares)
-    perf_gap, perf_text = perf_comparison(w, ember_stacks, ember_shares, perf_out)
+    perf_gap, perf_text = perf_comparison(w, ember_stacks, ember_shares, perf_outs)
     perf_ok = perf_gap is None or perf_gap <= PERF_GATE
     # Where perf referees, py-spy's gap is its different charging of calls, and is only shown.
     pyspy_ok = compared > 0 and (pyspy_gap <= SHARE_GATE or bool(w.known_gap) or perf_gap is not None)
@@ -228,19 +242,28 @@ def row(w, ember_out, pyspy_stacks, perf_out):
     return passed, text, m
 
 
-def perf_comparison(w, ember_stacks, ember_shares, perf_out):
+def perf_comparison(w, ember_stacks, ember_shares, perf_outs):
     """(largest top-10 gap to perf's shares or None where perf did not run or could not unwind,
     table text)."""
-    if perf_out is None:
+    if not perf_outs:
         return None, "—"
     links = perf_peer.link_maps(w.root) if w.root else []
     try:
-        perf_shares, perf_with_python = perf_peer.shares(perf_out)
+        perf_shares, perf_with_python, late = perf_peer.shares(perf_outs)
     finally:
         for link in links:
             os.unlink(link)
-    total = sum(ember_stacks.values())
-    with_python = sum(n for s, n in ember_stacks.items() if any(measure.is_python(f) for f in s)) / total
+    if late:
+        # As perf's: the imports of the processes it attached to once they had started.
+        ember_stacks = {
+            s: n
+            for s, n in ember_stacks.items()
+            if measure.process_of(s) not in late or not any(measure.IMPORTING in f for f in s)
+        }
+        ember_shares = measure.innermost_shares(ember_stacks, python_only_frames=False)
+    counted = {s: n for s, n in ember_stacks.items() if not measure.left_out_of_shares(s)}
+    total = sum(counted.values())
+    with_python = sum(n for s, n in counted.items() if any(measure.is_python(f) for f in s)) / total
     if not perf_shares or with_python - perf_with_python > perf_peer.MAX_COVERAGE_LOSS:
         return None, f"n/a: perf found Python in {100 * perf_with_python:.0f}%"
     (gap, worst), _ = measure.top_differences(ember_shares, perf_shares)
@@ -282,9 +305,8 @@ def main():
             w = make()
             passed, text, m = row(w, *profile(w, ember, tmp))
             if not passed and m.get("stacks_ok"):
-                # Only the shares missed: run it once more, and show both. Once in four runs the
-                # spawned pool's hot function differed by 8 points from py-spy's (cause not
-                # found); a fault of ember's in how it charges samples would repeat.
+                # Only the shares missed: run it once more, and show both. Sampling noise does
+                # not repeat; a fault of ember's in how it charges samples would.
                 print(text.replace(" **no** |", " retried |"), flush=True)
                 passed, text, m = row(w, *profile(w, ember, tmp))
         except (RuntimeError, subprocess.SubprocessError, OSError) as e:
