@@ -171,7 +171,7 @@ def profile(w, ember, tmp):
             main.stdin.flush()
         if w.perf_spawned:
             # Attached by inheritance, perf cannot unwind children that exec: it attaches to
-            # them once their interpreters are up (ember, meanwhile, has their start-up too).
+            # them once they have exec'd (ember, meanwhile, has their start-up too).
             spawned = poll("the spawned children", lambda: perf_peer.spawned(target, w.perf_spawned))
             perf_outs.append(start_perf(spawned, perf_out + ".spawned", procs))
         if w.client:
