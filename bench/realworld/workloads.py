@@ -115,7 +115,7 @@ class Workload:
 # Loops per benchmark: 1.6-3.6 s of CPU each on the 2-core machines CI runs on (fixed work, not
 # time): ~1,600-3,600 ember and ~800-1,800 perf samples, whose noise in a 30% share is σ ≈ 1.5-2
 # points (run.py's PERF_GATE).
-PYPERFORMANCE = {"raytrace": (2, 4), "richards": (16, 5), "deltablue": (200, 5), "nbody": (10, 5), "go": (6, 5)}
+PYPERFORMANCE = {"raytrace": (3, 4), "richards": (16, 5), "deltablue": (200, 5), "nbody": (10, 5), "go": (6, 5)}
 # CPython 3.13 enters `__init__` through CALL_ALLOC_AND_ENTER_INIT, which skips the perf
 # trampoline (3.12 does not specialise it; 3.14 checks for the trampoline): such frames are
 # on no native stack, so their time goes to the caller. Reading the frame chain from memory

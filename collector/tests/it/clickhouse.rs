@@ -134,33 +134,42 @@ fn tasks_only_batch(sequence: u64, pid: u32, service: &str) -> ember_proto::v1::
 }
 
 /// Raw retention keeps a running task's record (carried from day to day while its process is
-/// seen), drops one finished longer ago, and a task of a process gone with its labels. Rows are
-/// aged by moving today's partitions back, as ClickHouse has no clock to turn.
+/// seen), drops one finished longer ago, and a task of a process gone with its labels.
 #[test]
 fn retention_keeps_the_records_of_running_tasks() {
-    use ember_proto::v1;
     let server = ClickHouse::start();
     let store = server.store("ember_carry");
-    // The server runs in UTC (testkit), as the collector counts days.
-    let today = server.query("SELECT toString(today())").trim().to_string();
+    check_retention_carry(&[&server], "", &store, "ember_carry", &[]);
+}
+
+/// [`retention_keeps_the_records_of_running_tasks`] through collectors on `store` started with
+/// `extra`. Rows are aged by moving today's partitions back on every server of `servers` (whose
+/// tables end in `suffix`), as ClickHouse has no clock to turn.
+pub fn check_retention_carry(servers: &[&ClickHouse], suffix: &str, store: &str, db: &str, extra: &[&str]) {
+    use ember_proto::v1;
+    // The servers run in UTC (testkit), as the collector counts days.
+    let today = servers[0].query("SELECT toString(today())").trim().to_string();
     let age = |table: &str, columns: &str, days: u32| {
-        server.query(&format!(
-            "INSERT INTO ember_carry.{table} SELECT toDate('{today}') - {days}, {columns} \
-             FROM ember_carry.{table} WHERE day = '{today}'"
-        ));
-        server.query(&format!("ALTER TABLE ember_carry.{table} DROP PARTITION '{today}'"));
+        for server in servers {
+            server.query(&format!(
+                "INSERT INTO {db}.{table}{suffix} SELECT toDate('{today}') - {days}, {columns} \
+                 FROM {db}.{table}{suffix} WHERE day = '{today}'"
+            ));
+            server.query(&format!("ALTER TABLE {db}.{table}{suffix} DROP PARTITION '{today}'"));
+        }
     };
+    let count = |sql: &str| servers.iter().map(|server| server.count(sql)).sum::<u64>();
     let tasks_columns = "series_id, task_id, name, coro, parent, created_ns, done_ns, state, exception, sequence, \
                          batch, attempt";
     let dir = tempfile::tempdir().expect("tempdir");
     // Its retention runs at start only, not between the moves below.
-    let writer = on_clickhouse(&dir, &store, &["--retention-interval", "1h"]);
+    let writer = on_clickhouse(&dir, store, &[extra, &["--retention-interval", "1h"]].concat());
     // A process whose labels are older than --retention: gone, with its task.
     assert!(!push_batch(&writer.grpc, None, tasks_only_batch(1, 9191, "gone")).expect("stored").duplicate);
     age("ember_series", "series_id, label_names, label_values", 10);
     age("ember_tasks", tasks_columns, 3);
     // A live process: a task running for three days, and one that finished three days ago.
-    let mut live = tasks_only_batch(2, 8181, "live");
+    let mut live = tasks_only_batch(4, 8181, "live");
     let created = live.tasks[0].tasks[0].created_nanos - 3 * DAY_NS;
     live.strings.push("done".into());
     let block = &mut live.tasks[0];
@@ -176,24 +185,30 @@ fn retention_keeps_the_records_of_running_tasks() {
     };
     block.tasks.push(finished);
     assert!(!push_batch(&writer.grpc, None, live).expect("stored").duplicate);
+    if servers.len() > 1 {
+        // Its labels (placed by series) and its task records (by batch) on different shards:
+        // carrying must look across them.
+        let on = |sql: &str| servers.iter().map(|server| server.count(sql) > 0).collect::<Vec<_>>();
+        let labels = on(&format!("SELECT count() FROM {db}.ember_series{suffix} WHERE has(label_values, '8181')"));
+        let records = on(&format!("SELECT count() FROM {db}.ember_tasks{suffix} WHERE day = '{today}'"));
+        assert!(labels.iter().zip(&records).all(|(l, r)| l != r), "labels {labels:?}, records {records:?}");
+    }
     age("ember_tasks", tasks_columns, 3);
     drop(writer);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let retention = on_clickhouse(&dir, &store, &["--retention-interval", "1s"]);
+    let retention = on_clickhouse(&dir, store, &[extra, &["--retention-interval", "1s"]].concat());
     let old_rows = format!(
-        "SELECT (SELECT count() FROM ember_carry.ember_tasks WHERE day < '{today}') \
-         + (SELECT count() FROM ember_carry.ember_series WHERE day < toDate('{today}') - 8)"
+        "SELECT (SELECT count() FROM {db}.ember_tasks{suffix} WHERE day < '{today}') \
+         + (SELECT count() FROM {db}.ember_series{suffix} WHERE day < toDate('{today}') - 8)"
     );
-    ember_testkit::wait_until(Duration::from_secs(60), "retention to drop the old days", || {
-        server.count(&old_rows) == 0
-    });
+    ember_testkit::wait_until(Duration::from_secs(60), "retention to drop the old days", || count(&old_rows) == 0);
     // Passes after that carry nothing again: one row, the running task's, copied once.
     let passes =
-        || std::fs::read_to_string(sql_log_of(&dir)).unwrap_or_default().matches("table = 'ember_tasks'").count();
+        || std::fs::read_to_string(sql_log_of(&dir)).unwrap_or_default().matches("table = 'ember_tasks").count();
     let after = passes();
     ember_testkit::wait_until(Duration::from_secs(60), "three more retention passes", || passes() >= after + 3);
-    assert_eq!(server.count("SELECT count() FROM ember_carry.ember_tasks"), 1);
+    assert_eq!(count(&format!("SELECT count() FROM {db}.ember_tasks{suffix}")), 1);
     let (status, timeline) = retention.get("/api/v1/timeline?from=now-4d");
     assert_eq!(status, 200, "{timeline}");
     let tasks: Vec<(String, String)> = parse_json(&timeline)["tasks"]

@@ -1,11 +1,12 @@
 //! Two ClickHouse shards behind `Distributed` tables (`--clickhouse-cluster`), each a real
 //! Debian 18.16 server on loopback, with `ON CLUSTER` DDL through a real ZooKeeper: collectors
 //! on either server answer as the embedded store does, each batch counts once, the real
-//! agent's tasks make their timeline, and retention drops old days on every shard.
+//! agent's tasks make their timeline, and retention drops old days and carries running tasks on
+//! every shard.
 
 use std::time::Duration;
 
-use crate::clickhouse::{on_clickhouse, profile, series_total, stacks};
+use crate::clickhouse::{check_retention_carry, on_clickhouse, profile, series_total, stacks};
 use crate::common::*;
 use ember_testkit::clickhouse::Cluster;
 
@@ -98,4 +99,14 @@ fn two_shards_answer_as_one_server() {
             "{service} is all still there"
         );
     }
+}
+
+/// The single server's retention test on two shards: listing, carrying (`GLOBAL IN` over the
+/// distributed tables) and dropping each day on every shard.
+#[test]
+fn retention_carries_running_tasks_on_two_shards() {
+    let cluster = Cluster::start_two_shards();
+    let db = "ember_sharded_carry";
+    let shards: Vec<&ember_testkit::clickhouse::ClickHouse> = cluster.shards.iter().collect();
+    check_retention_carry(&shards, "_local", &cluster.store(0, db), db, &["--clickhouse-cluster", cluster.name]);
 }
