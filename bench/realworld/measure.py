@@ -26,7 +26,7 @@ PROCESS_ROOT = re.compile(r'^process \d+( \(|:")')
 
 # ember's own asyncio task monitor in the target: its Python callbacks (ember folds them into one
 # frame, py-spy and perf name them from the agent's temporary directory) and its C accelerator.
-MONITOR = ("[ember task monitor]", "[_ember_accel.abi3.so]", "ember_monitor/", "/_ember_accel.abi3.so")
+MONITOR = ("[ember task monitor]", "_ember_accel.abi3.so]", "ember_monitor/")
 # A frame of an import in progress, in ember's and perf's naming alike.
 IMPORTING = "_find_and_load"
 

@@ -71,18 +71,23 @@ def samples(path, without_imports=False):
         lines = block.strip().splitlines()
         if not lines or not lines[0].strip().isdigit():
             continue
-        function, monitor = None, False
-        # "    7f12a4c0 py::qualname:/path/file.py (/tmp/perf-PID.map)" (the chain: innermost first).
-        for line in lines[1:]:
-            symbol = line.strip().partition(" ")[2].rpartition(" (")[0]
-            monitor = measure.is_monitor(line)
-            if monitor or symbol.startswith("py::"):
-                qualname, _, file = symbol[len("py::") :].rpartition(":")
-                function = measure.normalize(f"{qualname} ({file})")
-                break
-        if not monitor and not (without_imports and any(measure.IMPORTING in line for line in lines[1:])):
-            out.append((int(lines[0]), function))
+        # perf lists the chain innermost first; measure's stacks are root first.
+        stack = [frame(line) for line in reversed(lines[1:])]
+        if measure.left_out_of_shares(stack) or (without_imports and any(measure.IMPORTING in f for f in stack)):
+            continue
+        python = [f for f in stack if measure.is_python(f)]
+        out.append((int(lines[0]), measure.normalize(python[-1]) if python else None))
     return out
+
+
+def frame(line):
+    """perf's `7f12a4c0 py::qualname:/path/file.py (/tmp/perf-PID.map)` in ember's naming:
+    `qualname (/path/file.py)` for Python, `symbol [/path/dso]` for the rest."""
+    symbol, _, dso = line.strip().partition(" ")[2].rpartition(" (")
+    if symbol.startswith("py::"):
+        qualname, _, file = symbol[len("py::") :].rpartition(":")
+        return f"{qualname} ({file})"
+    return f"{symbol} [{dso.removesuffix(')')}]"
 
 
 def shares(paths):
