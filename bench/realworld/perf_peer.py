@@ -93,7 +93,7 @@ def frame(line):
 def shares(paths):
     """({innermost Python function: share}, share of samples that had one, PIDs attached late)
     over perf.data files. A process in a later file, attached once it had started (see
-    `spawned`), is taken from there alone, and without its imports: perf missed part of them."""
+    run.spawned), is taken from there alone, and without its imports: perf missed part of them."""
     found, late = [], set()
     for i, path in enumerate(reversed(paths)):
         these = samples(path, without_imports=i < len(paths) - 1)
@@ -103,27 +103,3 @@ def shares(paths):
     total = sum(counts.values())
     with_python = total / len(found) if found else 0.0
     return ({k: v / total for k, v in counts.items()} if total else {}), with_python, late
-
-
-def spawned(parent, wanted):
-    """The first `wanted` children of `parent` that have exec'd (their command line is not the
-    parent's); None until there are that many."""
-    try:
-        with open(f"/proc/{parent}/cmdline", "rb") as f:
-            own = f.read()
-        kids = []
-        for task in os.listdir(f"/proc/{parent}/task"):
-            with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
-                kids += [int(c) for c in f.read().split()]
-    except OSError:
-        return None
-    ready = []
-    for kid in sorted(kids):
-        try:
-            with open(f"/proc/{kid}/cmdline", "rb") as f:
-                execd = f.read() != own
-        except OSError:
-            continue
-        if execd:
-            ready.append(kid)
-    return ready[:wanted] if len(ready) >= wanted else None

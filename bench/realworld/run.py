@@ -97,6 +97,26 @@ def children(pid):
     return found
 
 
+def spawned(parent, wanted):
+    """The first `wanted` children of `parent` that have exec'd (their command line is not the
+    parent's); None until there are that many."""
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            own = f.read()
+        kids = children(parent)
+    except OSError:
+        return None
+    ready = []
+    for kid in sorted(kids):
+        try:
+            with open(f"/proc/{kid}/cmdline", "rb") as f:
+                if f.read() != own:
+                    ready.append(kid)
+        except OSError:
+            continue
+    return ready[:wanted] if len(ready) >= wanted else None
+
+
 def poll(what, check, timeout=120):
     """Polls `check` until it returns something true, and returns it; fails after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -172,8 +192,8 @@ def profile(w, ember, tmp):
         if w.perf_spawned:
             # Attached by inheritance, perf cannot unwind children that exec: it attaches to
             # them once they have exec'd (ember, meanwhile, has their start-up too).
-            spawned = poll("the spawned children", lambda: perf_peer.spawned(target, w.perf_spawned))
-            perf_outs.append(start_perf(spawned, perf_out + ".spawned", procs))
+            pool = poll("the spawned children", lambda: spawned(target, w.perf_spawned))
+            perf_outs.append(start_perf(pool, perf_out + ".spawned", procs))
         if w.client:
             client = [*workloads.venv_python(), w.path(w.client), *w.client_args]
             subprocess.run(client, env=env, check=True, timeout=600)
